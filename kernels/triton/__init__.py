@@ -1,0 +1,1 @@
+"""Triton kernels for attention, FlashBias and Lightning Attention-2."""
