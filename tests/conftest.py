@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+# Triton's interpreter must be chosen before triton is imported; CPU tensors then run the Triton kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = torch.cuda.is_available()
+    major = torch.cuda.get_device_capability()[0] if has_gpu else 0
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "sm90" in item.keywords and major != 9:
+            item.add_marker(pytest.mark.skip(reason="needs a Hopper (sm90) GPU"))
+        if "sm100" in item.keywords and major != 10:
+            item.add_marker(pytest.mark.skip(reason="needs a Blackwell (sm100) GPU"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
