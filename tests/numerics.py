@@ -19,4 +19,6 @@ def assert_2x(name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch
     dtype = dtype or got.dtype
     floor = torch.finfo(dtype).eps * max(ref64.abs().max().item() if ref64.numel() else 0.0, 1e-3)
     err, base = max_err(got, ref64), max_err(ref_lowp, ref64)
-    assert err <= 2 * base + floor, f"{name}: error {err:.3e} > 2 x {base:.3e} (reference at kernel precision) + {floor:.1e}"
+    assert err <= 2 * base + floor, (
+        f"{name}: error {err:.3e} > 2 x {base:.3e} (reference at kernel precision) + {floor:.1e}"
+    )

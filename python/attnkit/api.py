@@ -45,9 +45,7 @@ def attention(
     limits.validate_attention(name, q, k, v, bias)
     q_factor = None if bias is None else bias.q_factor
     k_factor = None if bias is None else bias.k_factor
-    out, lse = ops.attention_fwd(
-        q, k, v, q_factor, k_factor, float(softmax_scale), window_left, window_right, name
-    )
+    out, lse = ops.attention_fwd(q, k, v, q_factor, k_factor, float(softmax_scale), window_left, window_right, name)
     return (out, lse) if return_lse else out
 
 

@@ -31,9 +31,7 @@ def alibi(slopes: torch.Tensor, seqlen_q: int, seqlen_k: int) -> LowRankBias:
     implementations that rely on the causal mask.
     """
     if not isinstance(slopes, torch.Tensor) or slopes.dim() != 1:
-        raise ValueError(
-            f"slopes must be a 1-D tensor of per-head slopes, got {getattr(slopes, 'shape', slopes)}"
-        )
+        raise ValueError(f"slopes must be a 1-D tensor of per-head slopes, got {getattr(slopes, 'shape', slopes)}")
     if seqlen_q < 0 or seqlen_k < 0:
         raise ValueError(f"sequence lengths must be >= 0, got seqlen_q={seqlen_q}, seqlen_k={seqlen_k}")
     dtype = torch.promote_types(slopes.dtype, torch.float32)
@@ -58,8 +56,7 @@ def distance(coords_q: torch.Tensor, coords_k: torch.Tensor, weight) -> LowRankB
             raise ValueError(f"{name} must be a (B or 1, S, d) tensor, got {getattr(c, 'shape', c)}")
     if coords_q.shape[-1] != coords_k.shape[-1]:
         raise ValueError(
-            f"coords_q and coords_k must share the coordinate dim, got {coords_q.shape[-1]} and "
-            f"{coords_k.shape[-1]}"
+            f"coords_q and coords_k must share the coordinate dim, got {coords_q.shape[-1]} and {coords_k.shape[-1]}"
         )
     dtype = torch.promote_types(coords_q.dtype, torch.float32)
     x, y = coords_q.to(dtype), coords_k.to(dtype)
@@ -77,9 +74,7 @@ def from_dense(bias: torch.Tensor, rank: int) -> tuple[LowRankBias, float]:
     """Truncated SVD of a dense (B or 1, H or 1, Sq, Sk) bias. Returns the factors (float32) and the relative
     Frobenius error ‖bias − q_factor·k_factorᵀ‖ / ‖bias‖."""
     if not isinstance(bias, torch.Tensor) or bias.dim() != 4:
-        raise ValueError(
-            f"bias must be a (B or 1, H or 1, Sq, Sk) tensor, got {getattr(bias, 'shape', bias)}"
-        )
+        raise ValueError(f"bias must be a (B or 1, H or 1, Sq, Sk) tensor, got {getattr(bias, 'shape', bias)}")
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     dense = bias.to(torch.float64)

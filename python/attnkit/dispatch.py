@@ -37,8 +37,10 @@ def device_arch(index: int) -> str:
     return _ARCH[index]
 
 
+@torch._dynamo.assume_constant_result
 def resolve(backend: str, op: str, device: torch.device) -> str:
-    """The concrete backend name for `op` on `device`; raises if an explicit one cannot run there."""
+    """The concrete backend name for `op` on `device`; raises if an explicit one cannot run there.
+    A constant to torch.compile: it depends only on its arguments and the machine."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

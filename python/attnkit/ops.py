@@ -19,6 +19,11 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _like(x: Tensor) -> Tensor:
+    """A contiguous buffer of x's shape, dtype and device: what the real ops return, whatever x's strides."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
 def _contiguous(*tensors):
     """Outputs are contiguous, as the fake impls promise (a no-op for what kernels write)."""
     return tuple(None if t is None else t.contiguous() for t in tensors)
@@ -43,7 +48,7 @@ def attention_fwd(
     window_right: int,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    if q.shape[1] == 0 or k.shape[1] == 0:
+    if q.numel() == 0 or k.numel() == 0:
         return _zero_size_attention(q, k, v)
     out, lse = backends.get(backend).attention_fwd(
         q,
@@ -81,7 +86,7 @@ def attention_bwd(
     window_right: int,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if q.shape[1] == 0 or k.shape[1] == 0:
+    if q.numel() == 0 or k.numel() == 0:
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dqf = None if q_factor is None else torch.zeros_like(q_factor)
         dkf = None if k_factor is None else torch.zeros_like(k_factor)
@@ -106,9 +111,9 @@ def attention_bwd(
 
 @attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, q_factor, k_factor, softmax_scale, window_left, window_right, backend):
-    dqf = q.new_empty(0) if q_factor is None else torch.empty_like(q_factor)
-    dkf = q.new_empty(0) if k_factor is None else torch.empty_like(k_factor)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dqf, dkf
+    dqf = q.new_empty(0) if q_factor is None else _like(q_factor)
+    dkf = q.new_empty(0) if k_factor is None else _like(k_factor)
+    return _like(q), _like(k), _like(v), dqf, dkf
 
 
 def _attention_setup(ctx, inputs, output):
@@ -155,7 +160,7 @@ def lightning_fwd(
     scale: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    if q.shape[1] == 0:
+    if q.numel() == 0 or v.numel() == 0:
         b, _, h, d = q.shape
         state = (
             torch.zeros(b, h, d, v.shape[3], dtype=_stat_dtype(q), device=q.device)
@@ -163,15 +168,14 @@ def lightning_fwd(
             else initial_state.to(_stat_dtype(q)).clone()
         )
         return q.new_zeros(v.shape), state
-    return _contiguous(
-        *backends.get(backend).lightning_fwd(q, k, v, slopes, scale=scale, initial_state=initial_state)
-    )
+    o, state = backends.get(backend).lightning_fwd(q, k, v, slopes, scale=scale, initial_state=initial_state)
+    return _contiguous(o, state.to(_stat_dtype(q)))
 
 
 @lightning_fwd.register_fake
 def _(q, k, v, slopes, initial_state, scale, backend):
     b, _, h, d = q.shape
-    return torch.empty_like(v), q.new_empty(b, h, d, v.shape[3], dtype=_stat_dtype(q))
+    return _like(v), q.new_empty(b, h, d, v.shape[3], dtype=_stat_dtype(q))
 
 
 @torch.library.custom_op("attnkit::lightning_bwd", mutates_args=())
@@ -186,7 +190,7 @@ def lightning_bwd(
     scale: float,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if q.shape[1] == 0:
+    if q.numel() == 0 or v.numel() == 0:
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         dinit = None
         if initial_state is not None:
@@ -201,8 +205,8 @@ def lightning_bwd(
 
 @lightning_bwd.register_fake
 def _(do, dfinal_state, q, k, v, slopes, initial_state, scale, backend):
-    dinit = q.new_empty(0) if initial_state is None else torch.empty_like(initial_state)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dinit
+    dinit = q.new_empty(0) if initial_state is None else _like(initial_state)
+    return _like(q), _like(k), _like(v), dinit
 
 
 def _lightning_setup(ctx, inputs, output):
@@ -217,9 +221,7 @@ def _lightning_backward(ctx, do, dfinal_state):
     scale, backend = ctx.args
     if do is None:
         do = torch.zeros_like(v)
-    dq, dk, dv, dinit = lightning_bwd(
-        do.contiguous(), dfinal_state, q, k, v, slopes, initial_state, scale, backend
-    )
+    dq, dk, dv, dinit = lightning_bwd(do.contiguous(), dfinal_state, q, k, v, slopes, initial_state, scale, backend)
     return dq, dk, dv, None, dinit if ctx.has_initial_state else None, None, None
 
 
@@ -236,12 +238,13 @@ def lightning_step(
     scale: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    return _contiguous(*backends.get(backend).lightning_step(q, k, v, slopes, state, scale=scale))
+    o, new_state = backends.get(backend).lightning_step(q, k, v, slopes, state, scale=scale)
+    return _contiguous(o, new_state.to(_stat_dtype(q)))
 
 
 @lightning_step.register_fake
 def _(q, k, v, slopes, state, scale, backend):
-    return torch.empty_like(v), torch.empty_like(state)
+    return _like(v), state.new_empty(state.shape, dtype=_stat_dtype(q))
 
 
 def _step_setup(ctx, inputs, output):

@@ -17,9 +17,7 @@ def check_tensor(name: str, x, ndim: int, dtypes=REFERENCE_DTYPES) -> None:
         names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise TypeError(f"{name} has dtype {x.dtype}; expected one of {names}")
     if x.numel() > 0 and x.stride(-1) != 1 and x.shape[-1] != 1:
-        raise ValueError(
-            f"{name} must be contiguous in its last dimension (stride {x.stride(-1)}); call .contiguous()"
-        )
+        raise ValueError(f"{name} must be contiguous in its last dimension (stride {x.stride(-1)}); call .contiguous()")
 
 
 def check_same(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor, dtype: bool = True) -> None:
@@ -111,6 +109,4 @@ def check_lightning(q, k, v, slopes, state, state_name: str = "initial_state", d
 
 def check_head_dim(backend: str, name: str, value: int, supported) -> None:
     if value not in supported:
-        raise ValueError(
-            f"{name} = {value} is not supported by backend={backend!r}; supported: {sorted(supported)}"
-        )
+        raise ValueError(f"{name} = {value} is not supported by backend={backend!r}; supported: {sorted(supported)}")

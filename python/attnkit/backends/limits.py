@@ -69,9 +69,11 @@ def validate_attention(backend: str, q, k, v, bias) -> None:
                 f"supported: {lim.bias_ranks.start}..{lim.bias_ranks.stop - 1}"
             )
         if bias.q_factor.dtype == torch.float64:
-            raise TypeError(
-                f"bias factors are float64; backend={backend!r} takes float16, bfloat16 or float32"
-            )
+            raise TypeError(f"bias factors are float64; backend={backend!r} takes float16, bfloat16 or float32")
+        if q.device.type == "cpu" and bias.q_factor.dtype not in lim.cpu_dtypes:
+            # bf16 factors would meet the interpreter's wrong bf16 tl.dot.
+            names = ", ".join(str(d).removeprefix("torch.") for d in lim.cpu_dtypes)
+            raise TypeError(f"bias factors are {bias.q_factor.dtype}; backend={backend!r} takes {names} on the CPU")
 
 
 def validate_lightning(backend: str, q, k, v) -> None:

@@ -46,9 +46,7 @@ def lightning_recurrent(
     acc = _dtypes(compute_dtype)[1]
     decay = torch.exp(-slopes.to(acc))[None, :, None, None]
     state = (
-        torch.zeros(b, h, d, e, dtype=acc, device=q.device)
-        if initial_state is None
-        else initial_state.to(acc).clone()
+        torch.zeros(b, h, d, e, dtype=acc, device=q.device) if initial_state is None else initial_state.to(acc).clone()
     )
     qr, kr, vr = (_round(x, compute_dtype) for x in (q, k, v))
     outs = []
@@ -91,9 +89,7 @@ def lightning_chunked(
     acc = _dtypes(compute_dtype)[1]
     log_decay = -slopes.to(acc)  # (H,)
     state = (
-        torch.zeros(b, h, d, e, dtype=acc, device=q.device)
-        if initial_state is None
-        else initial_state.to(acc).clone()
+        torch.zeros(b, h, d, e, dtype=acc, device=q.device) if initial_state is None else initial_state.to(acc).clone()
     )
     qh, kh, vh = (_round(x, compute_dtype).transpose(1, 2) for x in (q, k, v))  # (B, H, S, ·)
     outs = []
@@ -119,9 +115,7 @@ def lightning_chunked(
 
 def lightning_forward(q, k, v, slopes, *, scale=1.0, initial_state=None, compute_dtype=torch.float32):
     """Returns o (B, S, H, E) in q.dtype and the final state (B, H, D, E) float32 (float64 if asked)."""
-    o, state = lightning_chunked(
-        q, k, v, slopes, scale=scale, initial_state=initial_state, compute_dtype=compute_dtype
-    )
+    o, state = lightning_chunked(q, k, v, slopes, scale=scale, initial_state=initial_state, compute_dtype=compute_dtype)
     return o, state.to(torch.float64 if compute_dtype == torch.float64 else torch.float32)
 
 

@@ -1,0 +1,213 @@
+"""Softmax attention, bf16, forward and backward: attnkit ('triton', 'cute') against cuDNN (torch SDPA), FA4
+(`flash_attn.cute`), FA2 (torch SDPA) and FlexAttention (compiled), on the shapes of BASELINES.md:
+B·N = 16384 tokens, H·D = 2048, D ∈ {64, 128}, N ∈ {1024, 4096, 8192, 16384}, causal and not.
+
+The forward is timed with inputs that require grad (the training forward, the same graph the backward uses);
+the backward is `torch.autograd.grad` of that one forward with retain_graph. FLOPs from attnkit.perf (exact
+visible pairs; backward 2.5× forward); % of the measured bf16 matmul ceiling. Every peer is optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import attnkit
+import common
+import torch
+import torch.nn.functional as F
+from attnkit import perf
+
+TOKENS = 16384
+HIDDEN = 2048
+HEAD_DIMS = (64, 128)
+SEQLENS = (1024, 4096, 8192, 16384)
+QUICK = ((128, 8192, False), (128, 8192, True))
+OURS = ("triton", "cute")
+PEERS = ("cuDNN", "FA4", "FA2", "Flex")
+
+
+def attnkit_method(backend: str) -> Callable:
+    def call(q, k, v, causal):
+        return lambda: attnkit.attention(q, k, v, causal=causal, backend=backend)
+
+    return call
+
+
+def sdpa_method(backend_name: str) -> Callable:
+    def call(q, k, v, causal):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, backend_name)
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # FA layout viewed as (B, H, N, D), no copy
+
+        def fwd():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+
+        return fwd
+
+    return call
+
+
+def fa4_method(q, k, v, causal):
+    from flash_attn.cute.interface import flash_attn_func
+
+    def fwd():
+        out = flash_attn_func(q, k, v, causal=causal)
+        return out[0] if isinstance(out, tuple) else out
+
+    return fwd
+
+
+def causal_block_mask(n_q: int, n_k: int):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    offset = n_k - n_q
+
+    def mask(b, h, q_idx, kv_idx):
+        return q_idx + offset >= kv_idx
+
+    return create_block_mask(mask, None, None, n_q, n_k, device="cuda")
+
+
+def flex_method(q, k, v, causal):
+    flex = common.compiled_flex()
+    block_mask = causal_block_mask(q.shape[1], k.shape[1]) if causal else None
+    # Flex gets its own (B, H, N, D) contiguous leaves, made outside the timed region.
+    qt, kt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+
+    def fwd():
+        return flex(qt, kt, vt, block_mask=block_mask)
+
+    fwd.grad_inputs = (qt, kt, vt)
+    return fwd
+
+
+METHODS: dict[str, Callable] = {
+    "triton": attnkit_method("triton"),
+    "cute": attnkit_method("cute"),
+    "cuDNN": sdpa_method("CUDNN_ATTENTION"),
+    "FA4": fa4_method,
+    "FA2": sdpa_method("FLASH_ATTENTION"),
+    "Flex": flex_method,
+}
+LABELS = {
+    "triton": "attnkit triton",
+    "cute": "attnkit cute",
+    "cuDNN": "cuDNN (SDPA)",
+    "FA4": "FA4 cute",
+    "FA2": "FA2 (SDPA)",
+    "Flex": "FlexAttention",
+}
+
+
+def shapes(args) -> list[tuple[int, int, bool]]:
+    if args.d or args.n or args.causal != "both":
+        dims = args.d or list(HEAD_DIMS)
+        lens = args.n or list(SEQLENS)
+        causals = {"both": [False, True], "yes": [True], "no": [False]}[args.causal]
+        return [(d, n, c) for d in dims for n in lens for c in causals]
+    if args.quick:
+        return list(QUICK)
+    return [(d, n, c) for d in (128, 64) for n in SEQLENS for c in (False, True)]
+
+
+def make_inputs(batch: int, seqlen: int, heads: int, head_dim: int):
+    def one():
+        return torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16).requires_grad_()
+
+    return one(), one(), one()
+
+
+def bench_method(
+    name: str, q, k, v, causal: bool, budget: common.Budget, backward: bool
+) -> tuple[common.Result, common.Result]:
+    ours = name in OURS
+    prefix = "error" if ours else "n/a"
+    if budget.expired():
+        skipped = common.Result(note="skipped (time budget)")
+        return skipped, skipped
+    try:
+        fwd = METHODS[name](q, k, v, causal)
+    except ImportError as e:
+        missing = common.Result(note=f"n/a: {common.short_error(e)}")
+        return missing, missing
+    except Exception as e:
+        failed = common.Result(note=f"{prefix}: {common.short_error(e)}")
+        return failed, failed
+    fwd_result = common.measure(fwd, budget, error_prefix=prefix)
+    if not backward or not fwd_result.ok:
+        return fwd_result, fwd_result
+    inputs = getattr(fwd, "grad_inputs", (q, k, v))
+    try:
+        out = fwd()
+        dout = torch.randn_like(out)
+    except Exception as e:
+        return fwd_result, common.Result(note=f"{prefix}: {common.short_error(e)}")
+
+    def bwd():
+        return torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+    bwd_result = common.measure(bwd, budget, error_prefix=prefix)
+    if bwd_result.ok or budget.expired():
+        return fwd_result, bwd_result
+    retained_error = bwd_result.note
+
+    def both():  # no retain_graph: time forward+backward and subtract the forward
+        return torch.autograd.grad(fwd(), inputs, dout)
+
+    both_result = common.measure(both, budget, error_prefix=prefix)
+    if not both_result.ok:
+        return fwd_result, common.Result(note=retained_error)
+    return fwd_result, common.Result(ms=max(both_result.ms - fwd_result.ms, 1e-6), derived=True)
+
+
+def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.Table]:
+    fwd_table = common.Table("attention forward, bf16", "TFLOP/s", "bf16 matmul")
+    bwd_table = common.Table("attention backward, bf16", "TFLOP/s", "bf16 matmul")
+    methods = [m for m in (*OURS, *PEERS) if m in args.methods]
+    for d, n, causal in shapes(args):
+        b, h = max(1, TOKENS // n), HIDDEN // d
+        shape = f"B{b} H{h} N{n} D{d}{' causal' if causal else ''}"
+        flops = perf.attention_fwd_flops(b, h, n, n, d, causal=causal)
+        bwd_flops = perf.attention_bwd_flops(b, h, n, n, d, causal=causal)
+        q, k, v = make_inputs(b, n, h, d)
+        for name in methods:
+            fwd_result, bwd_result = bench_method(name, q, k, v, causal, budget, not args.no_bwd)
+            for table, result, work in ((fwd_table, fwd_result, flops), (bwd_table, bwd_result, bwd_flops)):
+                if table is bwd_table and args.no_bwd:
+                    continue
+                table.add(
+                    shape,
+                    LABELS[name],
+                    name in OURS,
+                    result,
+                    rate=lambda ms, w=work: perf.tflops(w, ms),
+                    pct=lambda ms, w=work: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
+                )
+        del q, k, v
+        common.release()
+    note = "FLOPs: 4·B·H·D per visible pair (causal counts N(N+1)/2 pairs); backward 2.5× forward."
+    fwd_table.notes.append(note)
+    return [fwd_table] if args.no_bwd else [fwd_table, bwd_table]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"only {QUICK} as (D, N, causal)")
+    p.add_argument("--d", type=int, nargs="+", choices=HEAD_DIMS, help="head dims (default: 128 and 64)")
+    p.add_argument("--n", type=int, nargs="+", help="sequence lengths (default: 1024 4096 8192 16384)")
+    p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
+    p.add_argument("--methods", nargs="+", choices=(*OURS, *PEERS), default=[*OURS, *PEERS])
+    p.add_argument("--no-bwd", action="store_true", help="forward only")
+    p.add_argument("--budget-s", type=float, help="skip measurements that would start after this many s")
+    return p
+
+
+def main() -> None:
+    common.standalone("attention", run, parser().parse_args())
+
+
+if __name__ == "__main__":
+    main()
