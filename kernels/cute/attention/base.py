@@ -1,0 +1,173 @@
+"""Arch-independent part of the attention forward kernels.
+
+Everything here is the same on sm90 and sm100: the static configuration and its validation, the
+(b, s, h, d) -> (s, d, h, b) views that TMA and the MMAs want, the tile scheduler, the visibility
+mask, the online softmax, the low-rank bias in float32, and the lse store. Subclasses supply the
+shared-memory plan, the warp roles and the MMA mainloop.
+
+Tensor conventions at the kernel boundary (last dim contiguous everywhere but lse):
+    mQ  (b, s_q, h, d)        mK  (b, s_k, h_kv, d)      mV  (b, s_k, h_kv, dv)
+    mO  (b, s_q, h, dv)       mLSE (b, h, s_q) float32
+    mQf (bq, s_q, hq, r)      mKf (bk, s_k, hk, r)       with bq, bk in {1, b} and hq, hk in {1, h}
+Logits are ``softmax_scale * q.k + qf.kf``; the kernels receive ``softmax_scale * log2(e)``. The
+factors are float32 ("position-like", product in float32 FMAs) or, with ``bias_mma``, in the input
+dtype (product on the tensor cores as extra k16 slices: S = scale * (Q K^T) + Qf Kf^T).
+"""
+
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, const_expr
+
+from ..common.layouts import acc_view_mn
+from ..common.mask import AttentionMask
+from ..common.softmax import OnlineSoftmax
+from ..common.tile_scheduler import PersistentTileScheduler
+
+LOG2_E = math.log2(math.e)
+
+SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
+
+
+class AttentionFwdBase:
+    """Static configuration shared by the forward kernels of every arch."""
+
+    def __init__(
+        self,
+        dtype: type[cutlass.Numeric],
+        head_dim: int,
+        head_dim_v: int,
+        tile_m: int,
+        tile_n: int,
+        num_stages: int,
+        has_window_left: bool,
+        has_window_right: bool,
+        bias_rank: int = 0,
+        rescale_threshold: float = 0.0,
+        poly_exp2_per_8: int = 0,
+        bias_mma: bool = False,
+    ):
+        if dtype not in (cutlass.Float16, cutlass.BFloat16):
+            raise TypeError(f"attention supports fp16/bf16 inputs, got {dtype}")
+        if head_dim not in SUPPORTED_HEAD_DIMS or head_dim_v not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"head dims must be in {SUPPORTED_HEAD_DIMS}, got {head_dim}, {head_dim_v}")
+        # fp32 factors: float4 smem reads; 16-bit factors: whole wgmma k16 slices
+        rank_step = 16 if bias_mma else 4
+        if bias_rank % rank_step != 0 or not 0 <= bias_rank <= 64:
+            raise ValueError(f"bias rank is padded to a multiple of {rank_step} in [0, 64], got {bias_rank}")
+        if not 0 <= poly_exp2_per_8 <= 8:
+            raise ValueError("poly_exp2_per_8 must be in [0, 8]")
+        self.dtype = dtype
+        self.head_dim = head_dim
+        self.head_dim_v = head_dim_v
+        self.tile_m = tile_m
+        self.tile_n = tile_n
+        self.num_stages = num_stages
+        self.has_window_left = has_window_left
+        self.has_window_right = has_window_right
+        self.bias_rank = bias_rank
+        self.bias_mma = bias_mma and bias_rank > 0
+        self.rescale_threshold = rescale_threshold
+        self.poly_exp2_per_8 = poly_exp2_per_8
+        # degree 3 is within a bf16 half-ulp budget with margin; fp16 has 4x finer rounding
+        self.poly_degree = 3 if dtype is cutlass.BFloat16 else 4
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias_rank > 0
+
+    @property
+    def bias_dtype(self) -> type[cutlass.Numeric]:
+        """Factor element type in memory: the input dtype on the wgmma path, else float32."""
+        return self.dtype if self.bias_mma else Float32
+
+    @staticmethod
+    def to_sdhb(t: cute.Tensor) -> cute.Tensor:
+        """(b, s, h, d) -> (s, d, h, b): the (s, d) tile is what TMA and the MMAs consume."""
+        return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
+
+    def make_scheduler(self, seqlen_q: Int32, num_heads: Int32, num_batch: Int32) -> PersistentTileScheduler:
+        return PersistentTileScheduler(
+            cute.ceil_div(seqlen_q, self.tile_m), num_heads, num_batch, longest_first=self.has_window_right
+        )
+
+    def make_mask(self, seqlen_q: Int32, seqlen_k: Int32, window_left: Int32, window_right: Int32):
+        return AttentionMask(
+            seqlen_q,
+            seqlen_k,
+            window_left,
+            window_right,
+            self.has_window_left,
+            self.has_window_right,
+            self.tile_n,
+        )
+
+    def make_softmax(self, scale_log2: Float32, num_rows: int) -> OnlineSoftmax:
+        # With a bias the scale is folded into the scores before the bias is added: they reach
+        # the softmax in natural units (wgmma bias) or already in log2 units (float32 bias).
+        score_scale = scale_log2
+        if const_expr(self.bias_mma):
+            score_scale = Float32(LOG2_E)
+        elif const_expr(self.has_bias):
+            score_scale = Float32(1.0)
+        return OnlineSoftmax(
+            score_scale,
+            num_rows,
+            rescale_threshold=self.rescale_threshold,
+            poly_exp2_per_8=self.poly_exp2_per_8,
+            poly_degree=self.poly_degree,
+        )
+
+    @cute.jit
+    def add_lowrank_bias(
+        self,
+        acc_S: cute.Tensor,  # ((2, 2, tile_n / 8), 1, 1) float32 registers
+        tScS: cute.Tensor,  # (row, col) in the tile of each acc_S element
+        sQf: cute.Tensor,  # (tile_m, r) float32
+        sKf: cute.Tensor,  # (tile_n, r) float32
+        scale_log2: Float32,
+    ) -> None:
+        """acc_S <- acc_S * scale_log2 + log2(e) * (qf . kf) in float32 FMAs (position-like factors).
+
+        Each thread owns 2 rows x (tile_n / 4) columns; the quad lanes share rows and read
+        different key rows, so every smem read is a broadcast or a 4-way distinct access.
+        """
+        s_mn = acc_view_mn(acc_S)
+        c_mn = acc_view_mn(tScS)
+        num_rows = cute.size(s_mn, mode=[0])
+        num_cols = cute.size(s_mn, mode=[1])
+        acc_S.store(acc_S.load() * scale_log2)
+        for k in cutlass.range(self.bias_rank // 4, unroll=1):
+            q_vals = cute.make_rmem_tensor((num_rows, 4), Float32)
+            for r in cutlass.range_constexpr(num_rows):
+                row = c_mn[r, 0][0]
+                for j in cutlass.range_constexpr(4):
+                    q_vals[r, j] = sQf[row, 4 * k + j] * LOG2_E
+            for c in cutlass.range_constexpr(num_cols):
+                col = c_mn[0, c][1]
+                k_vals = cute.make_rmem_tensor(4, Float32)
+                for j in cutlass.range_constexpr(4):
+                    k_vals[j] = sKf[col, 4 * k + j]
+                for r in cutlass.range_constexpr(num_rows):
+                    acc = s_mn[r, c]
+                    for j in cutlass.range_constexpr(4):
+                        acc = acc + q_vals[r, j] * k_vals[j]
+                    s_mn[r, c] = acc
+
+    @cute.jit
+    def store_lse(
+        self,
+        lse: cute.Tensor,  # (rows per thread,) float32 registers
+        tOcO: cute.Tensor,  # (row, col) in the tile of each acc_O element
+        gLSE: cute.Tensor,  # (s_q,) float32 of this (batch, head)
+        row_base: Int32,
+        seqlen_q: Int32,
+    ) -> None:
+        """One lane per quad writes the rows it owns; rows past seqlen_q are dropped."""
+        c_mn = acc_view_mn(tOcO)
+        if c_mn[0, 0][1] == 0:
+            for r in cutlass.range_constexpr(cute.size(lse)):
+                row = row_base + c_mn[r, 0][0]
+                if row < seqlen_q:
+                    gLSE[row] = lse[r]

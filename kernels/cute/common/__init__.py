@@ -1,0 +1,12 @@
+"""Building blocks shared by the CuTe-DSL kernels (arch-neutral unless the module name says otherwise).
+
+barriers        named barrier ids (IntEnum per kernel family) and sync/arrive helpers
+pipeline        TMA producer -> warpgroup consumer pipelines on mbarriers
+tile_scheduler  static persistent scheduler (longest-first or K/V-sharing order)
+mask            causal / sliding-window visibility, boundary-tile test and masking
+softmax         online softmax in base 2 (lazy rescale threshold, FMA exp2 share)
+fast_exp2       polynomial exp2 on the FMA pipe
+layouts         wgmma accumulator views: (row, col) and as the A operand of the next wgmma
+sm90            Hopper wgmma helpers: tiled MMAs, swizzled smem layouts, gemm with fence/commit/wait
+dynamic         lets helper objects holding runtime values cross runtime control flow
+"""

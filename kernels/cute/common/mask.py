@@ -1,0 +1,90 @@
+"""Causal (bottom-right aligned) and sliding-window visibility, plus the key-length tail.
+
+Query row i sees key j iff ``j < seqlen_k`` and
+``(not has_left or j >= i + offset - window_left)`` and ``(not has_right or j <= i + offset +
+window_right)`` with ``offset = seqlen_k - seqlen_q``; causal is ``has_right`` with
+``window_right = 0``. ``has_left``/``has_right`` are compile-time, the window sizes runtime.
+
+Only boundary tiles are masked: the kernel asks ``tile_needs_mask`` per (rows, key block) and calls
+``apply`` under that runtime branch; interior tiles pay one comparison per tile.
+"""
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, const_expr
+
+from .dynamic import RuntimeFields
+from .layouts import acc_view_mn
+
+
+class AttentionMask(RuntimeFields):
+    def __init__(
+        self,
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+        window_left: Int32,
+        window_right: Int32,
+        has_left: bool,
+        has_right: bool,
+        tile_n: int,
+    ):
+        self.seqlen_q = seqlen_q
+        self.seqlen_k = seqlen_k
+        self.window_left = window_left
+        self.window_right = window_right
+        self.has_left = has_left
+        self.has_right = has_right
+        self.tile_n = tile_n
+        self.offset = seqlen_k - seqlen_q
+
+    @cute.jit
+    def n_block_range(self, row_start: Int32, row_end: Int32) -> tuple[Int32, Int32]:
+        """Key blocks [n_min, n_max) that any row in [row_start, row_end) can see (maybe empty)."""
+        n_max = cute.ceil_div(self.seqlen_k, self.tile_n)
+        if const_expr(self.has_right):
+            last_row = cutlass.min(row_end, self.seqlen_q) - 1
+            # one past the rightmost visible key of the last row; <= 0 means nothing is visible
+            key_end = cutlass.min(last_row + self.offset + self.window_right + 1, self.seqlen_k)
+            n_max = cutlass.max(cute.ceil_div(cutlass.max(key_end, 0), self.tile_n), 0)
+        n_min = Int32(0)
+        if const_expr(self.has_left):
+            key_start = cutlass.max(row_start + self.offset - self.window_left, 0)
+            n_min = key_start // self.tile_n
+        return n_min, n_max
+
+    @cute.jit
+    def tile_needs_mask(self, row_start: Int32, row_end: Int32, n_block: Int32) -> cutlass.Boolean:
+        """Whether any (row, key) of the tile is invisible. Rows at or past seqlen_q are ignored."""
+        key_start = n_block * self.tile_n
+        key_end = key_start + self.tile_n
+        need = key_end > self.seqlen_k
+        if const_expr(self.has_right):
+            need = need or key_end - 1 > row_start + self.offset + self.window_right
+        if const_expr(self.has_left):
+            last_row = cutlass.min(row_end, self.seqlen_q) - 1
+            need = need or key_start < last_row + self.offset - self.window_left
+        return need
+
+    @cute.jit
+    def apply(self, acc_S: cute.Tensor, tScS: cute.Tensor, row_base: Int32, n_block: Int32) -> None:
+        """Set invisible scores to -inf. ``tScS``: (row, col) coordinates of acc_S within the tile."""
+        s_mn = acc_view_mn(acc_S)
+        c_mn = acc_view_mn(tScS)
+        key_base = n_block * self.tile_n
+        for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
+            row = row_base + c_mn[r, 0][0]
+            key_hi = self.seqlen_k
+            if const_expr(self.has_right):
+                key_hi = cutlass.min(key_hi, row + self.offset + self.window_right + 1)
+            key_lo = Int32(0)
+            if const_expr(self.has_left):
+                key_lo = row + self.offset - self.window_left
+            # columns relative to the tile: one subtraction per row instead of one add per element
+            col_hi = key_hi - key_base
+            col_lo = key_lo - key_base
+            for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
+                col = c_mn[0, c][1]
+                invisible = col >= col_hi
+                if const_expr(self.has_left):
+                    invisible = invisible or col < col_lo
+                s_mn[r, c] = -Float32.inf if invisible else s_mn[r, c]

@@ -1,0 +1,54 @@
+"""Hopper wgmma helpers: tiled MMAs, fragment partitioning and the fence/commit/wait discipline."""
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, const_expr
+from cutlass.cute.nvgpu import warpgroup
+from cutlass.utils import LayoutEnum
+
+
+def make_tiled_mma(
+    dtype, a_major: str, b_major: str, tile_n: int, a_in_regs: bool = False, num_warpgroups: int = 1
+) -> cute.TiledMma:
+    """64 x ``tile_n`` wgmma atoms, one per warpgroup stacked along M; majors are "K" or "MN"."""
+    mode = {"K": cute.nvgpu.OperandMajorMode.K, "MN": cute.nvgpu.OperandMajorMode.MN}
+    return sm90_utils.make_trivial_tiled_mma(
+        dtype,
+        dtype,
+        mode[a_major],
+        mode[b_major],
+        Float32,
+        atom_layout_mnk=(num_warpgroups, 1, 1),
+        tiler_mn=(64, tile_n),
+        a_source=warpgroup.OperandSource.RMEM if a_in_regs else warpgroup.OperandSource.SMEM,
+    )
+
+
+def make_smem_layout(dtype, rows: int, cols: int, stages: int | None = None):
+    """Swizzled K-major (``cols`` contiguous) smem layout for a (rows, cols[, stages]) tile."""
+    atom = warpgroup.make_smem_layout_atom(sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, dtype, cols), dtype)
+    shape = (rows, cols) if stages is None else (rows, cols, stages)
+    return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
+
+
+@cute.jit
+def gemm(
+    tiled_mma: cute.TiledMma,
+    acc: cute.Tensor,
+    tCrA: cute.Tensor,
+    tCrB: cute.Tensor,
+    zero_init: cutlass.Constexpr[bool] = False,
+    wg_wait: cutlass.Constexpr[int] = 0,
+) -> None:
+    """acc (+)= A·B over all k blocks as one wgmma group; ``wg_wait < 0`` leaves it in flight."""
+    warpgroup.fence()
+    # a fresh atom: ACCUMULATE is mutated per k block
+    atom = cute.make_mma_atom(tiled_mma.op)
+    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in cutlass.range_constexpr(cute.size(tCrA.shape[2])):
+        cute.gemm(atom, acc, tCrA[None, None, k], tCrB[None, None, k], acc)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
+    if const_expr(wg_wait >= 0):
+        warpgroup.wait_group(wg_wait)

@@ -1,0 +1,53 @@
+"""Static persistent tile scheduler: CTA ``c`` of ``G`` takes tiles c, c + G, c + 2G, ...
+
+Every warp role walks the same sequence independently, so no scheduling traffic is needed. The
+linear order is chosen so that concurrently running CTAs either do the most work first
+(``longest_first``: causal / right-windowed attention, where the last query blocks see the most
+keys) or share K/V in L2 (all query blocks of one (batch, head) back to back).
+"""
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Int32, const_expr
+
+from .dynamic import RuntimeFields
+
+
+class PersistentTileScheduler(RuntimeFields):
+    def __init__(self, num_m_blocks: Int32, num_heads: Int32, num_batch: Int32, longest_first: bool):
+        self.num_m_blocks = num_m_blocks
+        self.num_heads = num_heads
+        self.num_batch = num_batch
+        self.longest_first = longest_first
+
+    def num_tiles(self) -> Int32:
+        return self.num_m_blocks * self.num_heads * self.num_batch
+
+    def grid(self, max_ctas: Int32) -> tuple:
+        return (cutlass.min(self.num_tiles(), max_ctas), 1, 1)
+
+    @cute.jit
+    def first_tile(self) -> Int32:
+        return Int32(cute.arch.block_idx()[0])
+
+    @cute.jit
+    def next_tile(self, tile: Int32) -> Int32:
+        return tile + Int32(cute.arch.grid_dim()[0])
+
+    @cute.jit
+    def is_valid(self, tile: Int32) -> cutlass.Boolean:
+        return tile < self.num_tiles()
+
+    @cute.jit
+    def decode(self, tile: Int32) -> tuple[Int32, Int32, Int32]:
+        """tile -> (m_block, head, batch)."""
+        m_block = Int32(0)
+        bh = Int32(0)
+        if const_expr(self.longest_first):
+            num_bh = self.num_heads * self.num_batch
+            m_block = self.num_m_blocks - 1 - tile // num_bh
+            bh = tile % num_bh
+        else:
+            m_block = tile % self.num_m_blocks
+            bh = tile // self.num_m_blocks
+        return m_block, bh % self.num_heads, bh // self.num_heads

@@ -1,0 +1,321 @@
+"""Launcher for the CuTe-DSL attention forward (sm90): config choice, compile, call.
+
+``compile_fwd(config)`` compiles against fake tensors only (symbolic batch, sequence, head and
+head-dim extents), so it runs without a GPU and one binary serves every shape of a config. The
+compile cache (``compile_cache.py``) keys on the frozen ``FwdConfig``.
+
+``attention_fwd(q, k, v, q_factor, k_factor, *, softmax_scale, window_left, window_right)``
+returns ``(out, lse)`` with ``out`` (B, Sq, H, Dv) in q.dtype and ``lse`` (B, H, Sq) float32; see
+``kernels/cute/attention/base.py`` for the visibility rule and the bias contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .compile_cache import CompileCache
+
+__all__ = [
+    "FwdConfig",
+    "attention_fwd",
+    "choose_config",
+    "compile_config",
+    "compile_fwd",
+    "shipped_configs",
+]
+
+_CACHE = CompileCache("attention_fwd_sm90")
+
+SMEM_CAPACITY = 227 * 1024
+
+# head_dim -> (tile_n, num_stages, o_aliases_q). Not yet measured on an H100: sized so that
+# Q + stages * (K + V) + O fits the 227 KiB of shared memory and acc_S + P + acc_O fit the 240
+# registers of a consumer thread. 256 writes O over Q (no room for both).
+_TILES = {
+    64: (128, 3, False),
+    96: (128, 2, False),
+    128: (128, 2, False),
+    192: (64, 2, False),
+    256: (64, 2, True),
+}
+
+_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    """Everything static about one compiled forward kernel."""
+
+    dtype: str  # "fp16" | "bf16"
+    head_dim: int
+    head_dim_v: int
+    window_left: bool  # a left window bound exists (window_left >= 0)
+    window_right: bool  # a right bound exists; causal is window_right == 0
+    bias_rank: int = 0  # padded: a multiple of 4 (float32 factors) or 16 (bias_mma); 0 = no bias
+    bias_mma: bool = False  # factors in the input dtype, product on the tensor cores
+    tile_n: int = 128
+    num_stages: int = 2
+    o_aliases_q: bool = False
+    # online-softmax switches (see kernels/cute/common/softmax.py); measured off vs on is pending
+    rescale_threshold: float = 8.0
+    poly_exp2_per_8: int = 0
+    pingpong: bool = True
+    intra_wg_overlap: bool = True
+    arch: str = "sm_90a"
+
+    def make_kernel(self):
+        import cutlass
+
+        from attnkit.kernels.cute.attention.sm90_fwd import AttentionFwdSm90
+
+        return AttentionFwdSm90(
+            {"fp16": cutlass.Float16, "bf16": cutlass.BFloat16}[self.dtype],
+            self.head_dim,
+            self.head_dim_v,
+            self.tile_n,
+            self.num_stages,
+            self.window_left,
+            self.window_right,
+            bias_rank=self.bias_rank,
+            rescale_threshold=self.rescale_threshold,
+            poly_exp2_per_8=self.poly_exp2_per_8,
+            pingpong=self.pingpong,
+            intra_wg_overlap=self.intra_wg_overlap,
+            o_aliases_q=self.o_aliases_q,
+            bias_mma=self.bias_mma,
+        )
+
+
+def _padded_rank(rank: int, bias_mma: bool) -> int:
+    step = 16 if bias_mma else 4
+    return 0 if rank == 0 else step * math.ceil(rank / step)
+
+
+@functools.lru_cache(maxsize=256)
+def choose_config(
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: bool,
+    window_right: bool,
+    bias_rank: int = 0,
+    bias_mma: bool = False,
+    arch: str = "sm_90a",
+) -> FwdConfig:
+    if dtype not in _DTYPES:
+        raise TypeError(f"CuTe attention supports fp16/bf16, got {dtype}")
+    widest = max(head_dim, head_dim_v)
+    if widest not in _TILES or head_dim not in _TILES or head_dim_v not in _TILES:
+        raise ValueError(f"unsupported head dims ({head_dim}, {head_dim_v}); supported: {sorted(_TILES)}")
+    tile_n, stages, o_aliases_q = _TILES[widest]
+    can_alias = head_dim_v <= head_dim
+    o_aliases_q = o_aliases_q and can_alias
+    cfg = FwdConfig(
+        _DTYPES[dtype],
+        head_dim,
+        head_dim_v,
+        window_left,
+        window_right,
+        bias_rank=_padded_rank(bias_rank, bias_mma),
+        bias_mma=bias_mma and bias_rank > 0,
+        tile_n=tile_n,
+        num_stages=stages,
+        o_aliases_q=o_aliases_q,
+        arch=arch,
+    )
+    # the bias factors take smem too: give up the separate O buffer, then halve the key tile
+    for change in ({"o_aliases_q": can_alias}, {"tile_n": cfg.tile_n // 2}):
+        if cfg.make_kernel().smem_bytes() <= SMEM_CAPACITY:
+            break
+        cfg = dataclasses.replace(cfg, **change)
+    if cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
+        raise ValueError(f"no forward config fits shared memory for {cfg}")
+    return cfg
+
+
+def shipped_configs(arch: str = "sm_90a") -> list[FwdConfig]:
+    """The configs ``python -m attnkit.precompile`` builds: the common cases at full speed."""
+    configs = []
+    for dtype in (torch.bfloat16, torch.float16):
+        for head_dim in (64, 128):
+            for causal in (False, True):
+                configs.append(choose_config(dtype, head_dim, head_dim, False, causal, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 128, 128, True, True, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=8, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=16, bias_mma=True, arch=arch))
+    configs.append(choose_config(torch.float16, 64, 64, False, False, bias_rank=8, bias_mma=True, arch=arch))
+    for head_dim in (96, 192, 256):
+        configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, False, arch=arch))
+    return configs
+
+
+def _fake_args(cfg: FwdConfig):
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+    from cutlass.runtime import make_fake_stream
+
+    elem = {"fp16": cutlass.Float16, "bf16": cutlass.BFloat16}[cfg.dtype]
+
+    def fake_4d(dtype, align_elems):
+        # every extent symbolic; strides symbolic but 16-byte multiples (TMA), last dim contiguous.
+        # This is the type from_dlpack(t).mark_layout_dynamic(leading_dim=3) produces at run time.
+        shape = tuple(cute.sym_int() for _ in range(4))
+        stride = tuple(cute.sym_int64(divisibility=align_elems) for _ in range(3)) + (1,)
+        return make_fake_tensor(dtype, shape, stride=stride, assumed_align=16)
+
+    q, k, v, o = (fake_4d(elem, 8) for _ in range(4))
+    lse = make_fake_tensor(
+        cutlass.Float32,
+        tuple(cute.sym_int() for _ in range(3)),
+        stride=(cute.sym_int64(), cute.sym_int64(), 1),
+        assumed_align=4,
+    )
+    qf = kf = None
+    if cfg.bias_rank:
+        factor = elem if cfg.bias_mma else cutlass.Float32
+        qf, kf = fake_4d(factor, 16 // (factor.width // 8)), fake_4d(factor, 16 // (factor.width // 8))
+    scalars = (cutlass.Float32(1.0), cutlass.Int32(0), cutlass.Int32(0), cutlass.Int32(1))
+    return (q, k, v, o, lse, qf, kf, *scalars, make_fake_stream())
+
+
+def _builder(cfg: FwdConfig):
+    def build(options: str):
+        import cutlass.cute as cute
+
+        return cute.compile(cfg.make_kernel(), *_fake_args(cfg), options=options)
+
+    return build
+
+
+def compile_fwd(cfg: FwdConfig):
+    """The compiled kernel for ``cfg`` (memory, then disk cache, then a cold compile)."""
+    return _CACHE.get(cfg, _builder(cfg))
+
+
+compile_config = compile_fwd
+
+
+def cache() -> CompileCache:
+    return _CACHE
+
+
+def _to_cute(t: torch.Tensor, align: int = 16):
+    """The runtime twin of the fake tensors: every extent and non-unit stride dynamic."""
+    from cutlass.cute.runtime import from_dlpack
+
+    return from_dlpack(t, assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
+
+
+def _tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules)."""
+    elems = 16 // t.element_size()
+    ok = t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
+    return t if ok else t.contiguous()
+
+
+def _prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
+    """Contiguous, in ``dtype``, rank zero-padded to ``rank`` (exact: padded terms are 0 * 0).
+
+    Factors of another 16-bit dtype than q are widened exactly to float32; their products are then
+    exact in float32, as on the tensor cores. Contiguity also removes broadcast (stride-0) views,
+    which TMA cannot describe.
+    """
+    f = f.to(dtype).contiguous()
+    if f.shape[-1] != rank:
+        f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
+    return _tma_ready(f)
+
+
+def _window_arg(window: int, seqlen_q: int, seqlen_k: int) -> int:
+    """The kernel's Int32 window: unused when negative (the config has no such bound), and clamped
+    to Sq + Sk, beyond which every window admits every key (keeps i + offset + window in Int32)."""
+    return min(max(window, 0), seqlen_q + seqlen_k)
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_factor: torch.Tensor | None,
+    k_factor: torch.Tensor | None,
+    *,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention forward on sm90. q (B, Sq, H, D), k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv)."""
+    import cuda.bindings.driver as cuda
+
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    head_dim_v = v.shape[-1]
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError("q, k, v must share a dtype")
+    if num_heads % k.shape[2] != 0 or k.shape[2] != v.shape[2]:
+        raise ValueError("the number of query heads must be a multiple of the number of K/V heads")
+    if not softmax_scale > 0:
+        raise ValueError("the kernel's running max assumes softmax_scale > 0")
+    if (q_factor is None) != (k_factor is None):
+        raise ValueError("q_factor and k_factor come together")
+    rank = 0 if q_factor is None else q_factor.shape[-1]
+    if rank:
+        bq, sq_f, hq, _ = q_factor.shape
+        bk, sk_f, hk, rank_k = k_factor.shape
+        if sq_f != seqlen_q or sk_f != k.shape[1] or rank_k != rank or not 1 <= rank <= 64:
+            raise ValueError("factors must be (B|1, Sq, H|1, R) and (B|1, Sk, H|1, R) with 1 <= R <= 64")
+        if bq not in (1, batch) or bk not in (1, batch) or hq not in (1, num_heads) or hk not in (1, num_heads):
+            raise ValueError("factor batch/head extents must be 1 or match q")
+    # learned factors in q's dtype go on the tensor cores; float32 (position-like) ones on FMAs
+    bias_mma = rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype
+    cfg = choose_config(
+        q.dtype, head_dim, head_dim_v, window_left >= 0, window_right >= 0, bias_rank=rank, bias_mma=bias_mma
+    )
+    kernel = compile_fwd(cfg)
+
+    out = torch.empty(batch, seqlen_q, num_heads, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, num_heads, seqlen_q, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    if k.shape[1] == 0:
+        # no keys at all: every row is empty (TMA descriptors cannot describe a 0-extent tensor)
+        return out.zero_(), lse.fill_(float("-inf"))
+    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    qf = kf = None
+    if rank:
+        factor_dtype = q.dtype if cfg.bias_mma else torch.float32
+        qf = _to_cute(_prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        kf = _to_cute(_prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
+    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
+    args = (
+        _to_cute(q),
+        _to_cute(k),
+        _to_cute(v),
+        _to_cute(out),
+        _to_cute(lse, align=4),
+        qf,
+        kf,
+        softmax_scale * math.log2(math.e),
+        _window_arg(window_left, seqlen_q, k.shape[1]),
+        _window_arg(window_right, seqlen_q, k.shape[1]),
+        _sm_count(q.device),
+        stream,
+    )
+    try:
+        kernel(*args)
+    except Exception:
+        record = _CACHE.records.get(cfg)
+        if record is None or record.source != "disk":
+            raise
+        # a cached object from another toolchain build or machine: rebuild it here, once
+        _CACHE.recompile(cfg, _builder(cfg))(*args)
+    return out, lse

@@ -1,0 +1,144 @@
+"""Compile every shipped CuTe-DSL kernel config without a GPU; optionally dump each kernel's SASS.
+
+    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd]
+
+Warms the disk compile cache (``$ATTNKIT_CACHE_DIR`` or ``~/.cache/attnkit``) for deployment. The
+registry below lists launcher modules; each exposes ``shipped_configs(arch)`` (frozen config
+dataclasses), ``compile_config(cfg)`` and ``cache()`` (its ``CompileCache``, for the cubins). A
+module that is not importable yet is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REGISTRY = {
+    "fwd": "attnkit.cute.attention_fwd",
+    "bwd": "attnkit.cute.attention_bwd",
+}
+
+
+@dataclasses.dataclass
+class Built:
+    kind: str
+    config: object
+    source: str  # "compile" | "disk" | "failed"
+    seconds: float
+    cubin: bytes | None
+    error: str | None = None
+
+
+def config_name(cfg) -> str:
+    """A file-name-safe, human-readable name: the config class and its field values."""
+    parts = [type(cfg).__name__]
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        parts.append(f"{field.name}-{value}")
+    return "_".join(parts).replace(".", "p").replace(" ", "")
+
+
+def load_launchers(only: str | None = None) -> dict:
+    mods = {}
+    for kind, module in REGISTRY.items():
+        if only is not None and kind != only:
+            continue
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            print(f"precompile: skipping {module} ({exc})", file=sys.stderr)
+            continue
+        if not hasattr(mod, "shipped_configs") or not hasattr(mod, "compile_config"):
+            print(f"precompile: {module} has no shipped_configs/compile_config; skipped", file=sys.stderr)
+            continue
+        mods[kind] = mod
+    return mods
+
+
+def build_all(arch: str, only: str | None = None) -> list[Built]:
+    os.environ.setdefault("CUTE_DSL_ARCH", arch)
+    results = []
+    for kind, mod in load_launchers(only).items():
+        cache = mod.cache() if hasattr(mod, "cache") else None
+        for cfg in mod.shipped_configs(arch):
+            start = time.perf_counter()
+            try:
+                compiled = mod.compile_config(cfg)
+            except Exception as exc:  # one broken config must not hide the others
+                message = str(exc).strip().splitlines()
+                results.append(Built(kind, cfg, "failed", time.perf_counter() - start, None, " | ".join(message)))
+                continue
+            seconds = time.perf_counter() - start
+            record = cache.records.get(cfg) if cache is not None else None
+            source = record.source if record is not None else "compile"
+            cubin = record.cubin if record is not None else getattr(compiled, "__cubin__", None)
+            results.append(Built(kind, cfg, source, seconds, cubin))
+    return results
+
+
+def cuobjdump() -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(path) if path.exists() else "cuobjdump"
+
+
+def sass_of(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([cuobjdump(), "-sass", f.name], check=True, capture_output=True, text=True).stdout
+
+
+def sass_summary(sass: str) -> dict[str, int]:
+    """Instruction counts the CPU tests check (HGMMA, TMA loads/stores, local memory)."""
+    counts = {}
+    for op in ("HGMMA", "UTMALDG", "UTMASTG", "LDL", "STL", "MUFU.EX2", "BAR.SYNC"):
+        counts[op] = sum(1 for line in sass.splitlines() if f" {op}" in line or f"\t{op}" in line)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90a", choices=["sm_90a"])
+    parser.add_argument("--sass", type=Path, default=None, help="write <DIR>/<kind>/<config>.sass")
+    parser.add_argument("--only", choices=sorted(REGISTRY), default=None)
+    args = parser.parse_args(argv)
+
+    results = build_all(args.arch, args.only)
+    for built in results:
+        line = f"{built.kind:4s} {built.source:8s} {built.seconds:7.3f}s  {built.config}"
+        if built.error is not None:
+            print(f"{line}\n     error: {built.error}")
+            continue
+        if args.sass is not None:
+            if built.cubin is None:
+                line += "  (no cubin)"
+            else:
+                sass = sass_of(built.cubin)
+                out = args.sass / built.kind / f"{config_name(built.config)}.sass"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(sass)
+                line += "  " + " ".join(f"{k}={v}" for k, v in sass_summary(sass).items())
+        print(line)
+    cold = [b.seconds for b in results if b.source == "compile"]
+    warm = [b.seconds for b in results if b.source == "disk"]
+    failed = [b for b in results if b.source == "failed"]
+    if cold:
+        print(f"cold compiles: {len(cold)}, mean {sum(cold) / len(cold):.2f}s, max {max(cold):.2f}s")
+    if warm:
+        print(f"warm loads: {len(warm)}, mean {1000 * sum(warm) / len(warm):.1f}ms, max {1000 * max(warm):.1f}ms")
+    if failed:
+        print(f"FAILED: {len(failed)} config(s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

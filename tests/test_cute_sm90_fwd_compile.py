@@ -1,0 +1,458 @@
+"""CuTe-DSL sm90 attention forward, on the CPU: every shipped config compiles for sm_90a and its SASS has
+wgmma (HGMMA), TMA loads/stores (UTMALDG/UTMASTG) and no local memory (LDL/STL); the compile cache hits
+in memory and on disk; the launcher's runtime tensors marshal like the fake tensors the kernel was built
+on; and the kernel's own mask, tile order, P-operand layout, float32 bias and online softmax run as host
+code against brute-force references. The numerics test at the end needs an H100 (gpu/sm90 markers)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("cutlass")
+
+import cutlass  # noqa: E402
+import cutlass.cute as cute  # noqa: E402
+from attnkit import precompile  # noqa: E402
+from attnkit.cute import attention_fwd as fwd  # noqa: E402
+from attnkit.cute import compile_cache  # noqa: E402
+from attnkit.kernels.cute.attention.sm90_fwd import AttentionFwdSm90  # noqa: E402
+from attnkit.kernels.cute.common import sm90  # noqa: E402
+from attnkit.kernels.cute.common.layouts import acc_view_as_operand_a  # noqa: E402
+from attnkit.kernels.cute.common.mask import AttentionMask  # noqa: E402
+from attnkit.kernels.cute.common.softmax import OnlineSoftmax  # noqa: E402
+from attnkit.kernels.cute.common.tile_scheduler import PersistentTileScheduler  # noqa: E402
+from cutlass import Float32, Int32  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One fresh disk cache for the module: the first compile of each config here is a cold one."""
+    path = tmp_path_factory.mktemp("attnkit-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTNKIT_CACHE_DIR", str(path))
+    mp.delenv("ATTNKIT_DISABLE_DISK_CACHE", raising=False)
+    mp.setenv("CUTE_DSL_ARCH", "sm_90a")
+    fwd.cache().clear_memory()
+    yield path
+    fwd.cache().clear_memory()
+    mp.undo()
+
+
+def _sass(cfg) -> str:
+    cubin = fwd.cache().cubin(cfg)
+    assert cubin is not None, "the compile cache keeps the cubin of every config it compiled or loaded"
+    return precompile.sass_of(cubin)
+
+
+@pytest.mark.parametrize("cfg", fwd.shipped_configs("sm_90a"), ids=precompile.config_name)
+def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
+    fwd.compile_fwd(cfg)
+    counts = precompile.sass_summary(_sass(cfg))
+    assert counts["HGMMA"] > 0, counts
+    assert counts["UTMALDG"] > 0, counts
+    assert counts["UTMASTG"] > 0, counts
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+
+
+def test_second_compile_hits_memory(cache_dir):
+    cfg = fwd.choose_config(torch.bfloat16, 64, 64, False, False)
+    first = fwd.compile_fwd(cfg)
+    start = time.perf_counter()
+    assert fwd.compile_fwd(cfg) is first
+    assert time.perf_counter() - start < 0.01
+
+
+def test_warm_disk_load_is_fast(cache_dir):
+    cfg = fwd.choose_config(torch.float16, 64, 64, False, True)
+    fwd.compile_fwd(cfg)
+    fwd.cache().clear_memory()
+    start = time.perf_counter()
+    fwd.compile_fwd(cfg)
+    seconds = time.perf_counter() - start
+    record = fwd.cache().records[cfg]
+    assert record.source == "disk"
+    assert record.cubin is not None
+    assert seconds < 0.1, f"warm load took {seconds:.3f}s"
+    entries = list((cache_dir / compile_cache.source_fingerprint()).glob("*.o"))
+    assert entries, "the cold compile wrote an object file"
+
+
+def test_disabled_disk_cache_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ATTNKIT_DISABLE_DISK_CACHE", "1")
+    cache = compile_cache.CompileCache("test-disabled")
+    cfg = fwd.choose_config(torch.bfloat16, 64, 64, False, False)
+    cache.get(cfg, lambda options: _build(cfg, options))
+    assert not any(tmp_path.rglob("*.o"))
+    assert cache.records[cfg].source == "compile"
+
+
+def _build(cfg, options):
+    import cutlass.cute as cute
+
+    return cute.compile(cfg.make_kernel(), *fwd._fake_args(cfg), options=options)
+
+
+def test_cache_key_rejects_mutable_configs():
+    with pytest.raises(TypeError):
+        compile_cache.CompileCache("x").get({"not": "frozen"}, lambda options: None, arch="sm_90a")
+
+
+def test_config_choice():
+    cfg = fwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=5)
+    assert cfg.bias_rank == 8  # zero-padded to a multiple of 4
+    assert cfg.make_kernel().smem_bytes() <= fwd.SMEM_CAPACITY
+    big = fwd.choose_config(torch.bfloat16, 128, 128, False, False, bias_rank=64)
+    assert big.make_kernel().smem_bytes() <= fwd.SMEM_CAPACITY
+    with pytest.raises(ValueError):
+        fwd.choose_config(torch.bfloat16, 80, 80, False, False)
+    with pytest.raises(TypeError):
+        fwd.choose_config(torch.float32, 64, 64, False, False)
+
+
+def test_exp2_polynomials_meet_their_error_bound():
+    from attnkit.kernels.cute.common.fast_exp2 import EXP2_POLY
+
+    x = torch.linspace(0, 1, 10001, dtype=torch.float64)
+    for degree, bound in ((3, 8e-5), (4, 3e-6)):
+        coeffs = torch.tensor(EXP2_POLY[degree], dtype=torch.float32).double()
+        p = sum(c * x**i for i, c in enumerate(coeffs))
+        assert ((p / 2**x) - 1).abs().max().item() < bound
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize(
+    "b, sq, sk, h, hkv, d, wl, wr, rank",
+    [
+        (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
+        (2, 77, 1000, 4, 2, 64, -1, 0, 0),
+        (1, 4097, 4097, 2, 1, 128, -1, 0, 8),
+        (2, 1000, 1000, 4, 2, 128, -1, 0, -8),
+        (1, 1000, 77, 2, 2, 64, -1, 0, 0),
+        (1, 1, 1000, 2, 2, 128, 100, 0, 0),
+        (1, 333, 1000, 2, 2, 64, 64, 16, 3),
+        (1, 333, 1000, 2, 2, 64, -1, -1, -24),
+        (1, 256, 256, 2, 2, 256, -1, -1, 0),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype):
+    from attnkit.reference.attention import attention_forward
+    from numerics import assert_2x
+
+    dev = "cuda"
+    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
+    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
+    v = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
+    qf = kf = None
+    if rank:
+        # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
+        factor_dtype = dtype if rank < 0 else torch.float32
+        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
+        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
+    scale = 1.0 / math.sqrt(d)
+    kw = dict(softmax_scale=scale, window_left=wl, window_right=wr)
+    # poison: the outputs are allocated from the caching allocator's freed NaN blocks
+    poison = [
+        torch.full((b, sq, h, d), float("nan"), device=dev, dtype=dtype),
+        torch.full((b, h, sq), float("nan"), device=dev),
+    ]
+    del poison
+    out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw)
+    torch.cuda.synchronize()
+    out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
+    out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
+    assert_2x("out", out, out64, out_lp, dtype)
+    empty = torch.isneginf(lse64)
+    assert torch.equal(torch.isneginf(lse), empty), "rows with no visible key must have lse = -inf"
+    if empty.any():
+        assert (out[empty.transpose(1, 2)] == 0).all(), "rows with no visible key must output zeros"
+    finite = ~empty
+    assert_2x("lse", lse[finite], lse64[finite], lse_lp[finite], torch.float32)
+
+
+# Host-side probes: @cute.jit code without device-only instructions runs on the CPU, so the mask, the
+# tile order and the P-in-registers layout of the kernel are checked here exactly, thread by thread.
+
+_TILE_M, _TILE_N = 128, 128
+# the arch is otherwise read from CUTE_DSL_ARCH when cutlass is first imported (sm_100a without a GPU)
+_HOPPER = "--gpu-arch sm_90a"
+_COMPILED_MASK_PROBES = {}
+
+
+@cute.jit
+def mask_probe(
+    vals: cute.Tensor,  # (256, n_elem) float32: 0 or -inf after masking
+    coords: cute.Tensor,  # (256, n_elem, 2) int32: (row, col) within the tile
+    info: cute.Tensor,  # (4,) int32: n_min, n_max, needs_mask(WG1), needs_mask(WG2)
+    seqlen_q: Int32,
+    seqlen_k: Int32,
+    window_left: Int32,
+    window_right: Int32,
+    m_block: Int32,
+    n_block: Int32,
+    has_left: cutlass.Constexpr,
+    has_right: cutlass.Constexpr,
+):
+    tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", _TILE_N, num_warpgroups=2)
+    mask = AttentionMask(seqlen_q, seqlen_k, window_left, window_right, has_left, has_right, _TILE_N)
+    row_start = m_block * _TILE_M
+    n_min, n_max = mask.n_block_range(row_start, row_start + _TILE_M)
+    info[0] = n_min
+    info[1] = n_max
+    info[2] = Int32(mask.tile_needs_mask(row_start, row_start + 64, n_block))
+    info[3] = Int32(mask.tile_needs_mask(row_start + 64, row_start + 128, n_block))
+    acc_shape = tiled_mma.get_slice(0).partition_shape_C((_TILE_M, _TILE_N))
+    for t in cutlass.range(256):
+        tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((_TILE_M, _TILE_N)))
+        acc = cute.make_tensor(vals[t, None].iterator, cute.make_layout(acc_shape))
+        for i in cutlass.range_constexpr(cute.size(acc)):
+            acc[i] = Float32(0.0)
+            coords[t, i, 0] = tScS[i][0]
+            coords[t, i, 1] = tScS[i][1]
+        mask.apply(acc, tScS, row_start, n_block)
+
+
+@cute.jit
+def operand_probe(out: cute.Tensor, tile_n: cutlass.Constexpr):  # (256, n_elem, 4) int32
+    mma_qk = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tile_n, num_warpgroups=2)
+    mma_pv = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", 128, a_in_regs=True, num_warpgroups=2)
+    for t in cutlass.range(256):
+        cS = mma_qk.get_slice(t).partition_C(cute.make_identity_tensor((128, tile_n)))
+        cS_as_A = acc_view_as_operand_a(cS)
+        cA = mma_pv.get_slice(t).partition_A(cute.make_identity_tensor((128, tile_n)))
+        for i in cutlass.range_constexpr(cute.size(cA)):
+            out[t, i, 0] = cS_as_A[i][0]
+            out[t, i, 1] = cS_as_A[i][1]
+            out[t, i, 2] = cA[i][0]
+            out[t, i, 3] = cA[i][1]
+
+
+@cute.jit
+def schedule_probe(out: cute.Tensor, m_blocks: Int32, heads: Int32, batch: Int32, longest_first: cutlass.Constexpr):
+    sched = PersistentTileScheduler(m_blocks, heads, batch, longest_first)
+    for t in cutlass.range(sched.num_tiles()):
+        m, h, b = sched.decode(t)
+        out[t, 0] = m
+        out[t, 1] = h
+        out[t, 2] = b
+
+
+_BIAS_KERNEL = AttentionFwdSm90(cutlass.BFloat16, 128, 128, _TILE_N, 2, False, True, bias_rank=8)
+
+
+@cute.jit
+def bias_probe(
+    vals: cute.Tensor,  # (256, n_elem) float32 scores in, scaled + biased scores out
+    coords: cute.Tensor,  # (256, n_elem, 2) int32
+    sQf: cute.Tensor,  # (128, r) float32
+    sKf: cute.Tensor,  # (tile_n, r) float32
+    scale_log2: Float32,
+):
+    tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", _TILE_N, num_warpgroups=2)
+    acc_shape = tiled_mma.get_slice(0).partition_shape_C((_TILE_M, _TILE_N))
+    for t in cutlass.range(256):
+        tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((_TILE_M, _TILE_N)))
+        acc = cute.make_tensor(vals[t, None].iterator, cute.make_layout(acc_shape))
+        for i in cutlass.range_constexpr(cute.size(acc)):
+            coords[t, i, 0] = tScS[i][0]
+            coords[t, i, 1] = tScS[i][1]
+        _BIAS_KERNEL.add_lowrank_bias(acc, tScS, sQf, sKf, scale_log2)
+
+
+class _HostSoftmax(OnlineSoftmax):
+    """The kernel's online softmax with each thread's two rows standing for whole rows (no quad)."""
+
+    fmax = staticmethod(lambda a, b: cutlass.max(a, b))
+    quad_max = staticmethod(lambda x: x)
+    quad_sum = staticmethod(lambda x: x)
+    rcp = staticmethod(lambda x: Float32(1.0) / x)
+    vote_any = staticmethod(lambda p: p)
+
+
+_SOFTMAX_V, _SOFTMAX_STEPS = 4, 3  # an accumulator of 2 rows x 8 columns, 3 key blocks
+
+
+@cute.jit
+def softmax_probe(
+    scores: cute.Tensor,  # (steps, 4 V) float32: S in, P out, in accumulator order
+    scales: cute.Tensor,  # (steps, 2) float32: the factor for O returned by each step
+    stats: cute.Tensor,  # (2, 2) float32: per row (factor for O, lse)
+    scale_log2: Float32,
+    threshold: cutlass.Constexpr,
+):
+    softmax = _HostSoftmax(scale_log2, 2, rescale_threshold=threshold)
+    softmax.reset()
+    for i in cutlass.range_constexpr(_SOFTMAX_STEPS):
+        acc = cute.make_tensor(scores[i, None].iterator, cute.make_layout(((2, 2, _SOFTMAX_V), 1, 1)))
+        row_scale = softmax.step(acc, is_first=i == 0)
+        for r in cutlass.range_constexpr(2):
+            scales[i, r] = row_scale[r]
+    out_scale, lse = softmax.finalize()
+    for r in cutlass.range_constexpr(2):
+        stats[r, 0] = out_scale[r]
+        stats[r, 1] = lse[r]
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return mask_probe, operand_probe, schedule_probe
+
+
+def _visible(sq, sk, wl, wr):
+    i = torch.arange(sq)[:, None] + sk - sq
+    j = torch.arange(sk)[None, :]
+    vis = torch.ones(sq, sk, dtype=torch.bool)
+    if wl >= 0:
+        vis &= j >= i - wl
+    if wr >= 0:
+        vis &= j <= i + wr
+    return vis
+
+
+@pytest.mark.parametrize("sq, sk", [(1, 1000), (77, 1000), (1000, 77), (300, 300), (129, 257)])
+@pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0)])
+def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr):
+    from cutlass.cute.runtime import from_dlpack
+
+    mask_probe = probes[0]
+    n_elem = _TILE_M * _TILE_N // 256
+    vals = torch.zeros(256, n_elem)
+    coords = torch.zeros(256, n_elem, 2, dtype=torch.int32)
+    info = torch.zeros(4, dtype=torch.int32)
+
+    def args(m, n):
+        return (from_dlpack(vals), from_dlpack(coords), from_dlpack(info), sq, sk, max(wl, 0), max(wr, 0), m, n)
+
+    key = (wl >= 0, wr >= 0)
+    if key not in _COMPILED_MASK_PROBES:
+        _COMPILED_MASK_PROBES[key] = cute.compile(mask_probe, *args(0, 0), *key, options=_HOPPER)
+    run = _COMPILED_MASK_PROBES[key]
+    vis = _visible(sq, sk, wl, wr)
+    num_key_blocks = math.ceil(sk / _TILE_N)
+    for m in range(math.ceil(sq / _TILE_M)):
+        run(*args(m, 0))
+        n_min, n_max = int(info[0]), int(info[1])
+        assert 0 <= n_min and n_max <= num_key_blocks
+        seen = vis[m * _TILE_M : (m + 1) * _TILE_M].any(0).nonzero()
+        if len(seen):
+            assert n_min <= int(seen.min()) // _TILE_N and n_max > int(seen.max()) // _TILE_N
+        for n in range(n_min, n_max):
+            run(*args(m, n))
+            rows = coords[..., 0].long() + m * _TILE_M
+            cols = coords[..., 1].long() + n * _TILE_N
+            live = rows < sq
+            expect = torch.zeros_like(live)
+            inside = live & (cols < sk)
+            expect[inside] = vis[rows[inside], cols[inside]]
+            assert torch.equal((vals == 0) & live, expect), f"m_block {m}, n_block {n}"
+            for wg in range(2):
+                part = slice(128 * wg, 128 * (wg + 1))
+                if (live[part] & ~expect[part]).any():
+                    assert info[2 + wg], f"boundary tile (m {m}, n {n}, warpgroup {wg}) left unmasked"
+
+
+@pytest.mark.parametrize("tile_n", [64, 128])
+def test_p_stays_in_registers_with_the_pv_operand_layout(probes, tile_n):
+    from cutlass.cute.runtime import from_dlpack
+
+    out = torch.zeros(256, 128 * tile_n // 256, 4, dtype=torch.int32)
+    cute.compile(probes[1], from_dlpack(out), tile_n, options=_HOPPER)(from_dlpack(out))
+    assert torch.equal(out[..., :2], out[..., 2:]), "softmax output element != P·V A-operand element"
+
+
+@pytest.mark.parametrize("longest_first", [False, True])
+def test_persistent_schedule_covers_every_tile_once(probes, longest_first):
+    from cutlass.cute.runtime import from_dlpack
+
+    m_blocks, heads, batch = 5, 3, 2
+    out = torch.zeros(m_blocks * heads * batch, 3, dtype=torch.int32)
+    run = cute.compile(probes[2], from_dlpack(out), m_blocks, heads, batch, longest_first, options=_HOPPER)
+    run(from_dlpack(out), m_blocks, heads, batch)
+    assert len({tuple(r) for r in out.tolist()}) == len(out)
+    assert out[:, 0].max() == m_blocks - 1 and out[:, 1].max() == heads - 1 and out[:, 2].max() == batch - 1
+    if longest_first:
+        assert torch.equal(out[:, 0], out[:, 0].sort(descending=True).values), "last query blocks first"
+
+
+def _layout_signature(t) -> str:
+    """'(?,?,?,?):(?{i64},?{i64},?{i64},1)' for fake and runtime tensors alike (divisibility dropped)."""
+    import re
+
+    text = str(t).replace(" ", "")
+    text = re.sub(r"\?\{div=\d+\}", "?", text)
+    text = re.sub(r"\?\{i64div=\d+\}", "?{i64}", text)
+    shapes = re.findall(r"\((?:[^()]|\([^()]*\))*\)", text)
+    return ":".join(shapes[-2:])
+
+
+@pytest.mark.parametrize("factor_dtype", [None, torch.float32, torch.bfloat16])
+def test_runtime_arguments_match_the_compiled_signature(factor_dtype):
+    """The launcher's runtime tensors must marshal exactly like the fake tensors the kernel was built on."""
+    q = torch.zeros(2, 100, 4, 64, dtype=torch.bfloat16)
+    lse = torch.zeros(2, 4, 100)
+    rank = 0 if factor_dtype is None else 8
+    bias_mma = factor_dtype == torch.bfloat16
+    cfg = fwd.choose_config(torch.bfloat16, 64, 64, False, False, bias_rank=rank, bias_mma=bias_mma)
+    fakes = fwd._fake_args(cfg)
+    runtime = [fwd._to_cute(q)] * 4 + [fwd._to_cute(lse, align=4)]
+    if rank:
+        factor = fwd._prepare_factor(torch.zeros(2, 100, 1, 5), cfg.bias_rank, factor_dtype)
+        runtime += [fwd._to_cute(factor)] * 2
+    for fake, real in zip(fakes, runtime, strict=False):
+        assert _layout_signature(fake) == _layout_signature(real), (str(fake), str(real))
+        assert fake.element_type == real.element_type
+
+
+def test_float32_bias_matches_factor_product():
+    """Scores leave add_lowrank_bias as scale_log2 * s + log2(e) * qf[row] . kf[col], per thread."""
+    from cutlass.cute.runtime import from_dlpack
+
+    qf, kf = torch.randn(_TILE_M, 8), torch.randn(_TILE_N, 8)
+    vals = torch.randn(256, _TILE_M * _TILE_N // 256)
+    before = vals.clone()
+    coords = torch.zeros(256, _TILE_M * _TILE_N // 256, 2, dtype=torch.int32)
+    args = (from_dlpack(vals), from_dlpack(coords), from_dlpack(qf), from_dlpack(kf), 0.3)
+    cute.compile(bias_probe, *args, options=_HOPPER)(*args)
+    rows, cols = coords[..., 0].long(), coords[..., 1].long()
+    expect = before * 0.3 + math.log2(math.e) * (qf[rows] * kf[cols]).sum(-1)
+    torch.testing.assert_close(vals, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 8.0])
+@pytest.mark.parametrize("case", ["plain", "empty_row", "empty_first_block", "late_max_jump"])
+def test_online_softmax_reproduces_softmax_and_lse(threshold, case):
+    """O = sum_i (O * scale_i + P_i V_i) * out_scale must equal softmax(S) V, lse = logsumexp(S)."""
+    from cutlass.cute.runtime import from_dlpack
+
+    steps, cols = _SOFTMAX_STEPS, 2 * _SOFTMAX_V
+    s = torch.randn(steps, 2, cols) * 3
+    if case == "empty_row":
+        s[:, 0] = float("-inf")
+    elif case == "empty_first_block":
+        s[0, 1] = float("-inf")
+        s[1, 1, :3] = float("-inf")
+    elif case == "late_max_jump":
+        s[2] += 20.0
+    # accumulator order: element a + 2 * row + 4 * v holds column 2 v + a
+    buf = s.reshape(steps, 2, _SOFTMAX_V, 2).permute(0, 2, 1, 3).reshape(steps, 4 * _SOFTMAX_V).contiguous()
+    scales, stats = torch.zeros(steps, 2), torch.zeros(2, 2)
+    softmax_scale = 0.7
+    args = (from_dlpack(buf), from_dlpack(scales), from_dlpack(stats), softmax_scale * math.log2(math.e))
+    cute.compile(softmax_probe, *args, threshold, options=_HOPPER)(*args)
+
+    p = buf.view(steps, _SOFTMAX_V, 2, 2).permute(0, 2, 1, 3).reshape(steps, 2, cols).double()
+    assert p.max() <= 2.0**threshold, "P stays below 2^threshold"
+    v = torch.randn(steps, cols, 5, dtype=torch.float64)
+    o = torch.zeros(2, 5, dtype=torch.float64)
+    for i in range(steps):
+        o = o * scales[i].double()[:, None] + p[i] @ v[i]
+    o = o * stats[:, 0].double()[:, None]
+    logits = (s * softmax_scale).double().permute(1, 0, 2).reshape(2, -1)
+    torch.testing.assert_close(o, torch.softmax(logits, -1).nan_to_num(0.0) @ v.reshape(-1, 5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats[:, 1].double(), torch.logsumexp(logits, -1), atol=1e-4, rtol=1e-5)
