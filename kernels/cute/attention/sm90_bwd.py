@@ -1,0 +1,1025 @@
+"""Attention backward for Hopper (sm90): preprocess, main kernel per key tile, postprocess.
+
+Supported: fp16/bf16; head dims 64, 96 and 128 (d == dv); any sequence lengths (TMA zero-fills the
+tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
+tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers); the
+low-rank logit bias ``qf @ kf.T`` in float32 FMAs, with the factor gradients computed in float32
+from a float32 copy of dS and added with atomics.
+Not supported: varlen, dropout, a deterministic dQ (dQ is accumulated with float32 atomics).
+
+Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90.__call__``):
+    preprocess   D = rowsum(dO * O) in float32 and lse in log2 units; rows without a visible key
+                 (lse = -inf) and padding rows get lse2 = +inf so that P = exp2(s - lse2) = 0.
+    main         one CTA per (key block, K/V head, batch). With S^T = K Q^T and dP^T = V dO^T,
+                 P^T and dS^T come out of wgmma in the A-operand register layout, so
+                 dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
+                 smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
+                 consumer warpgroups split along d; dQ is added to a float32 buffer with atomics.
+    postprocess  dq = dQaccum * softmax_scale, converted to the input dtype.
+
+CTA layout of the main kernel (3 warpgroups):
+    WG0      producer: warp 0 issues the TMA loads of K, V (once), the key bias factors (once
+             per query head) and Q, dO, lse2, D (+ query bias factors) per query block into a
+             ``num_stages`` pipeline; the warpgroup gives registers back.
+    WG1, WG2 consumers: 64 key rows each of the 128-row key block.
+"""
+
+import enum
+import math
+from typing import NamedTuple
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.cute as cute
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, Int32, const_expr
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.tensor_utils import LayoutEnum
+
+from ..common import sm90
+from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
+from ..common.layouts import acc_view_as_operand_a, acc_view_mn
+from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
+
+LOG2_E = math.log2(math.e)
+
+SUPPORTED_HEAD_DIMS = (64, 96, 128)
+
+
+class BwdBarrier(enum.IntEnum):
+    """Named barriers of the main kernel (ids from the shared backward table where one exists)."""
+
+    PdS = NamedBarrierBwd.PdS  # dS of both warpgroups in smem -> dQ wgmma
+    BiasGradsDone = max(NamedBarrierBwd) + 1  # fp32 dS and query factors read -> reusable
+    DqTurn = max(NamedBarrierBwd) + 2  # deterministic dQ: this CTA's turn to add (or its adds are done)
+
+
+class BwdWarpRoles(NamedTuple):
+    load: tuple = (0, 1, 2, 3)
+    mma_wg1: tuple = (4, 5, 6, 7)
+    mma_wg2: tuple = (8, 9, 10, 11)
+
+
+WARP_ROLES = BwdWarpRoles()
+NUM_MMA_WARPGROUPS = 2
+# setmaxnreg budgets: 128 * 24 + 256 * 240 = 64512 <= 65536 registers per SM
+PRODUCER_REGS = 24
+MMA_REGS = 240
+
+
+def _transpose_view(t: cute.Tensor) -> cute.Tensor:
+    """(rows, cols[, stages]) smem tensor -> (cols, rows[, stages]) view of the same bytes."""
+    shape = (t.shape[1], t.shape[0], *t.shape[2:])
+    order = (1, 0, *range(2, cute.rank(t)))
+    return cute.composition(t, cute.make_ordered_layout(shape, order=order))
+
+
+def _smem_layout(dtype, rows: int, cols: int, stages: int | None, major_size: int):
+    """Swizzled (rows, cols[, stages]) layout, cols contiguous, swizzle atom ``major_size`` wide.
+
+    A narrower atom than ``cols`` lets the tile also serve as an MN-major operand that each
+    warpgroup slices into ``major_size``-wide pieces along cols.
+    """
+    atom = warpgroup.make_smem_layout_atom(
+        sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, dtype, major_size), dtype
+    )
+    shape = (rows, cols) if stages is None else (rows, cols, stages)
+    return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
+
+
+@cute.jit
+def _red_add_f32(t: cute.Tensor, crd, val: Float32) -> None:
+    """Atomic float32 add of ``val`` into element ``crd`` (index or coordinate) of the global tensor ``t``."""
+    ptr = t.iterator + cute.crd2idx(crd, t.layout)
+    cute.arch.red(ptr, val, op="add", dtype=Float32, sem="relaxed", scope="gpu")
+
+
+class AttentionBwdBase:
+    """Static configuration and validation shared by the backward kernels."""
+
+    def __init__(self, dtype: type[cutlass.Numeric], head_dim: int, head_dim_v: int):
+        if dtype not in (cutlass.Float16, cutlass.BFloat16):
+            raise TypeError(f"attention backward supports fp16/bf16 inputs, got {dtype}")
+        if head_dim not in SUPPORTED_HEAD_DIMS or head_dim_v != head_dim:
+            raise ValueError(f"backward head dims must be equal and in {SUPPORTED_HEAD_DIMS}")
+        self.dtype = dtype
+        self.head_dim = head_dim
+        self.head_dim_v = head_dim_v
+
+    @staticmethod
+    def to_sdhb(t: cute.Tensor) -> cute.Tensor:
+        """(b, s, h, d) -> (s, d, h, b): the (s, d) tile is what TMA and the MMAs consume."""
+        return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
+
+
+class AttentionBwdPreprocessSm90(AttentionBwdBase):
+    """dpsum = rowsum(dO * O) and lse2 = lse * log2(e) over (b, h, s_q_pad); 128 threads per 64 rows."""
+
+    tile_m = 64
+    num_threads = 128
+
+    def __init__(self, dtype: type[cutlass.Numeric], head_dim_v: int):
+        super().__init__(dtype, head_dim_v, head_dim_v)
+        # threads per row: a power of two dividing the 8-element (16-byte) chunks of a row
+        chunks = head_dim_v // 8
+        self.threads_per_row = math.gcd(chunks, 32) if chunks & (chunks - 1) else min(chunks, 32)
+        self.elems_per_thread = head_dim_v // self.threads_per_row
+
+    @cute.jit
+    def __call__(
+        self,
+        mO: cute.Tensor,  # (b, s_q, h, dv)
+        mdO: cute.Tensor,  # (b, s_q, h, dv)
+        mLSE: cute.Tensor,  # (b, h, s_q) float32, natural log
+        mLSE2: cute.Tensor,  # (b, h, s_q_pad) float32, out
+        mDpsum: cute.Tensor,  # (b, h, s_q_pad) float32, out
+        stream: cuda.CUstream,
+    ):
+        grid = (cute.ceil_div(mLSE2.shape[2], self.tile_m), mO.shape[2], mO.shape[0])
+        self.kernel(mO, mdO, mLSE, mLSE2, mDpsum).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream)
+
+    @cute.kernel
+    def kernel(self, mO: cute.Tensor, mdO: cute.Tensor, mLSE: cute.Tensor, mLSE2: cute.Tensor, mDpsum: cute.Tensor):
+        tidx, _, _ = cute.arch.thread_idx()
+        m_block, head, batch = cute.arch.block_idx()
+        seqlen_q = mO.shape[1]
+        tpr = self.threads_per_row
+        rows_per_pass = self.num_threads // tpr
+        lane_in_row = tidx % tpr
+        for p in cutlass.range_constexpr(self.tile_m // rows_per_pass):
+            row = m_block * self.tile_m + p * rows_per_pass + tidx // tpr
+            acc = Float32(0.0)
+            if row < seqlen_q:
+                gO = cute.local_tile(mO[batch, row, head, None], (self.elems_per_thread,), (lane_in_row,))
+                gdO = cute.local_tile(mdO[batch, row, head, None], (self.elems_per_thread,), (lane_in_row,))
+                prod = gO.load().to(Float32) * gdO.load().to(Float32)
+                acc = prod.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+            # rows are groups of tpr adjacent lanes: a butterfly over them sums the row
+            for k in cutlass.range_constexpr(tpr.bit_length() - 1):
+                acc = acc + cute.arch.shuffle_sync_bfly(acc, offset=tpr >> (k + 1))
+            if lane_in_row == 0:
+                lse2 = Float32.inf
+                if row < seqlen_q:
+                    lse = mLSE[batch, head, row]
+                    if lse != -Float32.inf:
+                        lse2 = lse * LOG2_E
+                mLSE2[batch, head, row] = lse2
+                mDpsum[batch, head, row] = acc
+
+
+class AttentionBwdPostprocessSm90(AttentionBwdBase):
+    """dq = dQaccum[:, :, :s_q] * softmax_scale in the input dtype; 128 threads per 64 rows."""
+
+    tile_m = 64
+    num_threads = 128
+    chunk = 8
+
+    @cute.jit
+    def __call__(
+        self,
+        mdQaccum: cute.Tensor,  # (b, h, s_q_pad, d) float32
+        mdQ: cute.Tensor,  # (b, s_q, h, d)
+        softmax_scale: Float32,
+        stream: cuda.CUstream,
+    ):
+        grid = (cute.ceil_div(mdQ.shape[1], self.tile_m), mdQ.shape[2], mdQ.shape[0])
+        self.kernel(mdQaccum, mdQ, softmax_scale).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream)
+
+    @cute.kernel
+    def kernel(self, mdQaccum: cute.Tensor, mdQ: cute.Tensor, softmax_scale: Float32):
+        tidx, _, _ = cute.arch.thread_idx()
+        m_block, head, batch = cute.arch.block_idx()
+        seqlen_q = mdQ.shape[1]
+        chunks_per_row = self.head_dim // self.chunk
+        num_chunks = self.tile_m * chunks_per_row
+        for p in cutlass.range_constexpr(num_chunks // self.num_threads):
+            idx = tidx + p * self.num_threads
+            row = m_block * self.tile_m + idx // chunks_per_row
+            col_chunk = idx % chunks_per_row
+            if row < seqlen_q:
+                src = cute.local_tile(mdQaccum[batch, head, row, None], (self.chunk,), (col_chunk,))
+                dst = cute.local_tile(mdQ[batch, row, head, None], (self.chunk,), (col_chunk,))
+                dst.store((src.load() * softmax_scale).to(self.dtype))
+
+
+class AttentionBwdSm90(AttentionBwdBase):
+    """Main backward kernel: dK, dV of a key block in registers; dQ and the bias factor grads added to float32."""
+
+    tile_m = 64
+    tile_n = 64 * NUM_MMA_WARPGROUPS
+
+    def __init__(
+        self,
+        dtype: type[cutlass.Numeric],
+        head_dim: int,
+        head_dim_v: int,
+        num_stages: int,
+        has_window_left: bool,
+        has_window_right: bool,
+        bias_rank: int = 0,
+        dq_tma_reduce: bool = False,
+        deterministic: bool = False,
+    ):
+        super().__init__(dtype, head_dim, head_dim_v)
+        if deterministic and dq_tma_reduce:
+            raise ValueError("the deterministic mode orders the dQ atomics; it excludes dq_tma_reduce")
+        if bias_rank % 4 != 0 or not 0 <= bias_rank <= 64:
+            raise ValueError(f"bias rank is padded to a multiple of 4 in [0, 64], got {bias_rank}")
+        self.num_stages = num_stages
+        self.has_window_left = has_window_left
+        self.has_window_right = has_window_right
+        self.bias_rank = bias_rank
+        # dQ partial -> smem -> one TMA reduce-add per warpgroup, instead of per-element atomics
+        self.dq_tma_reduce = dq_tma_reduce
+        # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
+        # each waiting on a per-(batch, head, query block) counter
+        self.deterministic = deterministic
+        self.num_threads = WARPGROUP_THREADS * (1 + NUM_MMA_WARPGROUPS)
+        self.num_mma_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
+        # dQ = dS K is split along d: each warpgroup owns d / 2 columns
+        self.dq_cols = head_dim // NUM_MMA_WARPGROUPS
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias_rank > 0
+
+    def smem_bytes(self) -> int:
+        elem = self.dtype.width // 8
+        kv = self.tile_n * (self.head_dim + self.head_dim_v) * elem
+        q_do = self.num_stages * self.tile_m * (self.head_dim + self.head_dim_v) * elem
+        ds = 2 * self.tile_m * self.tile_n * elem
+        bias = 4 * self.bias_rank * (self.num_stages * self.tile_m + self.tile_n)
+        stats = 2 * 4 * self.num_stages * self.tile_m
+        ds_f32 = 4 * self.tile_n * (self.tile_m + 4) if self.has_bias else 0
+        dq = 4 * self.tile_m * self.head_dim if self.dq_tma_reduce else 0
+        return kv + q_do + ds + stats + bias + ds_f32 + dq + 1024 * 8
+
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,  # (b, s_q, h, d)
+        mK: cute.Tensor,  # (b, s_k, h_kv, d)
+        mV: cute.Tensor,  # (b, s_k, h_kv, dv)
+        mdO: cute.Tensor,  # (b, s_q, h, dv)
+        mLSE2: cute.Tensor,  # (b, h, s_q_pad) float32, log2 units, +inf where P must be 0
+        mDpsum: cute.Tensor,  # (b, h, s_q_pad) float32
+        mdQaccum: cute.Tensor,  # (b, h, s_q_pad, d) float32, zero-initialised
+        mdK: cute.Tensor,  # (b, s_k, h_kv, d)
+        mdV: cute.Tensor,  # (b, s_k, h_kv, dv)
+        mQf: cute.Tensor | None,  # (bq, s_q, hq, r) float32, r = bias_rank
+        mKf: cute.Tensor | None,  # (bk, s_k, hk, r) float32
+        mdQf: cute.Tensor | None,  # (b, h, s_q_pad, r) float32, zero-initialised
+        mdKf: cute.Tensor | None,  # (b, h, s_k_pad, r) float32, zero-initialised
+        mSem: cute.Tensor | None,  # (b, h, ceil(s_q / tile_m)) int32, zero-initialised (deterministic)
+        softmax_scale_log2: Float32,
+        softmax_scale: Float32,
+        window_left: Int32,
+        window_right: Int32,
+        stream: cuda.CUstream,
+    ):
+        if const_expr(mQ.element_type != self.dtype or mK.element_type != self.dtype):
+            raise TypeError("q, k, v, dout must all have the kernel's dtype")
+        if const_expr(self.smem_bytes() > 227 * 1024):
+            raise ValueError(f"backward config needs {self.smem_bytes()} bytes of shared memory")
+        mQ, mK, mV, mdO = [self.to_sdhb(t) for t in (mQ, mK, mV, mdO)]
+        tm, tn, d, dv = self.tile_m, self.tile_n, self.head_dim, self.head_dim_v
+
+        # S^T = K Q^T, dP^T = V dO^T: both operands K-major, one warpgroup per 64 key rows
+        tiled_mma_sdp = sm90.make_tiled_mma(self.dtype, "K", "K", tm, num_warpgroups=NUM_MMA_WARPGROUPS)
+        # dV += P^T dO, dK += dS^T Q: A from registers, B = dO / Q read MN-major
+        tiled_mma_dv = sm90.make_tiled_mma(self.dtype, "K", "MN", dv, a_in_regs=True, num_warpgroups=NUM_MMA_WARPGROUPS)
+        tiled_mma_dk = sm90.make_tiled_mma(self.dtype, "K", "MN", d, a_in_regs=True, num_warpgroups=NUM_MMA_WARPGROUPS)
+        # dQ = dS K: warpgroups side by side along d; dS is stored query-contiguous (MN-major A)
+        tiled_mma_dq = sm90_utils.make_trivial_tiled_mma(
+            self.dtype,
+            self.dtype,
+            cute.nvgpu.OperandMajorMode.MN,
+            cute.nvgpu.OperandMajorMode.MN,
+            Float32,
+            atom_layout_mnk=(1, NUM_MMA_WARPGROUPS, 1),
+            tiler_mn=(64, self.dq_cols),
+        )
+
+        sQ_layout = _smem_layout(self.dtype, tm, d, self.num_stages, d)
+        sdO_layout = _smem_layout(self.dtype, tm, dv, self.num_stages, dv)
+        sK_layout = _smem_layout(self.dtype, tn, d, None, self.dq_cols)
+        sV_layout = _smem_layout(self.dtype, tn, dv, None, dv)
+        # dS^T as it leaves the accumulators: (tile_n, tile_m), two buffers
+        sdS_layout = _smem_layout(self.dtype, tn, tm, 2, tm)
+
+        load_op = cpasync.CopyBulkTensorTileG2SOp()
+        tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load_op, mQ, cute.select(sQ_layout, mode=[0, 1]), (tm, d))
+        tma_atom_dO, tma_dO = cpasync.make_tiled_tma_atom(load_op, mdO, cute.select(sdO_layout, mode=[0, 1]), (tm, dv))
+        tma_atom_K, tma_K = cpasync.make_tiled_tma_atom(load_op, mK, sK_layout, (tn, d))
+        tma_atom_V, tma_V = cpasync.make_tiled_tma_atom(load_op, mV, sV_layout, (tn, dv))
+        q_bytes = cute.size_in_bytes(self.dtype, cute.select(sQ_layout, mode=[0, 1]))
+        q_bytes += cute.size_in_bytes(self.dtype, cute.select(sdO_layout, mode=[0, 1]))
+        kv_bytes = cute.size_in_bytes(self.dtype, sK_layout) + cute.size_in_bytes(self.dtype, sV_layout)
+        # lse2 and D of the query block travel with Q and dO: (b, h, s) -> (s, h, b)
+        mLSE2, mDpsum = [cute.make_tensor(t.iterator, cute.select(t.layout, mode=[2, 1, 0])) for t in (mLSE2, mDpsum)]
+        sStat_layout = cute.make_layout((tm, self.num_stages))
+        tma_atom_LSE2, tma_LSE2 = cpasync.make_tiled_tma_atom(load_op, mLSE2, cute.make_layout(tm), (tm,))
+        tma_atom_Dpsum, tma_Dpsum = cpasync.make_tiled_tma_atom(load_op, mDpsum, cute.make_layout(tm), (tm,))
+        q_bytes += 2 * 4 * tm
+
+        rank = max(self.bias_rank, 4)
+        sQf_layout = cute.make_layout((tm, rank, self.num_stages), stride=(rank, 1, tm * rank))
+        sKf_layout = cute.make_layout((tn, rank), stride=(rank, 1))
+        # fp32 dS^T, (tile_n, tile_m), rows padded against bank conflicts
+        sdSf_layout = cute.make_layout((tn, tm), stride=(tm + 4, 1))
+        tma_atom_Qf, tma_Qf, tma_atom_Kf, tma_Kf = None, None, None, None
+        if const_expr(self.has_bias):
+            mQf, mKf = [self.to_sdhb(t) for t in (mQf, mKf)]
+            tma_atom_Qf, tma_Qf = cpasync.make_tiled_tma_atom(
+                load_op, mQf, cute.select(sQf_layout, mode=[0, 1]), (tm, self.bias_rank)
+            )
+            tma_atom_Kf, tma_Kf = cpasync.make_tiled_tma_atom(load_op, mKf, sKf_layout, (tn, self.bias_rank))
+            q_bytes += 4 * tm * self.bias_rank
+        self.tx_bytes = (q_bytes, kv_bytes, 4 * tn * self.bias_rank)
+
+        # (b, h, s, d) -> (s, d, h, b)
+        mdQaccum = cute.make_tensor(mdQaccum.iterator, cute.select(mdQaccum.layout, mode=[2, 3, 1, 0]))
+        # one float32 (tile_m, d / 2) buffer per warpgroup, seen as (tile_m, d) by the dQ MMA's C partition
+        sdQ_layout = cute.make_layout(
+            (tm, (self.dq_cols, NUM_MMA_WARPGROUPS)), stride=(self.dq_cols, (1, tm * self.dq_cols))
+        )
+        tma_atom_dQ = None
+        dq_elems = 0
+        if const_expr(self.dq_tma_reduce):
+            tma_atom_dQ, mdQaccum = cpasync.make_tiled_tma_atom(
+                cpasync.CopyReduceBulkTensorTileS2GOp(),
+                mdQaccum,
+                cute.make_layout((tm, self.dq_cols), stride=(self.dq_cols, 1)),
+                (tm, self.dq_cols),
+            )
+            dq_elems = cute.cosize(sdQ_layout)
+        bias_elems_q = cute.cosize(sQf_layout) if const_expr(self.has_bias) else 0
+        bias_elems_k = cute.cosize(sKf_layout) if const_expr(self.has_bias) else 0
+        ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.has_bias) else 0
+
+        @cute.struct
+        class SharedStorage:
+            mbar_kv: cute.struct.MemRange[cutlass.Int64, 2]
+            mbar_q: cute.struct.MemRange[cutlass.Int64, 2 * self.num_stages]
+            mbar_kf: cute.struct.MemRange[cutlass.Int64, 2]
+            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+            sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdO_layout)], 1024]
+            sdS: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
+            sLSE2: cute.struct.Align[cute.struct.MemRange[Float32, cute.cosize(sStat_layout)], 128]
+            sDpsum: cute.struct.Align[cute.struct.MemRange[Float32, cute.cosize(sStat_layout)], 128]
+            sQf: cute.struct.Align[cute.struct.MemRange[Float32, bias_elems_q], 128]
+            sKf: cute.struct.Align[cute.struct.MemRange[Float32, bias_elems_k], 128]
+            sdSf: cute.struct.Align[cute.struct.MemRange[Float32, ds_f32_elems], 128]
+            sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 128]
+
+        self.shared_storage = SharedStorage
+        if const_expr(self.has_bias):
+            mdQf, mdKf = [cute.make_tensor(t.iterator, cute.select(t.layout, mode=[2, 3, 1, 0])) for t in (mdQf, mdKf)]
+        if const_expr(self.deterministic):
+            mSem = cute.make_tensor(mSem.iterator, cute.select(mSem.layout, mode=[2, 1, 0]))
+        mdK, mdV = [self.to_sdhb(t) for t in (mdK, mdV)]
+
+        grid = (cute.ceil_div(mK.shape[0], tn), mK.shape[2], mK.shape[3])
+        self.kernel(
+            tma_Q, tma_K, tma_V, tma_dO, tma_Qf, tma_Kf, tma_LSE2, tma_Dpsum,
+            mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
+            tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf, tma_atom_LSE2, tma_atom_Dpsum,
+            tma_atom_dQ,
+            tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq,
+            sQ_layout, sK_layout, sV_layout, sdO_layout, sdS_layout, sQf_layout, sKf_layout, sdSf_layout,
+            sStat_layout, sdQ_layout,
+            softmax_scale_log2, softmax_scale, window_left, window_right,
+        ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)  # fmt: skip
+
+    @cute.kernel
+    def kernel(
+        self,
+        mQ: cute.Tensor,  # (s_q, d, h, b) TMA coordinates
+        mK: cute.Tensor,  # (s_k, d, h_kv, b)
+        mV: cute.Tensor,  # (s_k, dv, h_kv, b)
+        mdO: cute.Tensor,  # (s_q, dv, h, b)
+        mQf: cute.Tensor | None,  # (s_q, r, hq, bq)
+        mKf: cute.Tensor | None,  # (s_k, r, hk, bk)
+        mLSE2: cute.Tensor,  # (s_q_pad, h, b) float32, TMA coordinates
+        mDpsum: cute.Tensor,  # (s_q_pad, h, b) float32, TMA coordinates
+        mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) float32 (TMA coordinates with dq_tma_reduce)
+        mdK: cute.Tensor,  # (s_k, d, h_kv, b)
+        mdV: cute.Tensor,  # (s_k, dv, h_kv, b)
+        mdQf: cute.Tensor | None,  # (s_q_pad, r, h, b) float32
+        mdKf: cute.Tensor | None,  # (s_k_pad, r, h, b) float32
+        mSem: cute.Tensor | None,  # (m_blocks, h, b) int32
+        tma_atom_Q: cute.CopyAtom,
+        tma_atom_K: cute.CopyAtom,
+        tma_atom_V: cute.CopyAtom,
+        tma_atom_dO: cute.CopyAtom,
+        tma_atom_Qf: cute.CopyAtom | None,
+        tma_atom_Kf: cute.CopyAtom | None,
+        tma_atom_LSE2: cute.CopyAtom,
+        tma_atom_Dpsum: cute.CopyAtom,
+        tma_atom_dQ: cute.CopyAtom | None,
+        tiled_mma_sdp: cute.TiledMma,
+        tiled_mma_dv: cute.TiledMma,
+        tiled_mma_dk: cute.TiledMma,
+        tiled_mma_dq: cute.TiledMma,
+        sQ_layout: cute.ComposedLayout,
+        sK_layout: cute.ComposedLayout,
+        sV_layout: cute.ComposedLayout,
+        sdO_layout: cute.ComposedLayout,
+        sdS_layout: cute.ComposedLayout,
+        sQf_layout: cute.Layout,
+        sKf_layout: cute.Layout,
+        sdSf_layout: cute.Layout,
+        sStat_layout: cute.Layout,
+        sdQ_layout: cute.Layout,
+        softmax_scale_log2: Float32,
+        softmax_scale: Float32,
+        window_left: Int32,
+        window_right: Int32,
+    ):
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        tidx, _, _ = cute.arch.thread_idx()
+        if warp_idx == WARP_ROLES.load[0]:
+            atoms = (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf)
+            for atom in (*atoms, tma_atom_LSE2, tma_atom_Dpsum, tma_atom_dQ):
+                if const_expr(atom is not None):
+                    cpasync.prefetch_descriptor(atom)
+
+        smem = cutlass.memory.SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        q_bytes, kv_bytes, kf_bytes = self.tx_bytes
+        pipeline_kv = make_tma_pipeline(storage.mbar_kv.data_ptr(), 1, kv_bytes, self.num_mma_threads)
+        pipeline_q = make_tma_pipeline(storage.mbar_q.data_ptr(), self.num_stages, q_bytes, self.num_mma_threads)
+        pipeline_kf = None
+        if const_expr(self.has_bias):
+            # key factors are per query head when hk == h: reloaded for every head of the group
+            pipeline_kf = make_tma_pipeline(storage.mbar_kf.data_ptr(), 1, kf_bytes, self.num_mma_threads)
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+
+        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+        sV = storage.sV.get_tensor(sV_layout.outer, swizzle=sV_layout.inner)
+        sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sdO = storage.sdO.get_tensor(sdO_layout.outer, swizzle=sdO_layout.inner)
+        sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
+        sLSE2 = storage.sLSE2.get_tensor(sStat_layout)
+        sDpsum = storage.sDpsum.get_tensor(sStat_layout)
+        sQf, sKf, sdSf = None, None, None
+        if const_expr(self.has_bias):
+            sQf = storage.sQf.get_tensor(sQf_layout)
+            sKf = storage.sKf.get_tensor(sKf_layout)
+            sdSf = storage.sdSf.get_tensor(sdSf_layout)
+        sdQ = None
+        if const_expr(self.dq_tma_reduce):
+            sdQ = storage.sdQ.get_tensor(sdQ_layout)
+
+        n_block, head_kv, batch = cute.arch.block_idx()
+        qhead_per_kvhead = mQ.shape[2] // mK.shape[2]
+        m_min, m_max = self.m_block_range(n_block, mQ.shape[0], mK.shape[0], window_left, window_right)
+
+        if warp_idx < WARP_ROLES.mma_wg1[0]:
+            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            if warp_idx == WARP_ROLES.load[0]:
+                self.load(
+                    mQ, mK, mV, mdO, mQf, mKf, mLSE2, mDpsum, sQ, sK, sV, sdO, sQf, sKf, sLSE2, sDpsum,
+                    tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf,
+                    tma_atom_LSE2, tma_atom_Dpsum,
+                    pipeline_kv, pipeline_q, pipeline_kf, n_block, head_kv, batch, qhead_per_kvhead, m_min, m_max,
+                )  # fmt: skip
+        else:
+            cute.arch.setmaxregister_increase(MMA_REGS)
+            self.mma(
+                tidx - WARPGROUP_THREADS,
+                mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
+                sQ, sK, sV, sdO, sdS, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, tma_atom_dQ,
+                tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
+                n_block, head_kv, batch, qhead_per_kvhead, m_min, m_max,
+                mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
+            )  # fmt: skip
+
+    @cute.jit
+    def m_block_range(
+        self, n_block: Int32, seqlen_q: Int32, seqlen_k: Int32, window_left: Int32, window_right: Int32
+    ) -> tuple[Int32, Int32]:
+        """Query blocks [m_min, m_max) with a row that sees a key of this block (maybe empty)."""
+        offset = seqlen_k - seqlen_q
+        key_start = n_block * self.tile_n
+        key_last = cutlass.min(key_start + self.tile_n, seqlen_k) - 1
+        m_min = Int32(0)
+        m_max = cute.ceil_div(seqlen_q, self.tile_m)
+        if const_expr(self.has_window_right):
+            # row i sees key j only if i >= j - offset - window_right
+            first_row = cutlass.max(key_start - offset - window_right, 0)
+            m_min = first_row // self.tile_m
+        if const_expr(self.has_window_left):
+            # row i sees key j only if i <= j - offset + window_left; a negative bound means no row
+            last_row = cutlass.min(key_last - offset + window_left, seqlen_q - 1)
+            m_max = cutlass.max(last_row + 1, 0)
+            m_max = cute.ceil_div(m_max, self.tile_m)
+        return m_min, m_max
+
+    @cute.jit
+    def load(
+        self,
+        mQ: cute.Tensor,  # (s_q, d, h, b)
+        mK: cute.Tensor,  # (s_k, d, h_kv, b)
+        mV: cute.Tensor,  # (s_k, dv, h_kv, b)
+        mdO: cute.Tensor,  # (s_q, dv, h, b)
+        mQf: cute.Tensor | None,  # (s_q, r, hq, bq)
+        mKf: cute.Tensor | None,  # (s_k, r, hk, bk)
+        mLSE2: cute.Tensor,  # (s_q_pad, h, b)
+        mDpsum: cute.Tensor,  # (s_q_pad, h, b)
+        sQ: cute.Tensor,
+        sK: cute.Tensor,
+        sV: cute.Tensor,
+        sdO: cute.Tensor,
+        sQf: cute.Tensor | None,
+        sKf: cute.Tensor | None,
+        sLSE2: cute.Tensor,
+        sDpsum: cute.Tensor,
+        tma_atom_Q: cute.CopyAtom,
+        tma_atom_K: cute.CopyAtom,
+        tma_atom_V: cute.CopyAtom,
+        tma_atom_dO: cute.CopyAtom,
+        tma_atom_Qf: cute.CopyAtom | None,
+        tma_atom_Kf: cute.CopyAtom | None,
+        tma_atom_LSE2: cute.CopyAtom,
+        tma_atom_Dpsum: cute.CopyAtom,
+        pipeline_kv,
+        pipeline_q,
+        pipeline_kf,
+        n_block: Int32,
+        head_kv: Int32,
+        batch: Int32,
+        qhead_per_kvhead: Int32,
+        m_min: Int32,
+        m_max: Int32,
+    ):
+        tm, tn = self.tile_m, self.tile_n
+        kv_state = producer_state(1)
+        pipeline_kv.producer_acquire(kv_state)
+        kv_bar = pipeline_kv.producer_get_barrier(kv_state)
+        gK = cute.local_tile(mK[None, None, head_kv, batch], (tn, self.head_dim), (n_block, 0))
+        gV = cute.local_tile(mV[None, None, head_kv, batch], (tn, self.head_dim_v), (n_block, 0))
+        tKsK, tKgK = cpasync.tma_partition(
+            tma_atom_K, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2), cute.group_modes(gK, 0, 2)
+        )
+        tVsV, tVgV = cpasync.tma_partition(
+            tma_atom_V, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2), cute.group_modes(gV, 0, 2)
+        )
+        cute.copy(tma_atom_K, tKgK, tKsK, tma_bar_ptr=kv_bar)
+        cute.copy(tma_atom_V, tVgV, tVsV, tma_bar_ptr=kv_bar)
+
+        q_state = producer_state(self.num_stages)
+        kf_state = producer_state(1)
+        for g in cutlass.range(qhead_per_kvhead, unroll=1):
+            head = head_kv * qhead_per_kvhead + g
+            if const_expr(self.has_bias):
+                kf_batch = batch if mKf.shape[3] > 1 else 0
+                kf_head = head if mKf.shape[2] > 1 else 0
+                gKf = cute.local_tile(mKf[None, None, kf_head, kf_batch], (tn, self.bias_rank), (n_block, 0))
+                tKfsKf, tKfgKf = cpasync.tma_partition(
+                    tma_atom_Kf, 0, cute.make_layout(1), cute.group_modes(sKf, 0, 2), cute.group_modes(gKf, 0, 2)
+                )
+                pipeline_kf.producer_acquire(kf_state)
+                cute.copy(tma_atom_Kf, tKfgKf, tKfsKf, tma_bar_ptr=pipeline_kf.producer_get_barrier(kf_state))
+                kf_state.advance()
+                kf_state = kf_state
+            gQ = cute.local_tile(mQ[None, None, head, batch], (tm, self.head_dim), (None, 0))
+            gdO = cute.local_tile(mdO[None, None, head, batch], (tm, self.head_dim_v), (None, 0))
+            tQsQ, tQgQ = cpasync.tma_partition(
+                tma_atom_Q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2), cute.group_modes(gQ, 0, 2)
+            )
+            tdOsdO, tdOgdO = cpasync.tma_partition(
+                tma_atom_dO, 0, cute.make_layout(1), cute.group_modes(sdO, 0, 2), cute.group_modes(gdO, 0, 2)
+            )
+            gLSE2 = cute.local_tile(mLSE2[None, head, batch], (tm,), (None,))
+            gDpsum = cute.local_tile(mDpsum[None, head, batch], (tm,), (None,))
+            tLsL, tLgL = cpasync.tma_partition(
+                tma_atom_LSE2, 0, cute.make_layout(1), cute.group_modes(sLSE2, 0, 1), cute.group_modes(gLSE2, 0, 1)
+            )
+            tDsD, tDgD = cpasync.tma_partition(
+                tma_atom_Dpsum, 0, cute.make_layout(1), cute.group_modes(sDpsum, 0, 1), cute.group_modes(gDpsum, 0, 1)
+            )
+            for m_block in cutlass.range(m_min, m_max, unroll=1):
+                pipeline_q.producer_acquire(q_state)
+                bar = pipeline_q.producer_get_barrier(q_state)
+                cute.copy(tma_atom_Q, tQgQ[None, m_block], tQsQ[None, q_state.index], tma_bar_ptr=bar)
+                cute.copy(tma_atom_dO, tdOgdO[None, m_block], tdOsdO[None, q_state.index], tma_bar_ptr=bar)
+                cute.copy(tma_atom_LSE2, tLgL[None, m_block], tLsL[None, q_state.index], tma_bar_ptr=bar)
+                cute.copy(tma_atom_Dpsum, tDgD[None, m_block], tDsD[None, q_state.index], tma_bar_ptr=bar)
+                if const_expr(self.has_bias):
+                    qf_batch = batch if mQf.shape[3] > 1 else 0
+                    qf_head = head if mQf.shape[2] > 1 else 0
+                    gQf = cute.local_tile(mQf[None, None, qf_head, qf_batch], (tm, self.bias_rank), (None, 0))
+                    tQfsQf, tQfgQf = cpasync.tma_partition(
+                        tma_atom_Qf, 0, cute.make_layout(1), cute.group_modes(sQf, 0, 2), cute.group_modes(gQf, 0, 2)
+                    )
+                    cute.copy(tma_atom_Qf, tQfgQf[None, m_block], tQfsQf[None, q_state.index], tma_bar_ptr=bar)
+                q_state.advance()
+                q_state = q_state
+
+    @cute.jit
+    def mma(
+        self,
+        tidx: Int32,
+        mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) float32
+        mdK: cute.Tensor,  # (s_k, d, h_kv, b)
+        mdV: cute.Tensor,  # (s_k, dv, h_kv, b)
+        mdQf: cute.Tensor | None,  # (s_q_pad, r, h, b) float32
+        mdKf: cute.Tensor | None,  # (s_k_pad, r, h, b) float32
+        mSem: cute.Tensor | None,  # (m_blocks, h, b) int32
+        sQ: cute.Tensor,
+        sK: cute.Tensor,
+        sV: cute.Tensor,
+        sdO: cute.Tensor,
+        sdS: cute.Tensor,
+        sQf: cute.Tensor | None,
+        sKf: cute.Tensor | None,
+        sdSf: cute.Tensor | None,
+        sLSE2: cute.Tensor,  # (tile_m, stages) float32
+        sDpsum: cute.Tensor,  # (tile_m, stages) float32
+        sdQ: cute.Tensor | None,  # (tile_m, d) float32, one (tile_m, d / 2) buffer per warpgroup
+        tma_atom_dQ: cute.CopyAtom | None,
+        tiled_mma_sdp: cute.TiledMma,
+        tiled_mma_dv: cute.TiledMma,
+        tiled_mma_dk: cute.TiledMma,
+        tiled_mma_dq: cute.TiledMma,
+        pipeline_kv,
+        pipeline_q,
+        pipeline_kf,
+        n_block: Int32,
+        head_kv: Int32,
+        batch: Int32,
+        qhead_per_kvhead: Int32,
+        m_min: Int32,
+        m_max: Int32,
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+        softmax_scale_log2: Float32,
+        softmax_scale: Float32,
+        window_left: Int32,
+        window_right: Int32,
+    ):
+        tm, tn, d, dv = self.tile_m, self.tile_n, self.head_dim, self.head_dim_v
+        wg_idx = cute.arch.make_warp_uniform(tidx // WARPGROUP_THREADS)
+        # smem operand descriptors are per warpgroup; C partitions per thread
+        wg_mma_sdp = tiled_mma_sdp.get_slice(wg_idx * WARPGROUP_THREADS)
+        wg_mma_dv = tiled_mma_dv.get_slice(wg_idx * WARPGROUP_THREADS)
+        wg_mma_dk = tiled_mma_dk.get_slice(wg_idx * WARPGROUP_THREADS)
+        wg_mma_dq = tiled_mma_dq.get_slice(wg_idx * WARPGROUP_THREADS)
+        thr_mma_sdp = tiled_mma_sdp.get_slice(tidx)
+        thr_mma_dv = tiled_mma_dv.get_slice(tidx)
+        thr_mma_dk = tiled_mma_dk.get_slice(tidx)
+        thr_mma_dq = tiled_mma_dq.get_slice(tidx)
+
+        # S^T = K Q^T and dP^T = V dO^T
+        tSrK = wg_mma_sdp.make_fragment_A(wg_mma_sdp.partition_A(sK))
+        tSrQ = wg_mma_sdp.make_fragment_B(wg_mma_sdp.partition_B(sQ))
+        tdPrV = wg_mma_sdp.make_fragment_A(wg_mma_sdp.partition_A(sV))
+        tdPrdO = wg_mma_sdp.make_fragment_B(wg_mma_sdp.partition_B(sdO))
+        acc_shape_S = thr_mma_sdp.partition_shape_C((tn, tm))
+        # (key, query) of every S^T accumulator element within the tile
+        tScS = thr_mma_sdp.partition_C(cute.make_identity_tensor((tn, tm)))
+        # dV += P^T dO: B = dO^T, (dv, tile_m) MN-major
+        tdVrdOt = wg_mma_dv.make_fragment_B(wg_mma_dv.partition_B(_transpose_view(sdO)))
+        tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_shape_A((tn, tm)))
+        acc_dV = cute.make_rmem_tensor(thr_mma_dv.partition_shape_C((tn, dv)), Float32)
+        # dK += dS^T Q: B = Q^T, (d, tile_m) MN-major
+        tdKrQt = wg_mma_dk.make_fragment_B(wg_mma_dk.partition_B(_transpose_view(sQ)))
+        tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
+        acc_dK = cute.make_rmem_tensor(thr_mma_dk.partition_shape_C((tn, d)), Float32)
+        # dQ = dS K: A = dS (tile_m, tile_n) MN-major, B = K^T (d, tile_n) MN-major
+        tdQrdS = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sdS)))
+        tdQrKt = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sK)))
+        acc_shape_dQ = thr_mma_dq.partition_shape_C((tm, d))
+        # dS^T registers -> smem with the accumulator's thread mapping (column pairs contiguous)
+        tSsdS = thr_mma_sdp.partition_C(sdS)
+        tSsdSf = None
+        if const_expr(self.has_bias):
+            tSsdSf = thr_mma_sdp.partition_C(sdSf)
+
+        acc_dK.fill(0.0)
+        acc_dV.fill(0.0)
+        c_mn = acc_view_mn(tScS)
+        num_rows = cute.size(c_mn, mode=[0])
+        num_cols = cute.size(c_mn, mode=[1])
+        key_start = n_block * tn
+
+        kv_state = consumer_state(1)
+        pipeline_kv.consumer_wait(kv_state)
+        q_state = consumer_state(self.num_stages)
+        kf_state = consumer_state(1)
+        iteration = Int32(0)
+        for g in cutlass.range(qhead_per_kvhead, unroll=1):
+            head = head_kv * qhead_per_kvhead + g
+            if const_expr(self.has_bias):
+                pipeline_kf.consumer_wait(kf_state)
+            for m_block in cutlass.range(m_min, m_max, unroll=1):
+                stage = q_state.index
+                ds_stage = iteration % 2
+                row_start = m_block * tm
+                # 1. S^T = K Q^T and dP^T = V dO^T; without bias dP^T runs under the exp2 of step 2
+                # (with bias its registers are needed for the bias FMAs: issued after step 2)
+                pipeline_q.consumer_wait(q_state)
+                acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
+                sm90.gemm(tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], True, -1)
+                acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
+                if const_expr(not self.has_bias):
+                    sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
+                warpgroup.wait_group(0 if const_expr(self.has_bias) else 1)
+
+                # 2. P^T = exp2(S^T * scale_log2 [+ bias] - lse2), zeroed where invisible
+                s_mn = acc_view_mn(acc_S)
+                if const_expr(self.has_bias):
+                    self.add_lowrank_bias(acc_S, tScS, sKf, sQf[None, None, stage], softmax_scale_log2)
+                # per column: lse2 and D are read from smem where used, not held across the GEMMs
+                for c in cutlass.range_constexpr(num_cols):
+                    lse2 = sLSE2[c_mn[0, c][1], stage]
+                    for r in cutlass.range_constexpr(num_rows):
+                        if const_expr(self.has_bias):
+                            s_mn[r, c] = cute.math.exp2(s_mn[r, c] - lse2, fastmath=True)
+                        else:
+                            s_mn[r, c] = cute.math.exp2(s_mn[r, c] * softmax_scale_log2 - lse2, fastmath=True)
+                # a select, not a product: a masked logit may have overflowed to inf
+                tile = (row_start, key_start, seqlen_q, seqlen_k, window_left, window_right)
+                if self.tile_needs_mask(*tile):
+                    self.zero_invisible(acc_S, tScS, *tile)
+                tdVrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
+
+                # 3. dS^T = P^T (dP^T - D)
+                if const_expr(self.has_bias):
+                    sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
+                warpgroup.wait_group(0)
+                dp_mn = acc_view_mn(acc_dP)
+                for c in cutlass.range_constexpr(num_cols):
+                    dpsum = sDpsum[c_mn[0, c][1], stage]
+                    for r in cutlass.range_constexpr(num_rows):
+                        dp_mn[r, c] = s_mn[r, c] * (dp_mn[r, c] - dpsum)
+                rdS = cute.make_rmem_tensor_like(acc_dP, self.dtype)
+                rdS.store(acc_dP.load().to(self.dtype))
+                tdKrdS.store(acc_view_as_operand_a(rdS).load())
+                cute.autovec_copy(rdS, tSsdS[None, None, None, ds_stage])
+                if const_expr(self.has_bias):
+                    cute.autovec_copy(acc_dP, tSsdSf)
+
+                # 4. dV += P^T dO
+                sm90.gemm(tiled_mma_dv, acc_dV, tdVrP, tdVrdOt[None, None, None, stage], False, -1)
+                # generic-proxy smem writes of dS must be visible to wgmma (async proxy)
+                cute.arch.fence_view_async_shared()
+                barrier_sync(BwdBarrier.PdS, self.num_mma_threads)
+
+                # 5. dQ = dS K (this warpgroup's d columns); dK += dS^T Q
+                acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
+                sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)
+                sm90.gemm(tiled_mma_dk, acc_dK, tdKrdS, tdKrQt[None, None, None, stage], False, -1)
+                warpgroup.wait_group(0)
+                if const_expr(not self.has_bias):
+                    pipeline_q.consumer_release(q_state)
+
+                sem_ptr = None
+                if const_expr(self.deterministic):
+                    sem_ptr = mSem.iterator + cute.crd2idx((m_block, head, batch), mSem.layout)
+                    self.dq_turn_begin(
+                        sem_ptr, n_block - self.first_n_block(row_start, seqlen_q, seqlen_k, window_left), tidx
+                    )
+                # 6. dQaccum += dQ
+                if const_expr(self.dq_tma_reduce):
+                    self.store_dq_tma(acc_dQ, sdQ, thr_mma_dq, tma_atom_dQ, mdQaccum, wg_idx, m_block, head, batch)
+                else:
+                    gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
+                    tdQgdQ = thr_mma_dq.partition_C(gdQ)
+                    for i in cutlass.range(cute.size(acc_dQ), unroll_full=True):
+                        _red_add_f32(tdQgdQ, i, acc_dQ[i])
+
+                # 7. bias factor gradients from the fp32 dS, before Q's stage (and qf) is released
+                if const_expr(self.has_bias):
+                    self.bias_grads(
+                        tidx, sdSf, sQf[None, None, stage], sKf,
+                        mdQf[None, None, head, batch], mdKf[None, None, head, batch], row_start, key_start,
+                    )  # fmt: skip
+                    barrier_sync(BwdBarrier.BiasGradsDone, self.num_mma_threads)
+                    pipeline_q.consumer_release(q_state)
+                if const_expr(self.deterministic):
+                    self.dq_turn_end(sem_ptr, tidx)
+
+                q_state.advance()
+                q_state = q_state
+                iteration += 1
+            if const_expr(self.has_bias):
+                pipeline_kf.consumer_release(kf_state)
+                kf_state.advance()
+                kf_state = kf_state
+        pipeline_kv.consumer_release(kv_state)
+        if const_expr(self.dq_tma_reduce):
+            if tidx % WARPGROUP_THREADS == 0:
+                cute.arch.cp_async_bulk_wait_group(0, read=False)
+
+        # 8. epilogue: dK * softmax_scale and dV to the input dtype, rows past seqlen_k dropped
+        rdK = cute.make_rmem_tensor_like(acc_dK, self.dtype)
+        rdK.store((acc_dK.load() * softmax_scale).to(self.dtype))
+        rdV = cute.make_rmem_tensor_like(acc_dV, self.dtype)
+        rdV.store(acc_dV.load().to(self.dtype))
+        gdK = cute.local_tile(mdK[None, None, head_kv, batch], (tn, d), (n_block, 0))
+        gdV = cute.local_tile(mdV[None, None, head_kv, batch], (tn, dv), (n_block, 0))
+        tdKgdK = thr_mma_dk.partition_C(gdK)
+        tdVgdV = thr_mma_dv.partition_C(gdV)
+        tdKcdK = thr_mma_dk.partition_C(cute.make_identity_tensor((tn, d)))
+        tdVcdV = thr_mma_dv.partition_C(cute.make_identity_tensor((tn, dv)))
+        for i in cutlass.range(cute.size(rdK), unroll_full=True):
+            if key_start + tdKcdK[i][0] < seqlen_k:
+                tdKgdK[i] = rdK[i]
+        for i in cutlass.range(cute.size(rdV), unroll_full=True):
+            if key_start + tdVcdV[i][0] < seqlen_k:
+                tdVgdV[i] = rdV[i]
+
+    @cute.jit
+    def first_n_block(self, row_start: Int32, seqlen_q: Int32, seqlen_k: Int32, window_left: Int32) -> Int32:
+        """The first key block whose query range (``m_block_range``) holds this query block."""
+        n_first = Int32(0)
+        if const_expr(self.has_window_left):
+            n_first = cutlass.max(row_start + seqlen_k - seqlen_q - window_left, 0) // self.tile_n
+        return n_first
+
+    @cute.jit
+    def dq_turn_begin(self, sem_ptr: cute.Pointer, target: Int32, tidx: Int32) -> None:
+        """Deterministic mode: wait until the ``target`` earlier key blocks have added their partials."""
+        if tidx == 0:
+            done = cute.arch.load(sem_ptr, Int32, sem="acquire", scope="gpu")
+            while done != target:
+                done = cute.arch.load(sem_ptr, Int32, sem="acquire", scope="gpu")
+        barrier_sync(BwdBarrier.DqTurn, self.num_mma_threads)
+
+    @cute.jit
+    def dq_turn_end(self, sem_ptr: cute.Pointer, tidx: Int32) -> None:
+        """Deterministic mode: publish this CTA's adds, then pass the turn to the next key block."""
+        cute.arch.fence_acq_rel_gpu()
+        barrier_sync(BwdBarrier.DqTurn, self.num_mma_threads)
+        if tidx == 0:
+            cute.arch.red(sem_ptr, Int32(1), op="add", dtype=Int32, sem="release", scope="gpu")
+
+    @cute.jit
+    def store_dq_tma(
+        self,
+        acc_dQ: cute.Tensor,
+        sdQ: cute.Tensor,  # (tile_m, d) float32
+        thr_mma_dq: cute.ThrMma,
+        tma_atom_dQ: cute.CopyAtom,
+        mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) TMA coordinates
+        wg_idx: Int32,
+        m_block: Int32,
+        head: Int32,
+        batch: Int32,
+    ) -> None:
+        """This warpgroup's dQ columns -> its smem buffer -> TMA reduce-add into dQaccum."""
+        is_leader = cute.arch.thread_idx()[0] % WARPGROUP_THREADS == 0
+        barrier = NamedBarrierBwd.EpilogueWG1 + wg_idx
+        if is_leader:
+            # the previous reduce must have finished reading the buffer
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+        barrier_sync(barrier, WARPGROUP_THREADS)
+        cute.autovec_copy(acc_dQ, thr_mma_dq.partition_C(sdQ))
+        # generic-proxy smem writes must be visible to the TMA (async proxy)
+        cute.arch.fence_view_async_shared()
+        barrier_sync(barrier, WARPGROUP_THREADS)
+        if is_leader:
+            sdQ_wg = cute.make_tensor(
+                sdQ.iterator + wg_idx * self.tile_m * self.dq_cols,
+                cute.make_layout((self.tile_m, self.dq_cols), stride=(self.dq_cols, 1)),
+            )
+            gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (self.tile_m, self.dq_cols), (m_block, wg_idx))
+            tdQsdQ, tdQgdQ = cpasync.tma_partition(
+                tma_atom_dQ, 0, cute.make_layout(1), cute.group_modes(sdQ_wg, 0, 2), cute.group_modes(gdQ, 0, 2)
+            )
+            cute.copy(tma_atom_dQ, tdQsdQ, tdQgdQ)
+            cute.arch.cp_async_bulk_commit_group()
+
+    @cute.jit
+    def tile_needs_mask(
+        self,
+        row_start: Int32,
+        key_start: Int32,
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+        window_left: Int32,
+        window_right: Int32,
+    ) -> cutlass.Boolean:
+        """Whether some (query, key) pair of the tile is invisible or past a sequence end."""
+        offset = seqlen_k - seqlen_q
+        need = key_start + self.tile_n > seqlen_k or row_start + self.tile_m > seqlen_q
+        if const_expr(self.has_window_right):
+            # the last key against the first query
+            need = need or key_start + self.tile_n - 1 > row_start + offset + window_right
+        if const_expr(self.has_window_left):
+            # the first key against the last query
+            need = need or key_start < row_start + self.tile_m - 1 + offset - window_left
+        return need
+
+    @cute.jit
+    def zero_invisible(
+        self,
+        acc_P: cute.Tensor,
+        tScS: cute.Tensor,
+        row_start: Int32,
+        key_start: Int32,
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+        window_left: Int32,
+        window_right: Int32,
+    ) -> None:
+        """P^T <- 0 where key j is invisible to query i (the visibility rule of the module docstring)."""
+        p_mn = acc_view_mn(acc_P)
+        c_mn = acc_view_mn(tScS)
+        offset = seqlen_k - seqlen_q
+        for c in cutlass.range_constexpr(cute.size(p_mn, mode=[1])):
+            row = row_start + c_mn[0, c][1]
+            for r in cutlass.range_constexpr(cute.size(p_mn, mode=[0])):
+                key = key_start + c_mn[r, 0][0]
+                visible = key < seqlen_k and row < seqlen_q
+                if const_expr(self.has_window_right):
+                    visible = visible and key <= row + offset + window_right
+                if const_expr(self.has_window_left):
+                    visible = visible and key >= row + offset - window_left
+                p_mn[r, c] = p_mn[r, c] if visible else Float32(0.0)
+
+    @cute.jit
+    def add_lowrank_bias(
+        self,
+        acc_S: cute.Tensor,
+        tScS: cute.Tensor,
+        sKf: cute.Tensor,  # (tile_n, r) float32, rows of S^T
+        sQf: cute.Tensor,  # (tile_m, r) float32, columns of S^T
+        scale_log2: Float32,
+    ) -> None:
+        """acc_S <- acc_S * scale_log2 + log2(e) * (kf . qf): S^T in log2 units, float32 FMAs."""
+        s_mn = acc_view_mn(acc_S)
+        c_mn = acc_view_mn(tScS)
+        num_rows = cute.size(s_mn, mode=[0])
+        num_cols = cute.size(s_mn, mode=[1])
+        for i in cutlass.range_constexpr(cute.size(acc_S)):
+            acc_S[i] = acc_S[i] * scale_log2
+        # a runtime loop over rank chunks: a rank-64 unroll costs seconds of compile time
+        for k in cutlass.range(self.bias_rank // 4, unroll=1):
+            k_vals = cute.make_rmem_tensor((num_rows, 4), Float32)
+            for r in cutlass.range_constexpr(num_rows):
+                key = c_mn[r, 0][0]
+                for j in cutlass.range_constexpr(4):
+                    k_vals[r, j] = sKf[key, 4 * k + j] * LOG2_E
+            for c in cutlass.range_constexpr(num_cols):
+                col = c_mn[0, c][1]
+                q_vals = cute.make_rmem_tensor(4, Float32)
+                for j in cutlass.range_constexpr(4):
+                    q_vals[j] = sQf[col, 4 * k + j]
+                for r in cutlass.range_constexpr(num_rows):
+                    acc = s_mn[r, c]
+                    for j in cutlass.range_constexpr(4):
+                        acc = acc + k_vals[r, j] * q_vals[j]
+                    s_mn[r, c] = acc
+
+    @cute.jit
+    def bias_grads(
+        self,
+        tidx: Int32,
+        sdSf: cute.Tensor,  # (tile_n, tile_m) float32, dS^T
+        sQf: cute.Tensor,  # (tile_m, r) float32
+        sKf: cute.Tensor,  # (tile_n, r) float32
+        gdQf: cute.Tensor,  # (s_q_pad, r) float32 of this (batch, head)
+        gdKf: cute.Tensor,  # (s_k_pad, r) float32 of this (batch, head)
+        row_start: Int32,
+        key_start: Int32,
+    ) -> None:
+        """dqf += dS kf and dkf += dS^T qf for this tile, in 4 x 4 register blocks, by atomics.
+
+        Rows past the sequence ends have dS = 0 (P was zeroed), and the accumulators are padded
+        to whole tiles, so no predicate is needed.
+        """
+        r4 = self.bias_rank // 4
+        num_q_blocks = (self.tile_m // 4) * r4
+        num_k_blocks = (self.tile_n // 4) * r4
+        for blk in cutlass.range(tidx, num_q_blocks, self.num_mma_threads, unroll=1):
+            m0 = (blk // r4) * 4
+            c0 = (blk % r4) * 4
+            acc = cute.make_rmem_tensor((4, 4), Float32)
+            acc.fill(0.0)
+            for n in cutlass.range(self.tile_n, unroll=1):
+                for j in cutlass.range_constexpr(4):
+                    kf = sKf[n, c0 + j]
+                    for i in cutlass.range_constexpr(4):
+                        acc[i, j] = acc[i, j] + sdSf[n, m0 + i] * kf
+            for i in cutlass.range_constexpr(4):
+                for j in cutlass.range_constexpr(4):
+                    _red_add_f32(gdQf, (row_start + m0 + i, c0 + j), acc[i, j])
+        for blk in cutlass.range(tidx, num_k_blocks, self.num_mma_threads, unroll=1):
+            n0 = (blk // r4) * 4
+            c0 = (blk % r4) * 4
+            acc = cute.make_rmem_tensor((4, 4), Float32)
+            acc.fill(0.0)
+            for m in cutlass.range(self.tile_m, unroll=1):
+                for j in cutlass.range_constexpr(4):
+                    qf = sQf[m, c0 + j]
+                    for i in cutlass.range_constexpr(4):
+                        acc[i, j] = acc[i, j] + sdSf[n0 + i, m] * qf
+            for i in cutlass.range_constexpr(4):
+                for j in cutlass.range_constexpr(4):
+                    _red_add_f32(gdKf, (key_start + n0 + i, c0 + j), acc[i, j])

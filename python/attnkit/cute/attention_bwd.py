@@ -1,0 +1,380 @@
+"""Launcher for the CuTe-DSL attention backward (sm90): config choice, compile, call.
+
+Three kernels per call (``kernels/cute/attention/sm90_bwd.py``): the preprocess (D = rowsum(dO * O),
+lse in log2 units), the main kernel (dK, dV, and dQ / bias factor gradients accumulated in float32
+with atomics) and the postprocess (dQ to the input dtype). Each has its own frozen config, so
+``compile_config`` and the compile cache treat them alike; all compile against fake tensors only
+(symbolic batch, sequence and head extents), without a GPU.
+
+``attention_bwd(dout, q, k, v, out, lse, q_factor, k_factor, *, softmax_scale, window_left,
+window_right)`` returns ``(dq, dk, dv, dq_factor, dk_factor)``; the factor gradients are None
+without a bias and otherwise have the factors' shapes and dtypes (summed over the batch/head
+dimensions the factors broadcast along).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .compile_cache import CompileCache
+
+__all__ = [
+    "BwdConfig",
+    "BwdPostprocessConfig",
+    "BwdPreprocessConfig",
+    "attention_bwd",
+    "choose_config",
+    "compile_config",
+    "shipped_configs",
+]
+
+_CACHE = CompileCache("attention_bwd_sm90")
+
+SMEM_CAPACITY = 227 * 1024
+
+# Padding of the float32 work buffers along the sequence: whole main-kernel tiles, so the main
+# kernel reads lse2 / D and adds dQ and the factor gradients without bounds checks.
+SEQ_PAD = 128
+
+# head_dim -> Q/dO pipeline stages. Not measured on an H100 yet: two stages let the producer load
+# query block m+1 while block m is consumed; a bias at d = 128 needs the smem of the second stage
+# for the float32 factors and dS (choose_config drops to one stage when the config does not fit).
+_TILES = {64: 2, 96: 2, 128: 2}
+
+_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _cutlass_dtype(name: str):
+    import cutlass
+
+    return {"fp16": cutlass.Float16, "bf16": cutlass.BFloat16}[name]
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """Everything static about one compiled main backward kernel."""
+
+    dtype: str  # "fp16" | "bf16"
+    head_dim: int
+    head_dim_v: int
+    window_left: bool  # a left window bound exists (window_left >= 0)
+    window_right: bool  # a right bound exists; causal is window_right == 0
+    bias_rank: int = 0  # padded to a multiple of 4; 0 = no bias
+    num_stages: int = 2
+    # dQ: False = float32 atomics from registers; True = smem + one TMA reduce-add per warpgroup
+    # (not measured yet; both are exercised by the CPU compile test)
+    dq_tma_reduce: bool = False
+    # dQ (and the query-factor gradients) added in a fixed key-block order: bitwise reproducible
+    deterministic: bool = False
+    arch: str = "sm_90a"
+
+    def make_kernel(self):
+        from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
+
+        return AttentionBwdSm90(
+            _cutlass_dtype(self.dtype),
+            self.head_dim,
+            self.head_dim_v,
+            self.num_stages,
+            self.window_left,
+            self.window_right,
+            bias_rank=self.bias_rank,
+            dq_tma_reduce=self.dq_tma_reduce,
+            deterministic=self.deterministic,
+        )
+
+
+@dataclass(frozen=True)
+class BwdPreprocessConfig:
+    dtype: str
+    head_dim_v: int
+    arch: str = "sm_90a"
+
+    def make_kernel(self):
+        from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdPreprocessSm90
+
+        return AttentionBwdPreprocessSm90(_cutlass_dtype(self.dtype), self.head_dim_v)
+
+
+@dataclass(frozen=True)
+class BwdPostprocessConfig:
+    dtype: str
+    head_dim: int
+    arch: str = "sm_90a"
+
+    def make_kernel(self):
+        from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdPostprocessSm90
+
+        return AttentionBwdPostprocessSm90(_cutlass_dtype(self.dtype), self.head_dim, self.head_dim)
+
+
+def _padded_rank(rank: int) -> int:
+    return 0 if rank == 0 else 4 * math.ceil(rank / 4)
+
+
+def choose_config(
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: bool,
+    window_right: bool,
+    bias_rank: int = 0,
+    arch: str = "sm_90a",
+    dq_tma_reduce: bool = False,
+    deterministic: bool = False,
+) -> BwdConfig:
+    if dtype not in _DTYPES:
+        raise TypeError(f"CuTe attention backward supports fp16/bf16, got {dtype}")
+    if head_dim != head_dim_v or head_dim not in _TILES:
+        raise ValueError(
+            f"unsupported backward head dims ({head_dim}, {head_dim_v}); supported: equal, {sorted(_TILES)}"
+        )
+    if not 0 <= bias_rank <= 64:
+        raise ValueError(f"bias rank must be in [0, 64], got {bias_rank}")
+    cfg = BwdConfig(
+        _DTYPES[dtype],
+        head_dim,
+        head_dim_v,
+        window_left,
+        window_right,
+        bias_rank=_padded_rank(bias_rank),
+        num_stages=_TILES[head_dim],
+        dq_tma_reduce=dq_tma_reduce,
+        deterministic=deterministic,
+        arch=arch,
+    )
+    while cfg.num_stages > 1 and cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
+        cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+    if cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
+        raise ValueError(f"no backward config fits shared memory for {cfg}")
+    return cfg
+
+
+def shipped_configs(arch: str = "sm_90a") -> list:
+    """The configs ``python -m attnkit.precompile`` builds: main kernels, then pre/postprocess."""
+    configs = []
+    for dtype in (torch.bfloat16, torch.float16):
+        for head_dim in (64, 128):
+            for causal in (False, True):
+                configs.append(choose_config(dtype, head_dim, head_dim, False, causal, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 128, 128, True, True, arch=arch))
+    for head_dim in (64, 128):
+        configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, arch=arch, dq_tma_reduce=True))
+    configs.append(choose_config(torch.bfloat16, 96, 96, False, False, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 128, 128, True, True, bias_rank=8, arch=arch, deterministic=True))
+    for head_dim in (64, 128):
+        configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=8, arch=arch))
+    for name in ("bf16", "fp16"):
+        for head_dim in (64, 96, 128):
+            configs.append(BwdPreprocessConfig(name, head_dim, arch))
+            configs.append(BwdPostprocessConfig(name, head_dim, arch))
+    return configs
+
+
+def _fake_args(cfg):
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_fake_tensor
+    from cutlass.runtime import make_fake_stream
+
+    def fake(dtype, rank: int, align_elems: int):
+        # every extent symbolic; strides symbolic 16-byte multiples, last dim contiguous: the type
+        # from_dlpack(t).mark_layout_dynamic(leading_dim=rank - 1) produces at run time
+        shape = tuple(cute.sym_int() for _ in range(rank))
+        stride = tuple(cute.sym_int64(divisibility=align_elems) for _ in range(rank - 1)) + (1,)
+        return make_fake_tensor(dtype, shape, stride=stride, assumed_align=16)
+
+    f32 = cutlass.Float32
+    stream = make_fake_stream()
+    if isinstance(cfg, BwdPreprocessConfig):
+        elem = _cutlass_dtype(cfg.dtype)
+        lse = make_fake_tensor(
+            f32,
+            tuple(cute.sym_int() for _ in range(3)),
+            stride=(cute.sym_int64(), cute.sym_int64(), 1),
+            assumed_align=4,
+        )
+        return (fake(elem, 4, 8), fake(elem, 4, 8), lse, fake(f32, 3, 4), fake(f32, 3, 4), stream)
+    if isinstance(cfg, BwdPostprocessConfig):
+        return (fake(f32, 4, 4), fake(_cutlass_dtype(cfg.dtype), 4, 8), f32(1.0), stream)
+    elem = _cutlass_dtype(cfg.dtype)
+    q, k, v, do = (fake(elem, 4, 8) for _ in range(4))
+    lse2, dpsum, dq_accum = fake(f32, 3, 4), fake(f32, 3, 4), fake(f32, 4, 4)
+    dk, dv = fake(elem, 4, 8), fake(elem, 4, 8)
+    bias = (None, None, None, None)
+    if cfg.bias_rank:
+        bias = tuple(fake(f32, 4, 4) for _ in range(4))
+    sem = None
+    if cfg.deterministic:
+        shape = tuple(cute.sym_int() for _ in range(3))
+        sem = make_fake_tensor(cutlass.Int32, shape, stride=(cute.sym_int64(), cute.sym_int64(), 1), assumed_align=4)
+    scalars = (f32(1.0), f32(1.0), cutlass.Int32(0), cutlass.Int32(0))
+    return (q, k, v, do, lse2, dpsum, dq_accum, dk, dv, *bias, sem, *scalars, stream)
+
+
+def compile_config(cfg):
+    """The compiled kernel for any backward config (memory, then disk cache, then a cold compile)."""
+
+    def build(options: str):
+        import cutlass.cute as cute
+
+        return cute.compile(cfg.make_kernel(), *_fake_args(cfg), options=options)
+
+    return _CACHE.get(cfg, build)
+
+
+def cache() -> CompileCache:
+    return _CACHE
+
+
+def _to_cute(t: torch.Tensor):
+    from cutlass.cute.runtime import from_dlpack
+
+    return from_dlpack(t, assumed_align=16 if t.element_size() == 2 else 4).mark_layout_dynamic(leading_dim=t.dim() - 1)
+
+
+def _tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules)."""
+    elems = 16 // t.element_size()
+    ok = t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
+    return t if ok else t.contiguous()
+
+
+def _prepare_factor(f: torch.Tensor, rank: int) -> torch.Tensor:
+    """Contiguous float32 with the rank zero-padded to a multiple of 4 (padded terms are 0 * 0)."""
+    f = f.float().contiguous()
+    if f.shape[-1] != rank:
+        f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
+    return _tma_ready(f)
+
+
+def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sums a (B, S, H, R) gradient over the dimensions the factor broadcast along."""
+    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1]
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+def main_tile_m() -> int:
+    from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
+
+    return AttentionBwdSm90.tile_m
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def attention_bwd(
+    dout: torch.Tensor,  # (B, Sq, H, Dv)
+    q: torch.Tensor,  # (B, Sq, H, D)
+    k: torch.Tensor,  # (B, Sk, Hkv, D)
+    v: torch.Tensor,  # (B, Sk, Hkv, Dv)
+    out: torch.Tensor,  # (B, Sq, H, Dv)
+    lse: torch.Tensor,  # (B, H, Sq) float32, natural log
+    q_factor: torch.Tensor | None,  # (B|1, Sq, H|1, R)
+    k_factor: torch.Tensor | None,  # (B|1, Sk, H|1, R)
+    *,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    dq_tma_reduce: bool = False,
+    deterministic: bool = False,
+):
+    """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
+
+    ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer; ``deterministic`` orders
+    them (see ``BwdConfig``).
+    """
+    import cuda.bindings.driver as cuda
+
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_heads_kv, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
+    if not (k.dtype == v.dtype == dout.dtype == out.dtype == q.dtype):
+        raise TypeError("q, k, v, out, dout must share a dtype")
+    if num_heads % num_heads_kv != 0 or v.shape[2] != num_heads_kv:
+        raise ValueError("the number of query heads must be a multiple of the number of K/V heads")
+    if (q_factor is None) != (k_factor is None):
+        raise ValueError("q_factor and k_factor come together")
+    rank = 0 if q_factor is None else q_factor.shape[-1]
+    cfg = choose_config(
+        q.dtype,
+        head_dim,
+        head_dim_v,
+        window_left >= 0,
+        window_right >= 0,
+        bias_rank=rank,
+        dq_tma_reduce=dq_tma_reduce,
+        deterministic=deterministic,
+    )
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    dq_factor = dk_factor = None
+    if rank:
+        dq_factor = torch.zeros_like(q_factor)
+        dk_factor = torch.zeros_like(k_factor)
+    if batch == 0 or num_heads == 0:
+        return dq, dk, dv, dq_factor, dk_factor
+    if seqlen_q == 0 or seqlen_k == 0:
+        # nothing is visible: every gradient is zero (TMA cannot describe a 0-extent tensor)
+        return dq.zero_(), dk.zero_(), dv.zero_(), dq_factor, dk_factor
+
+    pre = compile_config(BwdPreprocessConfig(cfg.dtype, head_dim_v, cfg.arch))
+    main = compile_config(cfg)
+    post = compile_config(BwdPostprocessConfig(cfg.dtype, head_dim, cfg.arch))
+
+    dev = q.device
+    q, k, v, dout, out = (_tma_ready(t) for t in (q, k, v, dout, out))
+    lse = lse.float().contiguous()
+    sq_pad, sk_pad = _round_up(seqlen_q, SEQ_PAD), _round_up(seqlen_k, SEQ_PAD)
+    lse2 = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
+    dpsum = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
+    dq_accum = torch.zeros(batch, num_heads, sq_pad, head_dim, dtype=torch.float32, device=dev)
+    qf = kf = dqf_accum = dkf_accum = None
+    if rank:
+        qf = _to_cute(_prepare_factor(q_factor, cfg.bias_rank))
+        kf = _to_cute(_prepare_factor(k_factor, cfg.bias_rank))
+        dqf_buf = torch.zeros(batch, num_heads, sq_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
+        dkf_buf = torch.zeros(batch, num_heads, sk_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
+        dqf_accum, dkf_accum = _to_cute(dqf_buf), _to_cute(dkf_buf)
+    sem = None
+    if deterministic:
+        num_m_blocks = -(-seqlen_q // main_tile_m())
+        sem = _to_cute(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
+    stream = cuda.CUstream(torch.cuda.current_stream(dev).cuda_stream)
+
+    pre(_to_cute(out), _to_cute(dout), _to_cute(lse), _to_cute(lse2), _to_cute(dpsum), stream)
+    main(
+        _to_cute(q),
+        _to_cute(k),
+        _to_cute(v),
+        _to_cute(dout),
+        _to_cute(lse2),
+        _to_cute(dpsum),
+        _to_cute(dq_accum),
+        _to_cute(dk),
+        _to_cute(dv),
+        qf,
+        kf,
+        dqf_accum,
+        dkf_accum,
+        sem,
+        softmax_scale * math.log2(math.e),
+        softmax_scale,
+        max(window_left, 0),
+        max(window_right, 0),
+        stream,
+    )
+    post(_to_cute(dq_accum), _to_cute(dq), softmax_scale, stream)
+
+    if rank:
+        dqf = dqf_buf[:, :, :seqlen_q, :rank].transpose(1, 2)  # (B, Sq, H, R)
+        dkf = dkf_buf[:, :, :seqlen_k, :rank].transpose(1, 2)  # (B, Sk, H, R)
+        dq_factor = _reduce_to(dqf, q_factor.shape).to(q_factor.dtype)
+        dk_factor = _reduce_to(dkf, k_factor.shape).to(k_factor.dtype)
+    return dq, dk, dv, dq_factor, dk_factor
