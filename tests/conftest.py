@@ -6,6 +6,12 @@ import torch
 # Triton's interpreter must be chosen before triton is imported; CPU tensors then run the Triton kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:
+        # Import the kernels now, while the interpreter is chosen: a test that unsets TRITON_INTERPRET later
+        # must not be the first to load them (they would bind to the missing GPU driver for the whole run).
+        import attnkit.backends.triton_backend  # noqa: F401
+    except ImportError:
+        pass
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,254 @@
+"""backend="triton" attention and FlashBias through the public API, against the float64 reference under the 2x rule
+(tests/numerics.py), output, lse and every gradient, with NaN-poisoned outputs.
+
+CPU: Triton's interpreter (TRITON_INTERPRET=1, set by conftest) at tiny shapes, fp16 and fp32 (its bf16 tl.dot is
+wrong). GPU (marker `gpu`): larger shapes, bf16 too, and CUDA-graph capture.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import attnkit
+import pytest
+import torch
+from attnkit import reference
+
+# triton_backend is imported at collection, while conftest's TRITON_INTERPRET=1 holds: triton.jit picks the
+# interpreter when a kernel module is imported, so a test that later unsets the variable cannot load it compiled.
+from attnkit.backends import alloc, triton_backend  # noqa: F401
+from numerics import assert_2x
+
+GRAD_NAMES = ("dq", "dk", "dv", "dq_factor", "dk_factor")
+
+
+def _make(b, sq, sk, h, hkv, d, dv, dtype, device, *, packed=False):
+    if packed:
+        # q/k/v as views into one packed tensor: non-trivial sequence and head strides.
+        qkv = torch.randn(b, sq, 3, h, d, dtype=dtype, device=device)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1, :hkv], qkv[:, :, 2, :hkv, :dv]
+    else:
+        q = torch.randn(b, sq, h, d, dtype=dtype, device=device)
+        k = torch.randn(b, sk, hkv, d, dtype=dtype, device=device)
+        v = torch.randn(b, sk, hkv, dv, dtype=dtype, device=device)
+    return q, k, v
+
+
+def _factors(kind, b, sq, sk, h, device):
+    """Bias factors by kind: None, "alibi" (exact rank 2, float32), or (rank, dtype, (q_factor batch, heads),
+    (k_factor batch, heads)) for random learned-style factors, a 1 meaning that dim broadcasts."""
+    if kind is None:
+        return None
+    if kind == "alibi":
+        slopes = torch.tensor([2.0 ** -(i + 1) for i in range(h)], device=device)
+        return attnkit.bias.alibi(slopes, sq, sk)
+    rank, dtype, (qb, qh), (kb, kh) = kind
+    qf = 0.5 * torch.randn(qb, sq, qh, rank, device=device).to(dtype)
+    kf = 0.5 * torch.randn(kb, sk, kh, rank, device=device).to(dtype)
+    return attnkit.LowRankBias(qf, kf)
+
+
+def _assert_lse(got, ref64, ref_lowp):
+    empty = torch.isneginf(ref64)
+    assert torch.equal(torch.isneginf(got), empty), "lse: -inf rows differ from the reference"
+    assert not torch.isnan(got).any(), "lse: NaN"
+    zero = torch.zeros((), dtype=got.dtype, device=got.device)
+    assert_2x(
+        "lse",
+        torch.where(empty, zero, got),
+        torch.where(empty, zero.double(), ref64),
+        torch.where(empty, zero, ref_lowp.float()),
+    )
+
+
+def check_attention(q, k, v, bias=None, causal=False, window=(-1, -1), softmax_scale=None):
+    """Runs the Triton backend forward and backward and checks every result against the references."""
+    inputs = [q, k, v] + ([bias.q_factor, bias.k_factor] if bias is not None else [])
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    tb = None if bias is None else attnkit.LowRankBias(leaves[3], leaves[4])
+    with alloc.poisoned():
+        out, lse = attnkit.attention(
+            *leaves[:3],
+            causal=causal,
+            window=window,
+            bias=tb,
+            softmax_scale=softmax_scale,
+            return_lse=True,
+            backend="triton",
+        )
+        dout = torch.randn_like(out)
+        grads = torch.autograd.grad(out, leaves, dout)
+
+    left, right = window
+    kw = dict(
+        softmax_scale=q.shape[3] ** -0.5 if softmax_scale is None else softmax_scale,
+        window_left=left,
+        window_right=0 if causal else right,
+    )
+    ins64 = [x.detach().double() for x in inputs]
+    f64 = ins64[3:] if bias is not None else [None, None]
+    o64, l64 = reference.attention_forward(*ins64[:3], *f64, compute_dtype=torch.float64, **kw)
+    g64 = reference.attention_backward(dout.double(), *ins64[:3], o64, l64, *f64, compute_dtype=torch.float64, **kw)
+    lowp = q.dtype
+    fl = inputs[3:] if bias is not None else [None, None]
+    ol, ll = reference.attention_forward(*inputs[:3], *fl, compute_dtype=lowp, **kw)
+    gl = reference.attention_backward(dout, *inputs[:3], ol, ll, *fl, compute_dtype=lowp, **kw)
+
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert_2x("out", out, o64, ol)
+    _assert_lse(lse, l64, ll)
+    empty = torch.isneginf(l64).transpose(1, 2)  # (B, Sq, H)
+    assert (out[empty] == 0).all(), "rows that see no key must give 0"
+    for name, got, x, r64, rl in zip(
+        GRAD_NAMES[: len(grads)], grads, inputs, g64[: len(grads)], gl[: len(grads)], strict=True
+    ):
+        assert got.dtype == x.dtype, f"{name}: dtype {got.dtype} != {x.dtype}"
+        assert torch.isfinite(got).all(), f"{name}: not finite"
+        assert_2x(name, got, r64, rl)
+    return out, lse, grads
+
+
+CPU = torch.device("cpu")
+
+# (B, Sq, Sk, H, Hkv, D, Dv, dtype, causal, window, bias kind)
+_F16, _F32 = torch.float16, torch.float32
+CPU_CASES = {
+    "full": (2, 64, 64, 2, 2, 64, 64, _F16, False, (-1, -1), None),
+    "causal-odd": (1, 77, 77, 2, 2, 32, 32, _F16, True, (-1, -1), None),
+    "causal-sq<sk-gqa": (1, 17, 77, 4, 2, 64, 64, _F16, True, (-1, -1), None),
+    "causal-sq>sk-mqa-empty-rows": (1, 77, 17, 3, 1, 32, 32, _F16, True, (-1, -1), None),
+    "one-query": (2, 1, 77, 2, 1, 32, 32, _F16, False, (-1, -1), None),
+    "one-key-causal": (1, 17, 1, 2, 2, 32, 32, _F16, True, (-1, -1), None),
+    "window-left": (1, 80, 80, 2, 1, 32, 32, _F16, False, (8, -1), None),
+    "window-both-empty-rows": (1, 80, 33, 2, 2, 32, 32, _F16, False, (5, 3), None),
+    "window-right-sq<sk": (1, 33, 80, 2, 2, 32, 32, _F16, False, (-1, 4), None),
+    "window-causal-zero": (1, 40, 40, 1, 1, 32, 32, _F16, True, (0, -1), None),
+    "d96-dv64-causal": (1, 45, 45, 2, 1, 96, 64, _F16, True, (-1, -1), None),
+    "fp32-gqa-window": (1, 50, 61, 4, 2, 64, 64, _F32, True, (20, -1), None),
+    "bias-r1-fp32": (2, 40, 40, 2, 2, 32, 32, _F16, False, (-1, -1), (1, _F32, (2, 2), (2, 2))),
+    "bias-alibi-causal": (1, 49, 77, 4, 2, 32, 32, _F16, True, (-1, -1), "alibi"),
+    "bias-r8-fp16-broadcast": (2, 37, 53, 4, 2, 64, 64, _F16, False, (-1, -1), (8, _F16, (1, 4), (2, 1))),
+    "bias-r8-fp32-window": (1, 60, 60, 2, 1, 32, 32, _F16, True, (9, -1), (8, _F32, (1, 1), (1, 2))),
+    "bias-r3-fp32-empty-rows": (1, 50, 20, 2, 2, 32, 32, _F32, True, (-1, -1), (3, _F32, (1, 2), (1, 1))),
+    "bias-r33-fp16-padded": (1, 30, 45, 2, 2, 32, 32, _F16, False, (-1, 6), (33, _F16, (1, 2), (1, 2))),
+}
+
+
+@pytest.mark.parametrize("case", list(CPU_CASES))
+def test_attention_cpu(case):
+    b, sq, sk, h, hkv, d, dv, dtype, causal, window, kind = CPU_CASES[case]
+    q, k, v = _make(b, sq, sk, h, hkv, d, dv, dtype, CPU)
+    check_attention(q, k, v, _factors(kind, b, sq, sk, h, CPU), causal=causal, window=window)
+
+
+def test_strided_inputs_cpu():
+    q, k, v = _make(2, 33, 33, 4, 2, 32, 32, _F16, CPU, packed=True)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    check_attention(q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_nonpositive_scale_cpu(scale):
+    # The running max is then taken on the scaled logits rather than on q·kᵀ.
+    q, k, v = _make(1, 33, 40, 2, 1, 32, 32, _F16, CPU)
+    check_attention(q, k, v, causal=True, softmax_scale=scale)
+
+
+def test_fully_masked_rows_cpu():
+    # Sq > Sk, causal: the first Sq - Sk rows see no key at all.
+    q, k, v = _make(1, 40, 8, 2, 1, 32, 32, _F16, CPU)
+    out, lse, grads = check_attention(q, k, v, causal=True)
+    assert torch.isneginf(lse[:, :, :32]).all() and torch.isfinite(lse[:, :, 32:]).all()
+    assert (out[:, :32] == 0).all()
+    assert (grads[0][:, :32] == 0).all(), "rows that see no key must get zero dq"
+
+
+GPU_CASES = {
+    "d64-causal-gqa": (2, 1023, 1023, 8, 2, 64, 64, False, True, (-1, -1), None),
+    "d128-full": (2, 1000, 1000, 4, 4, 128, 128, False, False, (-1, -1), None),
+    "d128-sq<sk-causal": (1, 300, 1100, 4, 1, 128, 128, False, True, (-1, -1), None),
+    "d256-window": (1, 777, 777, 2, 2, 256, 256, False, False, (100, 50), None),
+    "d192-dv128-causal": (1, 500, 500, 2, 1, 192, 128, False, True, (-1, -1), None),
+    "d32-sq>sk-causal": (2, 600, 200, 4, 2, 32, 32, False, True, (-1, -1), None),
+    "d96-packed": (2, 513, 513, 4, 2, 96, 96, True, True, (-1, -1), None),
+    "alibi-causal": (2, 1024, 1024, 8, 8, 128, 128, False, True, (-1, -1), "alibi"),
+    "bias-r8-learned": (2, 800, 900, 4, 2, 64, 64, False, False, (-1, -1), (8, None, (1, 4), (2, 1))),
+    "bias-r64-fp32-window": (1, 700, 700, 4, 4, 128, 128, False, True, (256, -1), (64, _F32, (1, 4), (1, 4))),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_attention_gpu(case, dtype):
+    b, sq, sk, h, hkv, d, dv, packed, causal, window, kind = GPU_CASES[case]
+    dev = torch.device("cuda")
+    q, k, v = _make(b, sq, sk, h, hkv, d, dv, dtype, dev, packed=packed)
+    if isinstance(kind, tuple) and kind[1] is None:
+        kind = (kind[0], dtype, *kind[2:])
+    check_attention(q, k, v, _factors(kind, b, sq, sk, h, dev), causal=causal, window=window)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_gpu():
+    dev = torch.device("cuda")
+    q, k, v = (x.requires_grad_() for x in _make(2, 512, 512, 4, 2, 128, 128, torch.bfloat16, dev))
+    bias = attnkit.bias.alibi(torch.tensor([0.5, 0.25, 0.125, 0.0625], device=dev), 512, 512)
+
+    def step():
+        out = attnkit.attention(q, k, v, causal=True, bias=bias, backend="triton")
+        return (out,) + torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        eager = step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for e, c in zip(eager, captured, strict=True):
+        torch.testing.assert_close(c, e, rtol=0, atol=0)
+
+
+_SM90_COMPILE = """
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from attnkit.backends.triton_attention import attention_tiles
+from attnkit.kernels.triton import attention as kernels
+
+# (D, Dv, bias mode, rank, padded rank, factor dtype, window left, window right)
+CASES = [(64, 64, 0, 1, 1, "fp32", -1, 0), (128, 128, 1, 8, 16, "bf16", 64, 0), (192, 128, 3, 2, 2, "fp32", 64, 64)]
+for d, dv, bias, rank, block_r, fdt, left, right in CASES:
+    tiles = attention_tiles(torch.device("cuda"), d, dv)
+    pointers = {n: "*bf16" for n in ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV")}
+    pointers.update({n: "*fp32" for n in ("Lse", "Delta", "DKF", "DQF")}, QF="*" + fdt, KF="*" + fdt)
+    common = dict(HEAD_DIM=d, HEAD_DIM_V=dv, RANK=rank, BLOCK_D=triton.next_power_of_2(d),
+                  BLOCK_DV=triton.next_power_of_2(dv), BLOCK_R=block_r, BIAS=bias, HAS_LEFT=left >= 0,
+                  HAS_RIGHT=right >= 0)
+    for fn, t, extra in ((kernels.attention_fwd, tiles.fwd, dict(LOGITS_RAW=bias == 0)),
+                         (kernels.attention_bwd_dkdv, tiles.dkdv, {}), (kernels.attention_bwd_dq, tiles.dq, {})):
+        consts = dict(common, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **extra)
+        sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if "scale" in n else "i32")
+               for n in fn.arg_names}
+        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 128),
+                                  options=dict(num_warps=t.num_warps, num_stages=t.num_stages))
+        assert "wgmma.mma_async" in compiled.asm["ptx"], (fn.__name__, d, bias)
+print("ok")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter never runs Triton's compiler: compile each kernel for sm_90a (PTX through ptxas, no GPU
+    needed) and check that the tile table's configs issue Hopper wgmma."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
