@@ -545,6 +545,21 @@ def test_limits_attention_value_dim(backend, dv):
         limits.validate_attention(backend, *half_qkv(dv=dv), None)
 
 
+@pytest.mark.parametrize("d,dv,name", [(192, 192, "(backward)"), (256, 256, "(backward)"), (128, 64, "!= head dim")])
+def test_limits_cute_backward_head_dims(d, dv, name):
+    limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None, needs_grad=False)
+    with raises(ValueError, "head dim", name, "backend='cute'"):
+        limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None, needs_grad=True)
+    limits.validate_attention("triton", *half_qkv(d=d, dv=dv), None, needs_grad=True)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+def test_limits_cute_positive_scale(scale):
+    with raises(ValueError, "softmax_scale", "backend='cute'"):
+        limits.validate_attention("cute", *half_qkv(), None, softmax_scale=scale)
+    limits.validate_attention("triton", *half_qkv(), None, softmax_scale=scale)
+
+
 @pytest.mark.parametrize("rank", [65, 128])
 def test_limits_bias_rank(rank):
     q, k, v = half_qkv()

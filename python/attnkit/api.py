@@ -42,9 +42,12 @@ def attention(
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float, got {type(softmax_scale).__name__}")
     name = resolve(backend, "attention", q.device)
-    limits.validate_attention(name, q, k, v, bias)
     q_factor = None if bias is None else bias.q_factor
     k_factor = None if bias is None else bias.k_factor
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, q_factor, k_factor)
+    )
+    limits.validate_attention(name, q, k, v, bias, float(softmax_scale), needs_grad)
     out, lse = ops.attention_fwd(q, k, v, q_factor, k_factor, float(softmax_scale), window_left, window_right, name)
     return (out, lse) if return_lse else out
 

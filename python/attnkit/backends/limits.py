@@ -20,6 +20,8 @@ class Limits:
     attention_value_dims: frozenset[int]
     bias_ranks: range
     lightning_dims: frozenset[int]
+    attention_bwd_head_dims: frozenset[int] | None = None  # None: whatever the forward takes, Dv != D too
+    positive_scale_only: bool = False
 
 
 LIMITS = {
@@ -38,6 +40,8 @@ LIMITS = {
         attention_value_dims=frozenset({64, 96, 128, 192, 256}),
         bias_ranks=range(1, 65),
         lightning_dims=frozenset(),
+        attention_bwd_head_dims=frozenset({64, 96, 128}),  # dK and dV of wider heads do not fit in registers
+        positive_scale_only=True,  # the forward's running max is taken on q·k before scaling
     ),
 }
 
@@ -54,13 +58,22 @@ def _check_dtypes(backend: str, lim: Limits, device: torch.device, **tensors) ->
             )
 
 
-def validate_attention(backend: str, q, k, v, bias) -> None:
+def validate_attention(backend: str, q, k, v, bias, softmax_scale: float = 1.0, needs_grad: bool = False) -> None:
     lim = LIMITS.get(backend)
     if lim is None:
         return
     _check_dtypes(backend, lim, q.device, q=q, k=k, v=v)
     check_head_dim(backend, "head dim of q/k", q.shape[3], lim.attention_head_dims)
     check_head_dim(backend, "head dim of v", v.shape[3], lim.attention_value_dims)
+    if needs_grad and lim.attention_bwd_head_dims is not None:
+        if v.shape[3] != q.shape[3]:
+            raise ValueError(
+                f"backend={backend!r} has no backward for head dim of v ({v.shape[3]}) != head dim of q "
+                f"({q.shape[3]}); use backend='triton', or call without gradients"
+            )
+        check_head_dim(backend, "head dim of q/k (backward)", q.shape[3], lim.attention_bwd_head_dims)
+    if lim.positive_scale_only and not softmax_scale > 0:
+        raise ValueError(f"softmax_scale must be > 0 for backend={backend!r}, got {softmax_scale}")
     if bias is not None:
         r = bias.q_factor.shape[3]
         if r not in lim.bias_ranks:
