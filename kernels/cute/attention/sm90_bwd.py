@@ -5,7 +5,9 @@ tails, stores are predicated); causal (bottom-right) and sliding windows, masked
 tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers); the
 low-rank logit bias ``qf @ kf.T`` in float32 FMAs, with the factor gradients computed in float32
 from a float32 copy of dS and added with atomics.
-Not supported: varlen, dropout, a deterministic dQ (dQ is accumulated with float32 atomics).
+dQ reaches its float32 buffer by atomics (default), by one TMA reduce-add per warpgroup, or in a
+deterministic mode where key blocks add their dQ and query-factor partials in a fixed order.
+Not supported: varlen, dropout, a gradient for lse.
 
 Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90.__call__``):
     preprocess   D = rowsum(dO * O) in float32 and lse in log2 units; rows without a visible key

@@ -241,7 +241,8 @@ def _tma_ready(t: torch.Tensor) -> torch.Tensor:
     """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules)."""
     elems = 16 // t.element_size()
     ok = t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
-    return t if ok else t.contiguous()
+    # a contiguous view at a misaligned offset needs a real copy (contiguous() would return it as is)
+    return t if ok else t.clone(memory_format=torch.contiguous_format)
 
 
 def _prepare_factor(f: torch.Tensor, rank: int) -> torch.Tensor:
@@ -299,6 +300,10 @@ def attention_bwd(
         raise ValueError("the number of query heads must be a multiple of the number of K/V heads")
     if (q_factor is None) != (k_factor is None):
         raise ValueError("q_factor and k_factor come together")
+    if q_factor is not None and q_factor.shape[-1] != k_factor.shape[-1]:
+        raise ValueError("q_factor and k_factor must have the same rank")
+    if lse.shape != (batch, num_heads, seqlen_q):
+        raise ValueError(f"lse must be (B, H, Sq) = {(batch, num_heads, seqlen_q)}, got {tuple(lse.shape)}")
     rank = 0 if q_factor is None else q_factor.shape[-1]
     cfg = choose_config(
         q.dtype,
