@@ -14,18 +14,15 @@ factors are float32 ("position-like", product in float32 FMAs) or, with ``bias_m
 dtype (product on the tensor cores as extra k16 slices: S = scale * (Q K^T) + Qf Kf^T).
 """
 
-import math
-
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, const_expr
 
 from ..common.layouts import acc_view_mn
+from ..common.lowrank import LOG2_E, add_lowrank_fma
 from ..common.mask import AttentionMask
 from ..common.softmax import OnlineSoftmax
 from ..common.tile_scheduler import PersistentTileScheduler
-
-LOG2_E = math.log2(math.e)
 
 SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
 
@@ -128,32 +125,8 @@ class AttentionFwdBase:
         sKf: cute.Tensor,  # (tile_n, r) float32
         scale_log2: Float32,
     ) -> None:
-        """acc_S <- acc_S * scale_log2 + log2(e) * (qf . kf) in float32 FMAs (position-like factors).
-
-        Each thread owns 2 rows x (tile_n / 4) columns; the quad lanes share rows and read
-        different key rows, so every smem read is a broadcast or a 4-way distinct access.
-        """
-        s_mn = acc_view_mn(acc_S)
-        c_mn = acc_view_mn(tScS)
-        num_rows = cute.size(s_mn, mode=[0])
-        num_cols = cute.size(s_mn, mode=[1])
-        acc_S.store(acc_S.load() * scale_log2)
-        for k in cutlass.range(self.bias_rank // 4, unroll=1):
-            q_vals = cute.make_rmem_tensor((num_rows, 4), Float32)
-            for r in cutlass.range_constexpr(num_rows):
-                row = c_mn[r, 0][0]
-                for j in cutlass.range_constexpr(4):
-                    q_vals[r, j] = sQf[row, 4 * k + j] * LOG2_E
-            for c in cutlass.range_constexpr(num_cols):
-                col = c_mn[0, c][1]
-                k_vals = cute.make_rmem_tensor(4, Float32)
-                for j in cutlass.range_constexpr(4):
-                    k_vals[j] = sKf[col, 4 * k + j]
-                for r in cutlass.range_constexpr(num_rows):
-                    acc = s_mn[r, c]
-                    for j in cutlass.range_constexpr(4):
-                        acc = acc + q_vals[r, j] * k_vals[j]
-                    s_mn[r, c] = acc
+        """acc_S <- acc_S * scale_log2 + log2(e) * (qf . kf) in float32 FMAs (position-like factors)."""
+        add_lowrank_fma(acc_S, tScS, sQf, sKf, scale_log2, self.bias_rank)
 
     @cute.jit
     def store_lse(

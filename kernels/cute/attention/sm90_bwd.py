@@ -28,7 +28,6 @@ CTA layout of the main kernel (3 warpgroups):
 
 import enum
 import math
-from typing import NamedTuple
 
 import cuda.bindings.driver as cuda
 import cutlass
@@ -41,9 +40,9 @@ from cutlass.tensor_utils import LayoutEnum
 from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
+from ..common.lowrank import LOG2_E, add_lowrank_fma
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
-
-LOG2_E = math.log2(math.e)
+from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
 
 SUPPORTED_HEAD_DIMS = (64, 96, 128)
 
@@ -54,19 +53,6 @@ class BwdBarrier(enum.IntEnum):
     PdS = NamedBarrierBwd.PdS  # dS of both warpgroups in smem -> dQ wgmma
     BiasGradsDone = max(NamedBarrierBwd) + 1  # fp32 dS and query factors read -> reusable
     DqTurn = max(NamedBarrierBwd) + 2  # deterministic dQ: this CTA's turn to add (or its adds are done)
-
-
-class BwdWarpRoles(NamedTuple):
-    load: tuple = (0, 1, 2, 3)
-    mma_wg1: tuple = (4, 5, 6, 7)
-    mma_wg2: tuple = (8, 9, 10, 11)
-
-
-WARP_ROLES = BwdWarpRoles()
-NUM_MMA_WARPGROUPS = 2
-# setmaxnreg budgets: 128 * 24 + 256 * 240 = 64512 <= 65536 registers per SM
-PRODUCER_REGS = 24
-MMA_REGS = 240
 
 
 def _transpose_view(t: cute.Tensor) -> cute.Tensor:
@@ -955,29 +941,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         scale_log2: Float32,
     ) -> None:
         """acc_S <- acc_S * scale_log2 + log2(e) * (kf . qf): S^T in log2 units, float32 FMAs."""
-        s_mn = acc_view_mn(acc_S)
-        c_mn = acc_view_mn(tScS)
-        num_rows = cute.size(s_mn, mode=[0])
-        num_cols = cute.size(s_mn, mode=[1])
-        for i in cutlass.range_constexpr(cute.size(acc_S)):
-            acc_S[i] = acc_S[i] * scale_log2
-        # a runtime loop over rank chunks: a rank-64 unroll costs seconds of compile time
-        for k in cutlass.range(self.bias_rank // 4, unroll=1):
-            k_vals = cute.make_rmem_tensor((num_rows, 4), Float32)
-            for r in cutlass.range_constexpr(num_rows):
-                key = c_mn[r, 0][0]
-                for j in cutlass.range_constexpr(4):
-                    k_vals[r, j] = sKf[key, 4 * k + j] * LOG2_E
-            for c in cutlass.range_constexpr(num_cols):
-                col = c_mn[0, c][1]
-                q_vals = cute.make_rmem_tensor(4, Float32)
-                for j in cutlass.range_constexpr(4):
-                    q_vals[j] = sQf[col, 4 * k + j]
-                for r in cutlass.range_constexpr(num_rows):
-                    acc = s_mn[r, c]
-                    for j in cutlass.range_constexpr(4):
-                        acc = acc + k_vals[r, j] * q_vals[j]
-                    s_mn[r, c] = acc
+        add_lowrank_fma(acc_S, tScS, sKf, sQf, scale_log2, self.bias_rank)
 
     @cute.jit
     def bias_grads(

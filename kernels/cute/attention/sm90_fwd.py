@@ -22,7 +22,6 @@ O += P(n+1) V(n+1) back to back and computes softmax(n) while the latter is in f
 """
 
 import math
-from typing import NamedTuple
 
 import cuda.bindings.driver as cuda
 import cutlass
@@ -34,24 +33,10 @@ from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierFwd, barrier_arrive, barrier_sync
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
+from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
 from .base import AttentionFwdBase
 
 LN2 = math.log(2.0)
-
-
-class FwdWarpRoles(NamedTuple):
-    """Warp ids per role; the producer's first warp issues the loads."""
-
-    load: tuple = (0, 1, 2, 3)
-    mma_wg1: tuple = (4, 5, 6, 7)
-    mma_wg2: tuple = (8, 9, 10, 11)
-
-
-WARP_ROLES = FwdWarpRoles()
-NUM_MMA_WARPGROUPS = 2
-# setmaxnreg budgets: 128 * 24 + 256 * 240 = 64512 <= 65536 registers per SM
-PRODUCER_REGS = 24
-MMA_REGS = 240
 
 
 class AttentionFwdSm90(AttentionFwdBase):

@@ -6,7 +6,8 @@ tile_scheduler  static persistent scheduler (longest-first or K/V-sharing order)
 mask            causal / sliding-window visibility, boundary-tile test and masking
 softmax         online softmax in base 2 (lazy rescale threshold, FMA exp2 share)
 fast_exp2       polynomial exp2 on the FMA pipe
+lowrank         float32 low-rank bias product added to a score accumulator in FMAs
 layouts         wgmma accumulator views: (row, col) and as the A operand of the next wgmma
-sm90            Hopper wgmma helpers: tiled MMAs, swizzled smem layouts, gemm with fence/commit/wait
+sm90            Hopper: warp roles and register budgets, tiled MMAs, swizzled smem layouts, wgmma discipline
 dynamic         lets helper objects holding runtime values cross runtime control flow
 """

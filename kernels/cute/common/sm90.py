@@ -1,11 +1,28 @@
 """Hopper wgmma helpers: tiled MMAs, fragment partitioning and the fence/commit/wait discipline."""
 
+from typing import NamedTuple
+
 import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import Float32, const_expr
 from cutlass.cute.nvgpu import warpgroup
 from cutlass.utils import LayoutEnum
+
+
+class WarpRoles(NamedTuple):
+    """Warp ids per role in the warp-specialized kernels; the producer's first warp issues the loads."""
+
+    load: tuple = (0, 1, 2, 3)
+    mma_wg1: tuple = (4, 5, 6, 7)
+    mma_wg2: tuple = (8, 9, 10, 11)
+
+
+WARP_ROLES = WarpRoles()
+NUM_MMA_WARPGROUPS = 2
+# setmaxnreg budgets: 128 * 24 + 256 * 240 = 64512 <= 65536 registers per SM
+PRODUCER_REGS = 24
+MMA_REGS = 240
 
 
 def make_tiled_mma(

@@ -1,0 +1,53 @@
+"""The float32 low-rank bias product, added to a wgmma score accumulator in FMAs.
+
+Position-like factors (ALiBi, distances) must keep float32 arithmetic: their product is exact to well under one
+unit at 16k tokens only in float32, which the tensor cores (bf16/tf32 operands) do not give.
+"""
+
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32
+
+from .layouts import acc_view_mn
+
+LOG2_E = math.log2(math.e)
+
+
+@cute.jit
+def add_lowrank_fma(
+    acc_S: cute.Tensor,  # wgmma accumulator, float32 registers
+    tScS: cute.Tensor,  # (row, col) in the tile of each acc_S element
+    sRowF: cute.Tensor,  # (tile rows, r) float32: the factor indexed by the accumulator's rows
+    sColF: cute.Tensor,  # (tile cols, r) float32: the factor indexed by its columns
+    scale_log2: Float32,
+    rank: cutlass.Constexpr[int],
+) -> None:
+    """acc_S <- acc_S * scale_log2 + log2(e) * (row_f . col_f): scores in log2 units.
+
+    Each thread owns 2 rows x (cols / 4) columns; the quad lanes share rows and read different columns, so every
+    smem read is a broadcast or a 4-way distinct access. The rank loop stays a runtime loop over chunks of 4:
+    a rank-64 unroll costs seconds of compile time. `rank` is a multiple of 4 (the launchers pad it).
+    """
+    s_mn = acc_view_mn(acc_S)
+    c_mn = acc_view_mn(tScS)
+    num_rows = cute.size(s_mn, mode=[0])
+    num_cols = cute.size(s_mn, mode=[1])
+    acc_S.store(acc_S.load() * scale_log2)
+    for k in cutlass.range(rank // 4, unroll=1):
+        row_vals = cute.make_rmem_tensor((num_rows, 4), Float32)
+        for r in cutlass.range_constexpr(num_rows):
+            row = c_mn[r, 0][0]
+            for j in cutlass.range_constexpr(4):
+                row_vals[r, j] = sRowF[row, 4 * k + j] * LOG2_E
+        for c in cutlass.range_constexpr(num_cols):
+            col = c_mn[0, c][1]
+            col_vals = cute.make_rmem_tensor(4, Float32)
+            for j in cutlass.range_constexpr(4):
+                col_vals[j] = sColF[col, 4 * k + j]
+            for r in cutlass.range_constexpr(num_rows):
+                acc = s_mn[r, c]
+                for j in cutlass.range_constexpr(4):
+                    acc = acc + row_vals[r, j] * col_vals[j]
+                s_mn[r, c] = acc
