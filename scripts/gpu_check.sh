@@ -41,6 +41,11 @@ record() {
 } >"$out/versions.log" 2>&1
 cat "$out/versions.log"
 
+# Compile the shipped CuTe configs on all cores first: serial compiles inside the tests would eat device time.
+echo "gpu_check: precompile (CuTe, $(nproc) processes)"
+timeout -k 10 120 "$py" -m attnkit.precompile --arch sm_90a --jobs "$(nproc)" >"$out/precompile.log" 2>&1
+record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
+
 echo "gpu_check: tests (limit ${test_s} s)"
 timeout_plugin=()
 if "$py" -c "import pytest_timeout" >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 """Compile every shipped CuTe-DSL kernel config without a GPU; optionally dump each kernel's SASS.
 
-    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd]
+    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd] [--jobs N]
 
 Warms the disk compile cache (``$ATTNKIT_CACHE_DIR`` or ``~/.cache/attnkit``) for deployment. The
 registry below lists launcher modules; each exposes ``shipped_configs(arch)`` (frozen config
@@ -83,6 +83,35 @@ def build_all(arch: str, only: str | None = None) -> list[Built]:
     return results
 
 
+def _compile_one(job: tuple[str, str, int]) -> str | None:
+    """Worker: compile one shipped config into the disk cache; the error text if it fails."""
+    arch, kind, index = job
+    os.environ.setdefault("CUTE_DSL_ARCH", arch)
+    mod = importlib.import_module(REGISTRY[kind])
+    cfg = mod.shipped_configs(arch)[index]
+    try:
+        mod.compile_config(cfg)
+    except Exception as exc:  # reported by the serial pass that follows
+        return f"{cfg}: {exc}"
+    return None
+
+
+def warm_in_parallel(arch: str, only: str | None, jobs: int) -> float:
+    """Compile every shipped config in `jobs` processes (disk cache on), so the serial pass only loads them.
+    Worth it on a many-core GPU machine, where the compiles would otherwise eat device time."""
+    import concurrent.futures
+    import multiprocessing
+
+    work = [
+        (arch, kind, i) for kind, mod in load_launchers(only).items() for i in range(len(mod.shipped_configs(arch)))
+    ]
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        list(pool.map(_compile_one, work))
+    return time.perf_counter() - start
+
+
 def cuobjdump() -> str:
     import triton
 
@@ -110,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="sm_90a", choices=["sm_90a"])
     parser.add_argument("--sass", type=Path, default=None, help="write <DIR>/<kind>/<config>.sass")
     parser.add_argument("--only", choices=sorted(REGISTRY), default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="compile in N processes first (needs the disk cache)")
     args = parser.parse_args(argv)
 
+    if args.jobs > 1:
+        if os.environ.get("ATTNKIT_DISABLE_DISK_CACHE") == "1":
+            parser.error("--jobs needs the disk cache (ATTNKIT_DISABLE_DISK_CACHE=1 is set)")
+        print(f"parallel compile ({args.jobs} processes): {warm_in_parallel(args.arch, args.only, args.jobs):.1f}s")
     results = build_all(args.arch, args.only)
     for built in results:
         line = f"{built.kind:4s} {built.source:8s} {built.seconds:7.3f}s  {built.config}"
