@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..broadcast import sum_to
 from .compile_cache import CompileCache
+from .tensors import tma_ready
 
 __all__ = [
     "BwdConfig",
@@ -237,26 +239,12 @@ def _to_cute(t: torch.Tensor):
     return from_dlpack(t, assumed_align=16 if t.element_size() == 2 else 4).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
-def _tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules)."""
-    elems = 16 // t.element_size()
-    ok = t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
-    # a contiguous view at a misaligned offset needs a real copy (contiguous() would return it as is)
-    return t if ok else t.clone(memory_format=torch.contiguous_format)
-
-
 def _prepare_factor(f: torch.Tensor, rank: int) -> torch.Tensor:
     """Contiguous float32 with the rank zero-padded to a multiple of 4 (padded terms are 0 * 0)."""
     f = f.float().contiguous()
     if f.shape[-1] != rank:
         f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
-    return _tma_ready(f)
-
-
-def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sums a (B, S, H, R) gradient over the dimensions the factor broadcast along."""
-    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1]
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
+    return tma_ready(f)
 
 
 def main_tile_m() -> int:
@@ -334,7 +322,7 @@ def attention_bwd(
     post = compile_config(BwdPostprocessConfig(cfg.dtype, head_dim, cfg.arch))
 
     dev = q.device
-    q, k, v, dout, out = (_tma_ready(t) for t in (q, k, v, dout, out))
+    q, k, v, dout, out = (tma_ready(t) for t in (q, k, v, dout, out))
     lse = lse.float().contiguous()
     sq_pad, sk_pad = _round_up(seqlen_q, SEQ_PAD), _round_up(seqlen_k, SEQ_PAD)
     lse2 = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
@@ -380,6 +368,6 @@ def attention_bwd(
     if rank:
         dqf = dqf_buf[:, :, :seqlen_q, :rank].transpose(1, 2)  # (B, Sq, H, R)
         dkf = dkf_buf[:, :, :seqlen_k, :rank].transpose(1, 2)  # (B, Sk, H, R)
-        dq_factor = _reduce_to(dqf, q_factor.shape).to(q_factor.dtype)
-        dk_factor = _reduce_to(dkf, k_factor.shape).to(k_factor.dtype)
+        dq_factor = sum_to(dqf, q_factor.shape).to(q_factor.dtype)
+        dk_factor = sum_to(dkf, k_factor.shape).to(k_factor.dtype)
     return dq, dk, dv, dq_factor, dk_factor

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .compile_cache import CompileCache
+from .tensors import tma_ready
 
 __all__ = [
     "FwdConfig",
@@ -212,13 +213,6 @@ def _to_cute(t: torch.Tensor, align: int = 16):
     return from_dlpack(t, assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
-def _tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules)."""
-    elems = 16 // t.element_size()
-    ok = t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
-    return t if ok else t.contiguous()
-
-
 def _prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
     """Contiguous, in ``dtype``, rank zero-padded to ``rank`` (exact: padded terms are 0 * 0).
 
@@ -229,7 +223,7 @@ def _prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Ten
     f = f.to(dtype).contiguous()
     if f.shape[-1] != rank:
         f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
-    return _tma_ready(f)
+    return tma_ready(f)
 
 
 def _window_arg(window: int, seqlen_q: int, seqlen_k: int) -> int:
@@ -289,7 +283,7 @@ def attention_fwd(
     if k.shape[1] == 0:
         # no keys at all: every row is empty (TMA descriptors cannot describe a 0-extent tensor)
         return out.zero_(), lse.fill_(float("-inf"))
-    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    q, k, v = (tma_ready(t) for t in (q, k, v))
     qf = kf = None
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..broadcast import sum_to
+
 
 def visible_mask(seqlen_q: int, seqlen_k: int, window_left: int, window_right: int, device) -> torch.Tensor:
     """(Sq, Sk) bool: query i sees key j, windows bottom-right aligned (-1 = unbounded)."""
@@ -101,12 +103,6 @@ def attention_forward(
     return out, lse.squeeze(-1).to(torch.float64 if acc == torch.float64 else torch.float32)
 
 
-def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sums a (B, S, H, R) gradient over the dimensions the factor broadcast along."""
-    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape, strict=True)) if s == 1 and g != 1]
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
-
-
 def attention_backward(
     dout: torch.Tensor,  # (B, Sq, H, Dv)
     q: torch.Tensor,
@@ -156,8 +152,8 @@ def attention_backward(
         kf = k_factor.to(fdt).transpose(1, 2)  # (B|1, H|1, Sk, R)
         dqf = torch.matmul(ds_f, kf).transpose(1, 2)  # (B, Sq, H, R)
         dkf = torch.matmul(ds_f.transpose(-1, -2), qf).transpose(1, 2)  # (B, Sk, H, R)
-        dq_factor = _reduce_to(dqf, q_factor.shape).to(q_factor.dtype)
-        dk_factor = _reduce_to(dkf, k_factor.shape).to(k_factor.dtype)
+        dq_factor = sum_to(dqf, q_factor.shape).to(q_factor.dtype)
+        dk_factor = sum_to(dkf, k_factor.shape).to(k_factor.dtype)
     return (
         dq.transpose(1, 2).to(q.dtype),
         dk.transpose(1, 2).to(k.dtype),
