@@ -252,3 +252,93 @@ def test_kernels_compile_for_sm90():
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     result = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+_SM90_LAUNCH_COMPILE = """
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from attnkit.backends.triton_attention import attention_tiles
+from attnkit.kernels.triton import attention as kernels
+
+
+def local_accesses_in_inner_loops(cubin):
+    # SASS local loads/stores (register spills) inside innermost loops: a backward branch closes a loop.
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([knobs.nvidia.nvdisasm.path, "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    labels, insts, pending = {}, [], []
+    for line in sass.splitlines():
+        label = re.match(r"\\s*(\\.L_x_\\d+):", line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        inst = re.search(r"/\\*([0-9a-f]{4,})\\*/\\s+(.*)", line)
+        if inst:
+            addr = int(inst.group(1), 16)
+            labels.update((p, addr) for p in pending)
+            pending = []
+            insts.append((addr, inst.group(2)))
+    loops = []
+    for addr, text in insts:
+        branch = re.search(r"BRA.*`\\((\\.L_x_\\d+)\\)", text)
+        if branch and labels.get(branch.group(1), addr) < addr:
+            loops.append((labels[branch.group(1)], addr))
+    inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+    assert inner, "no loop found in the SASS"
+    return sum(1 for addr, text in insts if re.search(r"\\b(STL|LDL)", text) and any(a <= addr <= b for a, b in inner))
+
+
+# The benchmark shapes: bf16, MHA (group 1), causal; (D, bias mode, rank, padded rank, factor dtype).
+CASES = [(128, 0, 1, 1, "fp32"), (128, 1, 8, 16, "bf16"), (128, 3, 2, 2, "fp32"), (64, 3, 2, 2, "fp32"),
+         (128, 2, 64, 64, "fp32")]
+for d, bias, rank, block_r, fdt in CASES:
+    tiles = attention_tiles(torch.device("cuda"), d, d, bias, block_r)
+    pointers = {n: "*bf16" for n in ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV")}
+    pointers.update({n: "*fp32" for n in ("Lse", "Delta", "DKF", "DQF")}, QF="*" + fdt, KF="*" + fdt)
+    common = dict(HEAD_DIM=d, HEAD_DIM_V=d, RANK=rank, BLOCK_D=d, BLOCK_DV=d, BLOCK_R=block_r, BIAS=bias,
+                  HAS_LEFT=False, HAS_RIGHT=True, group=1)
+    kernels_ = [(kernels.attention_fwd, tiles.fwd, dict(LOGITS_RAW=bias == 0))]
+    if d == 128:
+        kernels_ += [(kernels.attention_bwd_dkdv, tiles.dkdv, {}), (kernels.attention_bwd_dq, tiles.dq, {})]
+    for fn, t, extra in kernels_:
+        consts = dict(common, BLOCK_M=t.block_m, BLOCK_N=t.block_n, **extra)
+        consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+        sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if "scale" in n else "i32")
+               for n in fn.arg_names}
+        # What a launch on 16-byte aligned tensors with lengths, heads and strides divisible by 16 specializes on
+        # (window_left is -1, window_right 0).
+        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                 if sig[n].startswith("*") or (sig[n] == "i32" and n != "window_left")}
+        compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 128),
+                                  options=dict(num_warps=t.num_warps, num_stages=t.num_stages))
+        ptx = compiled.asm["ptx"]
+        what = (fn.__name__, d, bias)
+        assert "wgmma.mma_async" in ptx, what
+        assert "cp.async" in ptx, ("streamed loads not pipelined", what)
+        n = local_accesses_in_inner_loops(compiled.asm["cubin"])
+        assert n == 0, ("register spills inside the tile loop", what, n)
+print("ok")
+"""
+
+
+def test_kernels_pipeline_without_loop_spills_sm90():
+    """At the benchmark shapes (bf16, MHA, causal, D = 128; no bias, rank-8 bf16 bias, fp32 ALiBi; also rank-64
+    float32 factors, and the D = 64 ALiBi forward), compiled for sm_90a with the specialization a real launch gets,
+    the tile table's configs issue wgmma, pipeline their loads with cp.async and keep register spills out of the
+    tile loops (read off the SASS)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-c", _SM90_LAUNCH_COMPILE], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

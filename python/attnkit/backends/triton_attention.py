@@ -6,7 +6,7 @@ Inputs are (B, S, H, D) with a contiguous last dim and any other strides; every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -32,26 +32,59 @@ class AttentionTiles:
 
 
 # Keyed on the padded head dim max(next_pow2(D), next_pow2(Dv)). Not timed on a GPU yet. The backward streams
-# narrow tiles past a wide resident block (as in the Triton fused-attention tutorial). Chosen from an AOT compile
-# for sm_90a (bf16, no bias; ptxas spill stores per thread): every choice issues wgmma, and among the wgmma
-# candidates it spills least for its tile size: fwd 0 / 0 / 120 B, dK/dV 0 / 412 / 1636 B, dQ 0 / 64 / 356 B for
-# D = 64 / 128 / 256 (e.g. dK/dV at D = 64 spills 484 B with 4 warps, 0 with 8; D = 256 spills at any tile).
+# narrow tiles past a wide resident block (as in the Triton fused-attention tutorial). Chosen from AOT compiles for
+# sm_90a with the specialization a real launch gets (16-byte aligned pointers, strides and lengths divisible by 16,
+# group == 1 a constexpr; without those hints no load is pipelined and the spill counts mean nothing), ptxas -v and
+# nvdisasm: every choice issues wgmma and pipelines its streamed loads with cp.async.
+# - D = 64 and 128, no bias, a rank-8 bf16 bias or fp32 ALiBi (rank 2, causal): nothing spills inside a tile loop.
+#   ptxas reports 0 bytes except dK/dV at D = 128 with ALiBi (20 B, stored before the loops, reloaded after) and
+#   GQA dK/dV (group > 1: 200-500 B at D = 128 in the per-head code around the tile loops; a rank-8 bias puts a
+#   few accesses in the loop).
+# - D = 256: fwd and dQ spill nothing in the loops (dQ needs 252-255 registers with 4 warps, 227 with 8). dK/dV
+#   spills at any tile: 16 query rows per step keep it out of the loops without a bias and cut the in-loop
+#   accesses to about a third with one (vs 32 rows).
+# - Larger tiles spill in the loop or overflow shared memory: fwd (128, 128) at D = 128 (12-120 B; 240 KB of
+#   shared memory with a bias at 3 stages), dK/dV (64, 128) at D = 128 (108-852 B), dQ (128, 64) at D = 128 with
+#   ALiBi (16 B).
 _GPU_TILES = {
     64: AttentionTiles(fwd=Tiles(128, 64, 4, 3), dkdv=Tiles(32, 128, 8, 3), dq=Tiles(128, 32, 8, 3)),
     128: AttentionTiles(fwd=Tiles(128, 64, 8, 3), dkdv=Tiles(32, 128, 8, 3), dq=Tiles(128, 32, 8, 3)),
-    256: AttentionTiles(fwd=Tiles(128, 32, 8, 2), dkdv=Tiles(32, 64, 8, 2), dq=Tiles(64, 32, 4, 2)),
+    256: AttentionTiles(fwd=Tiles(128, 32, 8, 2), dkdv=Tiles(16, 64, 8, 2), dq=Tiles(64, 32, 8, 2)),
 }
+# Per (padded head dim, bias mode) forward overrides: the fp32 outer-product bias (ALiBi) at D = 64 needs 255
+# registers with 4 warps and spills inside the key loop (124 B); 8 warps on the same tile need 184 and spill none.
+_GPU_FWD_TILES_BY_BIAS = {
+    (64, kernels.BIAS_OUTER.value): Tiles(128, 64, 8, 3),
+}
+# float32 factors of padded rank >= 32 (BIAS_IEEE): the float32 dots run on FMAs with whole factor rows per thread,
+# and the table's tiles spill 2-5 KB inside the loops at D = 128 and rank 64 (a few bytes outside them at rank
+# 8-16). These small tiles spill nothing at D = 64 and 128 (rank 32 and 64; 130-206 registers); at D = 256 the
+# forward spills nothing either (2 KB in the loop on the table's tile), and dK/dV and dQ are the table's tiles.
+_GPU_TILES_WIDE_FP32_BIAS = AttentionTiles(fwd=Tiles(64, 32, 8, 2), dkdv=Tiles(16, 64, 8, 2), dq=Tiles(64, 32, 8, 2))
 # The interpreter's cost is per tile step: small tiles keep the tiny CPU test shapes quick, and unequal query and
 # key tiles exercise the boundary-tile logic (warps and stages are ignored there).
 _CPU_TILES = AttentionTiles(fwd=Tiles(32, 16, 1, 1), dkdv=Tiles(16, 32, 1, 1), dq=Tiles(32, 16, 1, 1))
 _PREPROCESS_BLOCK_M = 64
 
 
-def attention_tiles(device: torch.device, head_dim: int, value_dim: int) -> AttentionTiles:
+def attention_tiles(
+    device: torch.device,
+    head_dim: int,
+    value_dim: int,
+    bias_mode: int = kernels.BIAS_NONE.value,
+    block_r: int = 1,
+) -> AttentionTiles:
+    """Tiles for a launch; bias_mode and block_r are the kernels' BIAS and BLOCK_R (`_bias(...)`)."""
     if device.type != "cuda":
         return _CPU_TILES
+    if bias_mode == kernels.BIAS_IEEE.value and block_r >= 32:
+        return _GPU_TILES_WIDE_FP32_BIAS
     padded = max(64, triton.next_power_of_2(head_dim), triton.next_power_of_2(value_dim))
-    return _GPU_TILES[padded]
+    tiles = _GPU_TILES[padded]
+    fwd = _GPU_FWD_TILES_BY_BIAS.get((padded, bias_mode))
+    if fwd is not None:
+        tiles = replace(tiles, fwd=fwd)
+    return tiles
 
 
 @dataclass(frozen=True)
@@ -140,8 +173,8 @@ def attention_fwd(q, k, v, q_factor, k_factor, *, softmax_scale, window_left, wi
     if b * h == 0:
         return out, lse
     _check_int32(q=q, k=k, v=v, out=out)
-    tiles = attention_tiles(q.device, d, dv).fwd
     bias, constexprs, qf, kf = _common(q, v, q_factor, k_factor, window_left, window_right)
+    tiles = attention_tiles(q.device, d, dv, bias.mode, bias.block_r).fwd
     grid = (triton.cdiv(sq, tiles.block_m), h, b)
     kernels.attention_fwd[grid](
         q, k, v, qf, kf, out, lse,
@@ -170,8 +203,8 @@ def attention_bwd(dout, q, k, v, out, lse, q_factor, k_factor, *, softmax_scale,
     if b * h > 0:
         _check_int32(q=q, k=k, v=v, dout=dout, out=out, dq=dq, dk=dk, dv=dv_)
         lse = lse.contiguous()
-        tiles = attention_tiles(q.device, d, dv)
         bias, constexprs, qf, kf = _common(q, v, q_factor, k_factor, window_left, window_right)
+        tiles = attention_tiles(q.device, d, dv, bias.mode, bias.block_r)
         scales = (softmax_scale, window_left, window_right)
 
         delta = alloc.empty(b, h, sq, dtype=torch.float32, device=q.device)
