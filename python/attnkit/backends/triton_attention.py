@@ -13,6 +13,7 @@ import triton
 
 from attnkit.kernels.triton import attention as kernels
 
+from ..broadcast import sum_to
 from . import alloc
 
 
@@ -136,14 +137,6 @@ def _check_int32(**tensors) -> None:
             )
 
 
-def _reduce_to(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Sums a float32 (B, S, H, R) factor gradient over the dims the factor broadcast along, in its dtype."""
-    dims = [i for i in (0, 2) if factor.shape[i] == 1 and grad.shape[i] != 1]
-    if dims:
-        grad = grad.sum(dim=dims, keepdim=True)
-    return grad.to(factor.dtype)
-
-
 def _common(q, v, q_factor, k_factor, window_left, window_right):
     b, _, h, d = q.shape
     dv = v.shape[3]
@@ -230,4 +223,4 @@ def attention_bwd(dout, q, k, v, out, lse, q_factor, k_factor, *, softmax_scale,
         )  # fmt: skip
     if not has_bias:
         return dq, dk, dv_, None, None
-    return dq, dk, dv_, _reduce_to(dqf, q_factor), _reduce_to(dkf, k_factor)
+    return dq, dk, dv_, sum_to(dqf, q_factor.shape).to(q_factor.dtype), sum_to(dkf, k_factor.shape).to(k_factor.dtype)
