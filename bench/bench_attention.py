@@ -23,7 +23,7 @@ HIDDEN = 2048
 HEAD_DIMS = (64, 128)
 SEQLENS = (1024, 4096, 8192, 16384)
 QUICK = ((128, 8192, False), (128, 8192, True))
-OURS = ("triton", "cute")
+OURS = common.our_backends(("triton", "cute"))
 PEERS = ("cuDNN", "FA4", "FA2", "Flex")
 
 

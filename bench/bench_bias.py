@@ -31,7 +31,7 @@ HEADS = 16
 HEAD_DIM = 128
 LOWRANK_SHAPES = ((2, 8192), (2, 4096))
 ALIBI_SEQLENS = (16384, 8192)
-OURS = ("triton", "cute")
+OURS = common.our_backends(("triton", "cute"))
 
 
 def causal_block_mask(n: int):

@@ -46,6 +46,15 @@ def cuda_or_exit(script: str) -> None:
         sys.exit(0)
 
 
+def our_backends(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The attnkit backends to time: ``names`` less those in $ATTNKIT_BENCH_SKIP (comma-separated), which
+    scripts/gpu_check.sh sets for a backend whose kernels hung or were wrong in its smoke test."""
+    skip = {s.strip() for s in os.environ.get("ATTNKIT_BENCH_SKIP", "").split(",") if s.strip()}
+    if skip & set(names):
+        print(f"benchmark: not timing attnkit {', '.join(sorted(skip & set(names)))} ($ATTNKIT_BENCH_SKIP)")
+    return tuple(n for n in names if n not in skip)
+
+
 def short_error(e: BaseException) -> str:
     """One line for a table cell: the exception type and the start of its first line."""
     if isinstance(e, torch.cuda.OutOfMemoryError):

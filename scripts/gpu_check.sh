@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The one call for a lent GPU, from the repo root (see ../shared/device/README.md):
 #   bash .device/gpu.sh bash scripts/gpu_check.sh
-# 1. versions; 2. the GPU tests (pytest -m "gpu or sm90"); 3. compute-sanitizer memcheck on small shapes of
-# every attnkit backend; 4. the quick benchmark against the peers (bench/run.py --quick), its time budget being
-# what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop the later ones; the exit status is 1 if any
-# stage failed. Logs, summary.md and the plot go to $OUT when set (else bench/results/gpu_check); the stage
-# summary and the benchmark tables print last. About 7 minutes on an H100, 8 at worst: give the call 540 s.
+# 1. versions and the CuTe precompile on every core; 2. smoke: each kernel group (scripts/gpu_smoke.py) on small
+# shapes in its own process under a timeout, so a hanging kernel costs one timeout and is left out of what follows;
+# 3. the GPU tests (pytest -m "gpu or sm90"); 4. compute-sanitizer memcheck on small shapes of every attnkit
+# backend, racecheck on the CuTe kernels; 5. the quick benchmark against the peers (bench/run.py --quick), its time
+# budget being what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop the later ones; the exit status is
+# 1 if any stage failed. Logs, summary.md and the plot go to $OUT when set (else bench/results/gpu_check); the
+# stage summary and the benchmark tables print last. About 8 minutes on an H100: give the call 560 s.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,9 +15,11 @@ cd "$root"
 py=$(command -v python3 || command -v python)
 out=${OUT:-$root/bench/results/gpu_check}
 mkdir -p "$out"
-test_s=${GPU_CHECK_TEST_S:-210}
-sanitizer_s=${GPU_CHECK_SANITIZER_S:-90}
-total_s=${GPU_CHECK_TOTAL_S:-400}
+smoke_s=${GPU_CHECK_SMOKE_S:-60}
+test_s=${GPU_CHECK_TEST_S:-180}
+sanitizer_s=${GPU_CHECK_SANITIZER_S:-75}
+racecheck_s=${GPU_CHECK_RACECHECK_S:-45}
+total_s=${GPU_CHECK_TOTAL_S:-470}
 export PYTHONUNBUFFERED=1
 summary=()
 failed=0
@@ -46,13 +50,38 @@ echo "gpu_check: precompile (CuTe, $(nproc) processes)"
 timeout -k 10 120 "$py" -m attnkit.precompile --arch sm_90a --jobs "$(nproc)" >"$out/precompile.log" 2>&1
 record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 
-echo "gpu_check: tests (limit ${test_s} s)"
+# A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.
+pytest_ignore=()
+skip_backends=()
+: >"$out/smoke.log"
+for group in cute-fwd cute-bwd triton; do
+  echo "gpu_check: smoke $group (limit ${smoke_s} s)"
+  timeout -k 5 "$smoke_s" "$py" scripts/gpu_smoke.py "$group" 2>&1 | tee -a "$out/smoke.log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    record "smoke $group" "$rc" "hung in: $(grep "^start $group" "$out/smoke.log" | tail -n 1 | cut -d: -f2-)"
+  else
+    record "smoke $group" "$rc" "$(grep "^$group: " "$out/smoke.log" | tail -n 1)"
+  fi
+  if [ "$rc" -ne 0 ]; then
+    case $group in
+      cute-fwd) pytest_ignore+=(--ignore tests/test_cute_sm90_fwd_compile.py) ;;
+      cute-bwd) pytest_ignore+=(--ignore tests/test_cute_sm90_bwd_compile.py) ;;
+    esac
+    # a wrong or hanging CuTe kernel: no timing of it, no sanitizer run through it
+    [ "$group" = triton ] && skip_backends+=(triton) || skip_backends+=(cute)
+  fi
+done
+skip=$(printf '%s\n' "${skip_backends[@]}" | sort -u | paste -sd, -)
+export ATTNKIT_BENCH_SKIP=$skip
+
+echo "gpu_check: tests (limit ${test_s} s${pytest_ignore[*]:+; ${pytest_ignore[*]}})"
 timeout_plugin=()
 if "$py" -c "import pytest_timeout" >/dev/null 2>&1; then
   timeout_plugin=(--timeout 120)
 fi
-timeout -k 10 "$test_s" "$py" -m pytest -m "gpu or sm90" -q -x -ra -p no:cacheprovider "${timeout_plugin[@]}" 2>&1 |
-  tee "$out/tests.log"
+timeout -k 10 "$test_s" "$py" -m pytest -m "gpu or sm90" -q --maxfail 20 -ra -p no:cacheprovider \
+  "${timeout_plugin[@]}" "${pytest_ignore[@]}" 2>&1 | tee "$out/tests.log"
 rc=${PIPESTATUS[0]}
 last=$(grep -E "[0-9]+ (passed|failed|skipped|errors?|deselected)|no tests ran" "$out/tests.log" | tail -n 1)
 if [ "$rc" -eq 5 ]; then
@@ -62,88 +91,37 @@ else
 fi
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+sanitize_backends=$(printf '%s\n' triton cute | grep -vxF -f <(printf '%s\n' "${skip_backends[@]}" "") | paste -sd, -)
 if [ -z "$sanitizer" ]; then
-  summary+=("memcheck: skipped, compute-sanitizer not found")
+  summary+=("sanitizers: skipped, compute-sanitizer not found")
+elif [ -z "$sanitize_backends" ]; then
+  summary+=("sanitizers: skipped, every backend failed its smoke test")
 else
-  echo "gpu_check: compute-sanitizer memcheck (limit ${sanitizer_s} s)"
-  case_dir=$(mktemp -d)
-  cat >"$case_dir/sanitizer_case.py" <<'EOF'
-"""Small shapes through every attnkit backend, forward and backward, for compute-sanitizer."""
-import sys
-
-import attnkit
-import torch
-
-failures = []
-
-
-def case(name, fn):
-    try:
-        fn()
-        torch.cuda.synchronize()
-        print(f"{name}: ran")
-    except attnkit.BackendUnavailableError as e:
-        print(f"{name}: unavailable ({e})")
-    except Exception as e:
-        print(f"{name}: raised {type(e).__name__}: {e}")
-        failures.append(name)
-
-
-def attention(backend, sq, sk, h, hkv, d, causal, window, rank):
-    def run():
-        def leaf(*shape):
-            return torch.randn(*shape, device="cuda", dtype=torch.bfloat16).requires_grad_()
-
-        q, k, v = leaf(2, sq, h, d), leaf(2, sk, hkv, d), leaf(2, sk, hkv, d)
-        bias = attnkit.LowRankBias(leaf(2, sq, h, rank), leaf(2, sk, h, rank)) if rank else None
-        out = attnkit.attention(q, k, v, causal=causal, window=window, bias=bias, backend=backend)
-        out.backward(torch.randn_like(out))
-
-    return run
-
-
-def lightning(backend):
-    def run():
-        def leaf(*shape):
-            return (0.3 * torch.randn(*shape, device="cuda", dtype=torch.bfloat16)).requires_grad_()
-
-        slopes = attnkit.lightning.slopes(2, device="cuda")
-        state = torch.randn(2, 2, 64, 64, device="cuda").requires_grad_()
-        q, k, v = leaf(2, 77, 2, 64), leaf(2, 77, 2, 64), leaf(2, 77, 2, 64)
-        o, final = attnkit.lightning_attention(
-            q, k, v, slopes, initial_state=state, output_final_state=True, backend=backend
-        )
-        (o.float().sum() + final.sum()).backward()
-        with torch.no_grad():
-            attnkit.lightning_attention_step(q[:, :1], k[:, :1], v[:, :1], slopes, state.detach(), backend=backend)
-
-    return run
-
-
-shapes = [
-    (77, 77, 2, 2, 64, True, (-1, -1), 0),
-    (33, 100, 4, 2, 128, True, (-1, -1), 4),
-    (65, 65, 2, 1, 64, False, (16, 0), 0),
-    (100, 100, 2, 2, 128, False, (-1, -1), 8),
-]
-for backend in ("triton", "cute"):
-    for s in shapes:
-        case(f"attention {backend} {s}", attention(backend, *s))
-case("lightning triton", lightning("triton"))
-sys.exit(1 if failures else 0)
-EOF
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$sanitizer_s" "$sanitizer" --tool memcheck --error-exitcode 3 \
-    --target-processes all "$py" "$case_dir/sanitizer_case.py" 2>&1 | tee "$out/sanitizer.log"
-  rc=${PIPESTATUS[0]}
-  found=$(grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tail -n 1 | sed 's/^=* *//')
-  case $rc in
-    3) detail="memcheck reported errors: $found" ;;
-    0) detail=$found ;;
-    124 | 137) detail="after ${sanitizer_s} s: no verdict" ;;
-    *) detail="a case raised (see above); ${found:-no memcheck summary}" ;;
-  esac
-  record memcheck "$rc" "$detail"
-  rm -rf "$case_dir"
+  # tool LIMIT ARGS...: one sanitizer run over scripts/sanitizer_cases.py, recorded as a stage
+  sanitize() {
+    local tool=$1 limit=$2
+    shift 2
+    echo "gpu_check: compute-sanitizer $tool (limit ${limit} s)"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$limit" "$sanitizer" --tool "$tool" --error-exitcode 3 \
+      --target-processes all "$py" scripts/sanitizer_cases.py "$@" >"$out/$tool.log" 2>&1
+    local rc=$?
+    tail -n 30 "$out/$tool.log"
+    local found
+    found=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$out/$tool.log" | tail -n 1 | sed 's/^=* *//')
+    local detail
+    case $rc in
+      3) detail="$tool reported errors: $found" ;;
+      0) detail=$found ;;
+      124 | 137) detail="after ${limit} s: no verdict" ;;
+      *) detail="a case raised (see $tool.log); ${found:-no summary}" ;;
+    esac
+    record "$tool" "$rc" "$detail"
+  }
+  sanitize memcheck "$sanitizer_s" --backends "$sanitize_backends"
+  if [[ ",$sanitize_backends," == *,cute,* ]]; then
+    # shared-memory hazards between the warp roles of the CuTe kernels (TMA, mbarriers, named barriers)
+    sanitize racecheck "$racecheck_s" --backends cute --tiny
+  fi
 fi
 
 left=$((total_s - SECONDS - 30))

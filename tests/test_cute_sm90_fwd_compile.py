@@ -114,6 +114,17 @@ def test_config_choice():
         fwd.choose_config(torch.float32, 64, 64, False, False)
 
 
+def test_causal_sections_are_whole_groups_whose_kv_fits_l2():
+    # 16k keys, d = 128, bf16: 8 MiB of K/V per head -> four heads in 32 MiB
+    assert fwd.heads_per_section(16384, 128, 128, 2, 1, 64) == 4
+    for group in (2, 8, 32):
+        per = fwd.heads_per_section(16384, 128, 128, 2, group, 256)
+        assert per % group == 0 and per >= group
+    # K/V larger than the budget: one group per section; short keys: every head in one section
+    assert fwd.heads_per_section(1 << 20, 256, 256, 2, 4, 64) == 4
+    assert fwd.heads_per_section(128, 64, 64, 2, 1, 48) == 48
+
+
 def test_exp2_polynomials_meet_their_error_bound():
     from attnkit.kernels.cute.common.fast_exp2 import EXP2_POLY
 
@@ -234,8 +245,15 @@ def operand_probe(out: cute.Tensor, tile_n: cutlass.Constexpr):  # (256, n_elem,
 
 
 @cute.jit
-def schedule_probe(out: cute.Tensor, m_blocks: Int32, heads: Int32, batch: Int32, longest_first: cutlass.Constexpr):
-    sched = PersistentTileScheduler(m_blocks, heads, batch, longest_first)
+def schedule_probe(
+    out: cute.Tensor,  # (tiles, 3) int32: (m_block, head, batch) of each tile index
+    m_blocks: Int32,
+    heads: Int32,
+    batch: Int32,
+    heads_per_section: Int32,
+    longest_first: cutlass.Constexpr,
+):
+    sched = PersistentTileScheduler(m_blocks, heads, batch, longest_first, heads_per_section)
     for t in cutlass.range(sched.num_tiles()):
         m, h, b = sched.decode(t)
         out[t, 0] = m
@@ -367,17 +385,31 @@ def test_p_stays_in_registers_with_the_pv_operand_layout(probes, tile_n):
 
 
 @pytest.mark.parametrize("longest_first", [False, True])
-def test_persistent_schedule_covers_every_tile_once(probes, longest_first):
+@pytest.mark.parametrize("heads_per_section", [1, 2, 4, 6, 100])
+def test_persistent_schedule_covers_every_tile_once(probes, longest_first, heads_per_section):
     from cutlass.cute.runtime import from_dlpack
 
     m_blocks, heads, batch = 5, 3, 2
     out = torch.zeros(m_blocks * heads * batch, 3, dtype=torch.int32)
-    run = cute.compile(probes[2], from_dlpack(out), m_blocks, heads, batch, longest_first, options=_HOPPER)
-    run(from_dlpack(out), m_blocks, heads, batch)
+    args = (m_blocks, heads, batch, heads_per_section)
+    key = ("schedule", longest_first)
+    if key not in _COMPILED_MASK_PROBES:
+        _COMPILED_MASK_PROBES[key] = cute.compile(probes[2], from_dlpack(out), *args, longest_first, options=_HOPPER)
+    _COMPILED_MASK_PROBES[key](from_dlpack(out), *args)
     assert len({tuple(r) for r in out.tolist()}) == len(out)
     assert out[:, 0].max() == m_blocks - 1 and out[:, 1].max() == heads - 1 and out[:, 2].max() == batch - 1
-    if longest_first:
-        assert torch.equal(out[:, 0], out[:, 0].sort(descending=True).values), "last query blocks first"
+    if not longest_first:
+        return
+    # sections of heads_per_section consecutive (batch, head) pairs, in order; last query block first
+    # inside each, the section's heads side by side
+    bh = out[:, 2] * heads + out[:, 1]
+    section = bh // min(heads_per_section, heads * batch)
+    assert torch.equal(section, section.sort().values), "sections run one after another"
+    for s in section.unique():
+        rows = out[section == s]
+        assert torch.equal(rows[:, 0], rows[:, 0].sort(descending=True).values), "last query blocks first"
+        size = len(rows) // m_blocks
+        assert torch.equal(bh[section == s][:size].sort().values, bh[section == s][:size]), "heads in order"
 
 
 def _layout_signature(t) -> str:

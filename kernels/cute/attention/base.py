@@ -84,9 +84,15 @@ class AttentionFwdBase:
         """(b, s, h, d) -> (s, d, h, b): the (s, d) tile is what TMA and the MMAs consume."""
         return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
 
-    def make_scheduler(self, seqlen_q: Int32, num_heads: Int32, num_batch: Int32) -> PersistentTileScheduler:
+    def make_scheduler(
+        self, seqlen_q: Int32, num_heads: Int32, num_batch: Int32, heads_per_section: Int32
+    ) -> PersistentTileScheduler:
         return PersistentTileScheduler(
-            cute.ceil_div(seqlen_q, self.tile_m), num_heads, num_batch, longest_first=self.has_window_right
+            cute.ceil_div(seqlen_q, self.tile_m),
+            num_heads,
+            num_batch,
+            longest_first=self.has_window_right,
+            heads_per_section=heads_per_section,
         )
 
     def make_mask(self, seqlen_q: Int32, seqlen_k: Int32, window_left: Int32, window_right: Int32):

@@ -15,7 +15,10 @@ CTA layout (3 warpgroups):
              online softmax in registers, O += P V with P taken from registers.
 
 Shared-memory pipelines (mbarrier full/empty pairs): Q (1 stage, Q and its bias factor rows),
-K (+ key bias factors) and V (``num_stages`` each, advanced together). With ``pingpong`` the two
+K (+ key bias factors) and V (``num_stages`` each, advanced together). The producer loads a tile's
+first K block before its Q, and the consumers release Q after their last S = Q K^T, so the next
+tile's first loads run under this tile's last P V and epilogue. The persistent schedule runs causal
+tiles longest first in sections of heads whose K/V fit in L2 (``common/tile_scheduler.py``). With ``pingpong`` the two
 consumers take turns issuing wgmma through two named barriers, so one warpgroup's softmax runs
 under the other's GEMMs; with ``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and
 O += P(n+1) V(n+1) back to back and computes softmax(n) while the latter is in flight.
@@ -104,6 +107,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         window_left: Int32,
         window_right: Int32,
         max_ctas: Int32,
+        heads_per_section: Int32,  # longest-first schedule: heads whose K/V share L2 (see the scheduler)
         stream: cuda.CUstream,
     ):
         if const_expr(mQ.element_type != self.dtype or mK.element_type != self.dtype):
@@ -173,7 +177,7 @@ class AttentionFwdSm90(AttentionFwdBase):
 
         self.shared_storage = SharedStorage
 
-        scheduler = self.make_scheduler(mQ.shape[0], mQ.shape[2], mQ.shape[3])
+        scheduler = self.make_scheduler(mQ.shape[0], mQ.shape[2], mQ.shape[3], heads_per_section)
         self.kernel(
             tma_Q,
             tma_K,
@@ -200,6 +204,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             window_left,
             window_right,
             mK.shape[0],
+            heads_per_section,
         ).launch(
             grid=scheduler.grid(max_ctas),
             block=[self.num_threads, 1, 1],
@@ -235,6 +240,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         window_left: Int32,
         window_right: Int32,
         seqlen_k: Int32,
+        heads_per_section: Int32,
     ):
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         tidx, _, _ = cute.arch.thread_idx()
@@ -270,7 +276,7 @@ class AttentionFwdSm90(AttentionFwdBase):
 
         seqlen_q = mQ.shape[0]
         num_heads = mQ.shape[2]
-        scheduler = self.make_scheduler(seqlen_q, num_heads, mQ.shape[3])
+        scheduler = self.make_scheduler(seqlen_q, num_heads, mQ.shape[3], heads_per_section)
         mask = self.make_mask(seqlen_q, seqlen_k, window_left, window_right)
         qhead_per_kvhead = num_heads // mK.shape[2]
 
@@ -339,7 +345,23 @@ class AttentionFwdSm90(AttentionFwdBase):
                 tma_atom_V, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2), cute.group_modes(gV, 0, 2)
             )
 
-            # 1. Q (and its bias factor rows) for the whole tile, one barrier
+            tKfsKf = None
+            tKfgKf = None
+            if const_expr(self.has_bias):
+                head_kf = head if mKf.shape[2] > 1 else 0
+                batch_kf = batch if mKf.shape[3] > 1 else 0
+                gKf = cute.local_tile(mKf[None, None, head_kf, batch_kf], (self.tile_n, self.bias_rank), (None, 0))
+                tKfsKf, tKfgKf = cpasync.tma_partition(
+                    tma_atom_Kf, 0, cute.make_layout(1), cute.group_modes(sKf, 0, 2), cute.group_modes(gKf, 0, 2)
+                )
+            num_blocks = cutlass.max(n_max - n_min, 0)
+
+            # 1. the first K block, while the consumers may still be finishing the previous tile
+            #    (they release Q after their last S = Q K^T, before its P V and the epilogue)
+            if num_blocks > 0:
+                self.load_k(tma_atom_K, tma_atom_Kf, tKgK, tKsK, tKfgKf, tKfsKf, pipeline_k, kv_state, n_max - 1)
+
+            # 2. Q (and its bias factor rows) for the whole tile, one barrier
             pipeline_q.producer_acquire(q_state)
             cute.copy(tma_atom_Q, tQgQ, tQsQ, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
             if const_expr(self.has_bias):
@@ -353,24 +375,12 @@ class AttentionFwdSm90(AttentionFwdBase):
                 cute.copy(tma_atom_Qf, tQfgQf, tQfsQf, tma_bar_ptr=pipeline_q.producer_get_barrier(q_state))
             q_state.advance()
 
-            tKfsKf = None
-            tKfgKf = None
-            if const_expr(self.has_bias):
-                head_kf = head if mKf.shape[2] > 1 else 0
-                batch_kf = batch if mKf.shape[3] > 1 else 0
-                gKf = cute.local_tile(mKf[None, None, head_kf, batch_kf], (self.tile_n, self.bias_rank), (None, 0))
-                tKfsKf, tKfgKf = cpasync.tma_partition(
-                    tma_atom_Kf, 0, cute.make_layout(1), cute.group_modes(sKf, 0, 2), cute.group_modes(gKf, 0, 2)
-                )
-
-            # 2. K and V blocks, right to left (boundary blocks first, matching the consumers)
-            for i in cutlass.range(cutlass.max(n_max - n_min, 0), unroll=1):
+            # 3. V of the first block, then K and V of the others, right to left (boundary blocks
+            #    first, matching the consumers)
+            for i in cutlass.range(num_blocks, unroll=1):
                 n_block = n_max - 1 - i
-                pipeline_k.producer_acquire(kv_state)
-                k_bar = pipeline_k.producer_get_barrier(kv_state)
-                cute.copy(tma_atom_K, tKgK[None, n_block], tKsK[None, kv_state.index], tma_bar_ptr=k_bar)
-                if const_expr(self.has_bias):
-                    cute.copy(tma_atom_Kf, tKfgKf[None, n_block], tKfsKf[None, kv_state.index], tma_bar_ptr=k_bar)
+                if i > 0:
+                    self.load_k(tma_atom_K, tma_atom_Kf, tKgK, tKsK, tKfgKf, tKfsKf, pipeline_k, kv_state, n_block)
                 pipeline_v.producer_acquire(kv_state)
                 cute.copy(
                     tma_atom_V,
@@ -380,6 +390,26 @@ class AttentionFwdSm90(AttentionFwdBase):
                 )
                 kv_state.advance()
             tile = scheduler.next_tile(tile)
+
+    @cute.jit
+    def load_k(
+        self,
+        tma_atom_K: cute.CopyAtom,
+        tma_atom_Kf: cute.CopyAtom | None,
+        tKgK: cute.Tensor,  # TMA view of this head's K blocks, (.., n_blocks)
+        tKsK: cute.Tensor,  # (.., stages) smem
+        tKfgKf: cute.Tensor | None,  # key bias factor blocks, (.., n_blocks)
+        tKfsKf: cute.Tensor | None,  # (.., stages) smem
+        pipeline_k,
+        kv_state,
+        n_block: Int32,
+    ) -> None:
+        """K block ``n_block`` (and its bias factor rows) into the stage of ``kv_state``, one barrier."""
+        pipeline_k.producer_acquire(kv_state)
+        k_bar = pipeline_k.producer_get_barrier(kv_state)
+        cute.copy(tma_atom_K, tKgK[None, n_block], tKsK[None, kv_state.index], tma_bar_ptr=k_bar)
+        if const_expr(self.has_bias):
+            cute.copy(tma_atom_Kf, tKfgKf[None, n_block], tKfsKf[None, kv_state.index], tma_bar_ptr=k_bar)
 
     @cute.jit
     def mma(
@@ -464,8 +494,8 @@ class AttentionFwdSm90(AttentionFwdBase):
             if const_expr(self.intra_wg_overlap):
                 kv_state = self.mainloop_overlapped(
                     num_blocks, n_max, tSrQ, tSrK, tOrP, tOrVt, acc_O, acc_shape_S, tScS,
-                    bias_a, bias_b, softmax, mask, tiled_mma_qk, tiled_mma_pv, pipeline_k, pipeline_v,
-                    kv_state, wg_idx, row_start, wg_row_start, wg_row_end, softmax_scale_log2,
+                    bias_a, bias_b, softmax, mask, tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k,
+                    pipeline_v, q_state, kv_state, wg_idx, row_start, wg_row_start, wg_row_end, softmax_scale_log2,
                 )  # fmt: skip
             else:
                 for i in cutlass.range(num_blocks, unroll=1):
@@ -492,7 +522,12 @@ class AttentionFwdSm90(AttentionFwdBase):
                     pipeline_v.consumer_release(kv_state)
                     kv_state.advance()
             if const_expr(not self.o_aliases_q):
-                pipeline_q.consumer_release(q_state)
+                # the overlapped mainloop released Q after its last S = Q K^T
+                if const_expr(self.intra_wg_overlap):
+                    if num_blocks == 0:
+                        pipeline_q.consumer_release(q_state)
+                else:
+                    pipeline_q.consumer_release(q_state)
 
             # 3. epilogue: normalize, lse, O -> smem -> TMA store
             out_scale, lse = softmax.finalize()
@@ -547,8 +582,10 @@ class AttentionFwdSm90(AttentionFwdBase):
         mask,
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
+        pipeline_q,
         pipeline_k,
         pipeline_v,
+        q_state,
         kv_state,
         wg_idx: Int32,
         row_start: Int32,
@@ -560,7 +597,9 @@ class AttentionFwdSm90(AttentionFwdBase):
 
         Block j (0-based, right to left) lives in pipeline stage kv_state + j. Iteration j >= 1
         issues S(j) and then PV(j-1) as one scheduler slot, waits for S(j) only, and overlaps the
-        softmax of block j with PV(j-1); the last PV is issued after the loop.
+        softmax of block j with PV(j-1); the last PV is issued after the loop. Q (and its bias
+        factor rows) is released once the last S is done, unless O is to be written over it, so the
+        producer can load the next tile's Q under this tile's last P V and epilogue.
         """
         if num_blocks > 0:
             # block 0: S, mask, softmax; P stays in registers for the next slot
@@ -602,6 +641,8 @@ class AttentionFwdSm90(AttentionFwdBase):
                 softmax.rescale_o(acc_O, row_scale)
                 tOrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
 
+            if const_expr(not self.o_aliases_q):
+                pipeline_q.consumer_release(q_state)
             # last block's P V
             pipeline_v.consumer_wait(kv_state)
             self.scheduler_sync(wg_idx)

@@ -1,9 +1,15 @@
 """Static persistent tile scheduler: CTA ``c`` of ``G`` takes tiles c, c + G, c + 2G, ...
 
 Every warp role walks the same sequence independently, so no scheduling traffic is needed. The
-linear order is chosen so that concurrently running CTAs either do the most work first
-(``longest_first``: causal / right-windowed attention, where the last query blocks see the most
-keys) or share K/V in L2 (all query blocks of one (batch, head) back to back).
+linear order is chosen so that concurrently running CTAs share K/V in L2 and, where the work per
+query block differs, do the most work first:
+
+- plain: all query blocks of one (batch, head) back to back, heads in order.
+- ``longest_first`` (causal / right-windowed attention, where the last query blocks see the most
+  keys): the (batch, head) pairs are cut into sections of ``heads_per_section`` consecutive heads,
+  sized by the host so that their K/V fit in L2 together; within a section the tiles run last query
+  block first, the section's heads side by side. Sections start on whole GQA groups, so the query
+  heads of one K/V head stay in one section.
 """
 
 import cutlass
@@ -14,11 +20,20 @@ from .dynamic import RuntimeFields
 
 
 class PersistentTileScheduler(RuntimeFields):
-    def __init__(self, num_m_blocks: Int32, num_heads: Int32, num_batch: Int32, longest_first: bool):
+    def __init__(
+        self,
+        num_m_blocks: Int32,
+        num_heads: Int32,
+        num_batch: Int32,
+        longest_first: bool,
+        heads_per_section: Int32 | None = None,
+    ):
         self.num_m_blocks = num_m_blocks
         self.num_heads = num_heads
         self.num_batch = num_batch
         self.longest_first = longest_first
+        # None: one section of every (batch, head) pair
+        self.heads_per_section = heads_per_section
 
     def num_tiles(self) -> Int32:
         return self.num_m_blocks * self.num_heads * self.num_batch
@@ -45,8 +60,16 @@ class PersistentTileScheduler(RuntimeFields):
         bh = Int32(0)
         if const_expr(self.longest_first):
             num_bh = self.num_heads * self.num_batch
-            m_block = self.num_m_blocks - 1 - tile // num_bh
-            bh = tile % num_bh
+            section_heads = num_bh
+            if const_expr(self.heads_per_section is not None):
+                section_heads = cutlass.max(cutlass.min(self.heads_per_section, num_bh), 1)
+            section_tiles = section_heads * self.num_m_blocks
+            first_bh = tile // section_tiles * section_heads
+            # the last section may hold fewer heads
+            heads_here = cutlass.min(section_heads, num_bh - first_bh)
+            within = tile % section_tiles
+            m_block = self.num_m_blocks - 1 - within // heads_here
+            bh = first_bh + within % heads_here
         else:
             m_block = tile % self.num_m_blocks
             bh = tile // self.num_m_blocks

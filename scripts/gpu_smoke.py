@@ -1,0 +1,233 @@
+"""One run of each kernel on small shapes, judged against the float64 reference, with a diagnosis.
+
+    python scripts/gpu_smoke.py cute-fwd|cute-bwd|triton [--case SUBSTRING]
+
+``scripts/gpu_check.sh`` runs each group in its own process under a timeout before the test suite, so a
+kernel that hangs costs one group's timeout instead of the whole device call, and the suite can leave
+that group out. Each case prints ``start`` before it runs (the last one printed is the one that hung) and
+then ``ok`` or ``WRONG`` per output, where WRONG names the worst element, the NaN count and the 64-row
+query (or key) blocks whose error breaks the acceptance rule of ``tests/numerics.py`` (2x the error of
+the same computation at the kernel's precision, plus a rounding floor). Exit status 1 if any case is
+wrong or raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from numerics import max_err  # noqa: E402
+
+BLOCK = 64
+
+
+def verdict(name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor, seq_dim: int) -> bool:
+    """Print ok / WRONG for one output; WRONG says where. ``seq_dim``: the dim the 64-row blocks run along."""
+    floor = torch.finfo(got.dtype).eps * max(ref64.abs().max().item() if ref64.numel() else 0.0, 1e-3)
+    nans = int(torch.isnan(got).sum())
+    err, base = max_err(got.nan_to_num(0.0), ref64), max_err(ref_lp, ref64)
+    bound = 2 * base + floor
+    if nans == 0 and err <= bound:
+        print(f"    {name}: ok (error {err:.2e}, bound {bound:.2e})", flush=True)
+        return True
+    diff = (got.double() - ref64.double()).abs()
+    diff[torch.isnan(diff)] = float("inf")
+    worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+    per_row = diff.movedim(seq_dim, 0).reshape(diff.shape[seq_dim], -1).amax(1)
+    blocks = per_row.split(BLOCK)
+    bad = [i for i, b in enumerate(blocks) if b.max() > bound]
+    shown = ", ".join(str(i) for i in bad[:12]) + (" …" if len(bad) > 12 else "")
+    print(
+        f"    {name}: WRONG (error {err:.2e} > bound {bound:.2e}; NaN {nans}/{got.numel()}; worst at {worst}: "
+        f"{got[worst].item():.4g} vs {ref64[worst].item():.4g}; bad {BLOCK}-row blocks along dim {seq_dim}: "
+        f"{len(bad)}/{len(blocks)} [{shown}])",
+        flush=True,
+    )
+    return False
+
+
+def inputs(b, sq, sk, h, hkv, d, rank, dtype, grad_dtype=None):
+    g = torch.Generator(device="cuda").manual_seed(sq * 7919 + sk * 31 + d)
+
+    def rnd(*shape, dt=dtype, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(dt)
+
+    q, k, v = rnd(b, sq, h, d), rnd(b, sk, hkv, d), rnd(b, sk, hkv, d)
+    qf = kf = None
+    if rank:
+        # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
+        fdt = dtype if rank < 0 else torch.float32
+        qf, kf = rnd(b, sq, 1, abs(rank), dt=fdt, scale=0.5), rnd(1, sk, h, abs(rank), dt=fdt, scale=0.5)
+    return q, k, v, qf, kf
+
+
+def poison(nbytes: int) -> None:
+    """Leave freed NaN blocks in the caching allocator: outputs that are never written read NaN."""
+    blocks = [torch.full((nbytes // 4 + 1,), float("nan"), device="cuda") for _ in range(4)]
+    del blocks
+
+
+def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None):
+    from attnkit.cute import attention_fwd as fwd
+    from attnkit.reference.attention import attention_forward
+
+    def run():
+        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
+        kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
+        saved = fwd.L2_KV_BUDGET
+        if l2_budget is not None:
+            fwd.L2_KV_BUDGET = l2_budget
+        try:
+            poison(b * max(sq, sk) * h * d * 4)
+            out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw)
+            torch.cuda.synchronize()
+        finally:
+            fwd.L2_KV_BUDGET = saved
+        out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
+        out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
+        ok = verdict("out", out, out64, out_lp, seq_dim=1)
+        empty = torch.isneginf(lse64)
+        if not torch.equal(torch.isneginf(lse), empty):
+            print(f"    lse: WRONG (-inf at {int(torch.isneginf(lse).sum())} rows, expected {int(empty.sum())})")
+            ok = False
+        fin = ~empty
+        finite = [torch.where(fin, x, 0.0) for x in (lse, lse64, lse_lp)]
+        return verdict("lse", *finite, seq_dim=2) and ok
+
+    return run
+
+
+def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=torch.bfloat16):
+    from attnkit.cute import attention_bwd as bwd
+    from attnkit.reference.attention import attention_backward, attention_forward
+
+    def run():
+        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
+        dout = torch.randn(b, sq, h, d, device="cuda").to(dtype)
+        kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
+        ins = [q, k, v, qf, kf]
+        ins64 = [None if x is None else x.double() for x in ins]
+        out_lp, lse_lp = attention_forward(*ins, compute_dtype=dtype, **kw)
+        out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
+        poison(4 * b * max(sq, sk) * h * d * 4)
+        mode = dict(dq_tma_reduce=dq_mode == "tma_reduce", deterministic=dq_mode == "deterministic")
+        got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **mode)
+        torch.cuda.synchronize()
+        ref64 = attention_backward(
+            dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw
+        )
+        ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, qf, kf, compute_dtype=dtype, **kw)
+        ok = True
+        for name, g, r64, rlp in zip(("dq", "dk", "dv", "dq_factor", "dk_factor"), got, ref64, ref_lp, strict=True):
+            if g is not None:
+                ok &= verdict(name, g, r64, rlp, seq_dim=1)
+        return ok
+
+    return run
+
+
+def triton_case(causal: bool, rank: int, d: int = 128):
+    import attnkit
+    from attnkit.reference.attention import attention_backward, attention_forward
+
+    def run():
+        dtype = torch.bfloat16
+        b, s, h, hkv = 2, 300, 4, 2
+        q, k, v, qf, kf = inputs(b, s, s, h, hkv, d, rank, dtype)
+        bias = attnkit.LowRankBias(qf, kf) if rank else None
+        leaves = [x.requires_grad_() for x in (q, k, v)]
+        out = attnkit.attention(*leaves, causal=causal, bias=bias, backend="triton")
+        dout = torch.randn_like(out)
+        grads = torch.autograd.grad(out, leaves, dout)
+        wr = 0 if causal else -1
+        kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=-1, window_right=wr)
+        ins = [q.detach(), k.detach(), v.detach(), qf, kf]
+        ins64 = [None if x is None else x.double() for x in ins]
+        out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
+        out_lp, lse_lp = attention_forward(*ins, compute_dtype=dtype, **kw)
+        ok = verdict("out", out.detach(), out64, out_lp, seq_dim=1)
+        ref64 = attention_backward(
+            dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw
+        )
+        ref_lp = attention_backward(dout, *ins[:3], out_lp, lse_lp, *ins[3:], compute_dtype=dtype, **kw)
+        for name, g, r64, rlp in zip(("dq", "dk", "dv"), grads, ref64, ref_lp, strict=False):
+            ok &= verdict(name, g, r64, rlp, seq_dim=1)
+        return ok
+
+    return run
+
+
+# (b, sq, sk, h, hkv, d, window_left, window_right, rank); rank < 0: factors in the input dtype
+GROUPS = {
+    "cute-fwd": {
+        "d64 full": cute_fwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
+        "d128 causal gqa": cute_fwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
+        "d128 causal sq<sk": cute_fwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0),
+        "d128 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 128, -1, 0, 0),
+        "d128 window": cute_fwd_case(1, 500, 500, 2, 2, 128, 64, 16, 0),
+        "d128 fp16 full": cute_fwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
+        "d128 float32 bias r8 causal": cute_fwd_case(1, 300, 300, 2, 2, 128, -1, 0, 8),
+        "d64 bf16 bias r16 (wgmma)": cute_fwd_case(1, 300, 300, 2, 2, 64, -1, -1, -16),
+        "d96 full": cute_fwd_case(1, 300, 300, 2, 2, 96, -1, -1, 0),
+        "d192 full": cute_fwd_case(1, 300, 300, 2, 2, 192, -1, -1, 0),
+        "d256 full (O over Q)": cute_fwd_case(1, 256, 256, 2, 2, 256, -1, -1, 0),
+        "d128 causal persistent, 8-head L2 sections": cute_fwd_case(
+            4, 2048, 2048, 8, 2, 128, -1, 0, 0, l2_budget=2 * 2048 * 256 * 2
+        ),
+        "d128 full persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 128, -1, -1, 0),
+    },
+    "cute-bwd": {
+        "d64 full": cute_bwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
+        "d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
+        "d128 causal sq<sk": cute_bwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0),
+        "d96 full mqa": cute_bwd_case(1, 300, 300, 4, 1, 96, -1, -1, 0),
+        "d64 window": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
+        "d128 float32 bias r8 causal": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, 8),
+        "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
+        "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
+        "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
+    },
+    "triton": {
+        "attention d128 causal": triton_case(True, 0),
+        "attention d64 full bias r8": triton_case(False, 8, d=64),
+    },
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("group", choices=sorted(GROUPS))
+    p.add_argument("--case", default="", help="only the cases whose name contains this")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_smoke: no CUDA device", flush=True)
+        return 2
+    failed = []
+    for name, run in GROUPS[args.group].items():
+        if args.case not in name:
+            continue
+        print(f"start {args.group}: {name}", flush=True)
+        start = time.perf_counter()
+        try:
+            ok = run()
+        except Exception:
+            print("    raised:\n" + "".join("      " + line for line in traceback.format_exc().splitlines(True)))
+            ok = False
+        print(f"  {'ok' if ok else 'WRONG'} {name} ({time.perf_counter() - start:.1f} s)", flush=True)
+        if not ok:
+            failed.append(name)
+    print(f"{args.group}: {len(failed)} wrong" + (f" ({', '.join(failed)})" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Small shapes through the attnkit backends, forward and backward, for compute-sanitizer (gpu_check.sh).
+
+    python scripts/sanitizer_cases.py [--backends triton,cute] [--tiny]
+
+``--tiny``: one short causal case per backend (racecheck is slow). Exit status 1 if a case raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import attnkit
+import torch
+
+failures = []
+
+
+def case(name, fn):
+    try:
+        fn()
+        torch.cuda.synchronize()
+        print(f"{name}: ran", flush=True)
+    except attnkit.BackendUnavailableError as e:
+        print(f"{name}: unavailable ({e})", flush=True)
+    except Exception as e:
+        print(f"{name}: raised {type(e).__name__}: {e}", flush=True)
+        failures.append(name)
+
+
+def attention(backend, sq, sk, h, hkv, d, causal, window, rank):
+    def run():
+        def leaf(*shape):
+            return torch.randn(*shape, device="cuda", dtype=torch.bfloat16).requires_grad_()
+
+        q, k, v = leaf(2, sq, h, d), leaf(2, sk, hkv, d), leaf(2, sk, hkv, d)
+        bias = attnkit.LowRankBias(leaf(2, sq, h, rank), leaf(2, sk, h, rank)) if rank else None
+        out = attnkit.attention(q, k, v, causal=causal, window=window, bias=bias, backend=backend)
+        out.backward(torch.randn_like(out))
+
+    return run
+
+
+def lightning(backend):
+    def run():
+        def leaf(*shape):
+            return (0.3 * torch.randn(*shape, device="cuda", dtype=torch.bfloat16)).requires_grad_()
+
+        slopes = attnkit.lightning.slopes(2, device="cuda")
+        state = torch.randn(2, 2, 64, 64, device="cuda").requires_grad_()
+        q, k, v = leaf(2, 77, 2, 64), leaf(2, 77, 2, 64), leaf(2, 77, 2, 64)
+        o, final = attnkit.lightning_attention(
+            q, k, v, slopes, initial_state=state, output_final_state=True, backend=backend
+        )
+        (o.float().sum() + final.sum()).backward()
+        with torch.no_grad():
+            attnkit.lightning_attention_step(q[:, :1], k[:, :1], v[:, :1], slopes, state.detach(), backend=backend)
+
+    return run
+
+
+# (sq, sk, h, hkv, d, causal, window, rank)
+SHAPES = [
+    (77, 77, 2, 2, 64, True, (-1, -1), 0),
+    (33, 100, 4, 2, 128, True, (-1, -1), 4),
+    (65, 65, 2, 1, 64, False, (16, 0), 0),
+    (100, 100, 2, 2, 128, False, (-1, -1), 8),
+]
+TINY = [(130, 130, 1, 1, 64, True, (-1, -1), 0)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default="triton,cute")
+    p.add_argument("--tiny", action="store_true")
+    args = p.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    for backend in backends:
+        for s in TINY if args.tiny else SHAPES:
+            case(f"attention {backend} {s}", attention(backend, *s))
+    if "triton" in backends and not args.tiny:
+        case("lightning triton", lightning("triton"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

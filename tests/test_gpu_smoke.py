@@ -1,0 +1,42 @@
+"""scripts/gpu_smoke.py's verdicts, on the CPU: the diagnosis a device run prints must point at the right place."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "scripts", "gpu_smoke.py")
+_spec = importlib.util.spec_from_file_location("gpu_smoke", _PATH)
+gpu_smoke = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_smoke)
+
+
+def _case():
+    torch.manual_seed(0)
+    ref64 = torch.randn(2, 300, 4, 16, dtype=torch.float64)
+    ref_lp = ref64.to(torch.bfloat16)
+    return ref64, ref_lp
+
+
+def test_kernel_as_accurate_as_the_low_precision_reference_passes(capsys):
+    ref64, ref_lp = _case()
+    assert gpu_smoke.verdict("out", ref_lp.clone(), ref64, ref_lp, seq_dim=1)
+    assert "out: ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("poison", ["nan", "offset"])
+def test_wrong_rows_are_located_by_query_block(capsys, poison):
+    ref64, ref_lp = _case()
+    got = ref_lp.clone()
+    # rows 130..140: in the third 64-row block
+    got[1, 130:141, 2] = float("nan") if poison == "nan" else got[1, 130:141, 2] + 1.0
+    assert not gpu_smoke.verdict("dq", got, ref64, ref_lp, seq_dim=1)
+    text = capsys.readouterr().out
+    assert "dq: WRONG" in text and "1/5 [2]" in text
+    assert ("NaN 176/" in text) == (poison == "nan")
+
+
+def test_every_group_has_cases():
+    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-bwd", "triton"}
+    assert all(gpu_smoke.GROUPS.values())
