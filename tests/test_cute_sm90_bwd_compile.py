@@ -12,8 +12,12 @@ import torch
 
 pytest.importorskip("cutlass")
 
+import cutlass  # noqa: E402
+import cutlass.cute as cute  # noqa: E402
 from attnkit import precompile  # noqa: E402
 from attnkit.cute import attention_bwd as bwd  # noqa: E402
+from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90  # noqa: E402
+from cutlass import Int32  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +48,46 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
         assert ("UTMAREDG" in sass) == cfg.dq_tma_reduce
         assert ("REDG.E.ADD.F32" in sass) == (not cfg.dq_tma_reduce or cfg.bias_rank > 0)
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+
+
+def _factor_item_probe(kernel):
+    @cute.jit
+    def probe(out: cute.Tensor, num_items: Int32):  # (items, 4) int32
+        for item in cutlass.range(num_items):
+            is_query, row0, col0, first = kernel.factor_item(item)
+            out[item, 0] = Int32(is_query)
+            out[item, 1] = row0
+            out[item, 2] = col0
+            out[item, 3] = first
+
+    return probe
+
+
+@pytest.mark.parametrize("rank", [4, 8, 12, 16, 28, 64])
+def test_factor_gradient_items_cover_each_product_once(rank):
+    """Every (row, rank column, summed index) of dqf = dS kf and dkf = dS^T qf belongs to exactly one item; the
+    slices of a block are aligned groups of neighbouring lanes (the shuffle reduction), each kind a multiple of
+    32 items (a warp never mixes kinds)."""
+    from cutlass.cute.runtime import from_dlpack
+
+    kernel = AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, True, bias_rank=rank)
+    tm, tn = kernel.tile_m, kernel.tile_n
+    n = kernel.num_factor_items()
+    out = torch.zeros(n, 4, dtype=torch.int32)
+    cute.compile(_factor_item_probe(kernel), from_dlpack(out), n, options="--gpu-arch sm_90a")(from_dlpack(out), n)
+    length = tn // kernel.dqf_split
+    assert length == tm // kernel.dkf_split
+    for is_query, rows, sums, split in ((1, tm, tn, kernel.dqf_split), (0, tn, tm, kernel.dkf_split)):
+        items = out[out[:, 0] == is_query]
+        assert len(items) % 32 == 0
+        seen = torch.zeros(rows, rank, sums, dtype=torch.int32)
+        for _, row0, col0, first in items.tolist():
+            seen[row0 : row0 + 4, col0 : col0 + 4, first : first + length] += 1
+        assert torch.equal(seen, torch.ones_like(seen)), f"{'query' if is_query else 'key'} items"
+        groups = items[:, 1:3].reshape(-1, split, 2)
+        assert (groups == groups[:, :1]).all(), "a block's slices are consecutive items"
+        assert torch.equal(items[:, 3].reshape(-1, split), torch.arange(split).repeat(len(groups), 1) * length)
+    assert n >= kernel.num_mma_threads, "every consumer thread has an item"
 
 
 def test_config_choice():

@@ -4,7 +4,8 @@ Supported: fp16/bf16; head dims 64, 96 and 128 (d == dv); any sequence lengths (
 tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
 tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers); the
 low-rank logit bias ``qf @ kf.T`` in float32 FMAs, with the factor gradients computed in float32
-from a float32 copy of dS and added with atomics.
+from a float32 copy of dS in smem by every consumer thread while the dQ and dK wgmmas run, and added
+with atomics.
 dQ reaches its float32 buffer by atomics (default), by one TMA reduce-add per warpgroup, or in a
 deterministic mode where key blocks add their dQ and query-factor partials in a fixed order.
 Not supported: varlen, dropout, a gradient for lse.
@@ -40,7 +41,7 @@ from cutlass.tensor_utils import LayoutEnum
 from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
-from ..common.lowrank import LOG2_E, add_lowrank_fma
+from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_f32
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
 
@@ -73,13 +74,6 @@ def _smem_layout(dtype, rows: int, cols: int, stages: int | None, major_size: in
     )
     shape = (rows, cols) if stages is None else (rows, cols, stages)
     return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
-
-
-@cute.jit
-def _red_add_f32(t: cute.Tensor, crd, val: Float32) -> None:
-    """Atomic float32 add of ``val`` into element ``crd`` (index or coordinate) of the global tensor ``t``."""
-    ptr = t.iterator + cute.crd2idx(crd, t.layout)
-    cute.arch.red(ptr, val, op="add", dtype=Float32, sem="relaxed", scope="gpu")
 
 
 class AttentionBwdBase:
@@ -226,6 +220,14 @@ class AttentionBwdSm90(AttentionBwdBase):
         self.num_mma_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
         # dQ = dS K is split along d: each warpgroup owns d / 2 columns
         self.dq_cols = head_dim // NUM_MMA_WARPGROUPS
+        # factor gradients: blocks of 4 rows x 4 rank columns, each summed over `split` slices of the other
+        # tile side in neighbouring lanes; query blocks take twice the slices of key blocks (the key side is
+        # twice as long), so that every item has the same length and every consumer thread an item
+        r4 = max(bias_rank // 4, 1)
+        self.dkf_split = 1
+        while 64 * r4 * self.dkf_split < self.num_mma_threads:
+            self.dkf_split *= 2
+        self.dqf_split = 2 * self.dkf_split
 
     @property
     def has_bias(self) -> bool:
@@ -758,10 +760,16 @@ class AttentionBwdSm90(AttentionBwdBase):
                 cute.arch.fence_view_async_shared()
                 barrier_sync(BwdBarrier.PdS, self.num_mma_threads)
 
-                # 5. dQ = dS K (this warpgroup's d columns); dK += dS^T Q
+                # 5. dQ = dS K (this warpgroup's d columns); dK += dS^T Q; under them, the factor gradients
+                # from the float32 dS in smem (deterministic mode: in this key block's turn, step 7)
                 acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
                 sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)
                 sm90.gemm(tiled_mma_dk, acc_dK, tdKrdS, tdKrQt[None, None, None, stage], False, -1)
+                if const_expr(self.has_bias and not self.deterministic):
+                    self.factor_grads(
+                        tidx, sdSf, sQf[None, None, stage], sKf,
+                        mdQf[None, None, head, batch], mdKf[None, None, head, batch], row_start, key_start,
+                    )  # fmt: skip
                 warpgroup.wait_group(0)
                 if const_expr(not self.has_bias):
                     pipeline_q.consumer_release(q_state)
@@ -779,14 +787,15 @@ class AttentionBwdSm90(AttentionBwdBase):
                     gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
                     tdQgdQ = thr_mma_dq.partition_C(gdQ)
                     for i in cutlass.range(cute.size(acc_dQ), unroll_full=True):
-                        _red_add_f32(tdQgdQ, i, acc_dQ[i])
+                        red_add_f32(tdQgdQ, i, acc_dQ[i])
 
-                # 7. bias factor gradients from the fp32 dS, before Q's stage (and qf) is released
+                # 7. every thread is done with the float32 dS and the query factors: release Q's stage
                 if const_expr(self.has_bias):
-                    self.bias_grads(
-                        tidx, sdSf, sQf[None, None, stage], sKf,
-                        mdQf[None, None, head, batch], mdKf[None, None, head, batch], row_start, key_start,
-                    )  # fmt: skip
+                    if const_expr(self.deterministic):
+                        self.factor_grads(
+                            tidx, sdSf, sQf[None, None, stage], sKf,
+                            mdQf[None, None, head, batch], mdKf[None, None, head, batch], row_start, key_start,
+                        )  # fmt: skip
                     barrier_sync(BwdBarrier.BiasGradsDone, self.num_mma_threads)
                     pipeline_q.consumer_release(q_state)
                 if const_expr(self.deterministic):
@@ -944,7 +953,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         add_lowrank_fma(acc_S, tScS, sKf, sQf, scale_log2, self.bias_rank)
 
     @cute.jit
-    def bias_grads(
+    def factor_grads(
         self,
         tidx: Int32,
         sdSf: cute.Tensor,  # (tile_n, tile_m) float32, dS^T
@@ -955,37 +964,76 @@ class AttentionBwdSm90(AttentionBwdBase):
         row_start: Int32,
         key_start: Int32,
     ) -> None:
-        """dqf += dS kf and dkf += dS^T qf for this tile, in 4 x 4 register blocks, by atomics.
+        """dqf += dS kf and dkf += dS^T qf for this tile, from the float32 dS in smem, by every consumer thread.
 
-        Rows past the sequence ends have dS = 0 (P was zeroed), and the accumulators are padded
-        to whole tiles, so no predicate is needed.
+        An item is a block of 4 rows x 4 rank columns of one gradient, summed over one slice of the other
+        tile side: query items first, then key items, each kind a multiple of 32 items, so a warp takes one
+        kind. The slices of a block sit in neighbouring lanes, are summed by butterfly shuffles, and the first
+        slice's lane adds the 16 sums. Rows past the sequence ends have dS = 0 and the buffers are padded to
+        whole tiles, so no predicate is needed.
+        """
+        length = self.tile_n // self.dqf_split  # == tile_m // dkf_split
+        for item in cutlass.range(tidx, self.num_factor_items(), self.num_mma_threads, unroll=1):
+            is_query, row0, col0, first = self.factor_item(item)
+            acc = cute.make_rmem_tensor((4, 4), Float32)
+            acc.fill(0.0)
+            if is_query:
+                for n in cutlass.range(first, first + length, unroll=2):
+                    for j in cutlass.range_constexpr(4):
+                        kf = sKf[n, col0 + j]
+                        for i in cutlass.range_constexpr(4):
+                            acc[i, j] = acc[i, j] + sdSf[n, row0 + i] * kf
+                self.add_block(acc, gdQf, row_start + row0, col0, first == 0, self.dqf_split)
+            else:
+                for m in cutlass.range(first, first + length, unroll=2):
+                    for j in cutlass.range_constexpr(4):
+                        qf = sQf[m, col0 + j]
+                        for i in cutlass.range_constexpr(4):
+                            acc[i, j] = acc[i, j] + sdSf[row0 + i, m] * qf
+                self.add_block(acc, gdKf, key_start + row0, col0, first == 0, self.dkf_split)
+
+    def num_factor_items(self) -> int:
+        """Query items, then key items (see ``factor_item``); each kind a multiple of 32."""
+        r4 = self.bias_rank // 4
+        return (self.tile_m // 4) * r4 * self.dqf_split + (self.tile_n // 4) * r4 * self.dkf_split
+
+    @cute.jit
+    def factor_item(self, item: Int32) -> tuple:
+        """item -> (is_query, first row, first rank column, first index of the summed slice) of its 4 x 4 block.
+
+        Query items: 4 query rows of dqf, summed over a slice of the key side; key items: 4 key rows of dkf over
+        a slice of the query side. A block's slices are consecutive items.
         """
         r4 = self.bias_rank // 4
-        num_q_blocks = (self.tile_m // 4) * r4
-        num_k_blocks = (self.tile_n // 4) * r4
-        for blk in cutlass.range(tidx, num_q_blocks, self.num_mma_threads, unroll=1):
-            m0 = (blk // r4) * 4
-            c0 = (blk % r4) * 4
-            acc = cute.make_rmem_tensor((4, 4), Float32)
-            acc.fill(0.0)
-            for n in cutlass.range(self.tile_n, unroll=1):
-                for j in cutlass.range_constexpr(4):
-                    kf = sKf[n, c0 + j]
-                    for i in cutlass.range_constexpr(4):
-                        acc[i, j] = acc[i, j] + sdSf[n, m0 + i] * kf
+        length = self.tile_n // self.dqf_split
+        num_q_items = (self.tile_m // 4) * r4 * self.dqf_split
+        is_query = item < num_q_items
+        split = self.dkf_split
+        local = item - num_q_items
+        if is_query:
+            split = self.dqf_split
+            local = item
+        blk = local // split
+        return is_query, (blk // r4) * 4, (blk % r4) * 4, (local % split) * length
+
+    @cute.jit
+    def add_block(
+        self,
+        acc: cute.Tensor,  # (4, 4) float32 registers: this lane's slice of the block
+        gGrad: cute.Tensor,  # (rows, r) float32 global accumulation buffer
+        row0: Int32,
+        col0: Int32,
+        is_first_slice: cutlass.Boolean,
+        split: cutlass.Constexpr[int],
+    ) -> None:
+        """Sum a block over the ``split`` neighbouring lanes holding its slices; the first slice's lane adds it."""
+        for i in cutlass.range_constexpr(4):
+            for j in cutlass.range_constexpr(4):
+                v = acc[i, j]
+                for step in cutlass.range_constexpr(int(math.log2(split))):
+                    v = v + cute.arch.shuffle_sync_bfly(v, offset=1 << step)
+                acc[i, j] = v
+        if is_first_slice:
             for i in cutlass.range_constexpr(4):
                 for j in cutlass.range_constexpr(4):
-                    _red_add_f32(gdQf, (row_start + m0 + i, c0 + j), acc[i, j])
-        for blk in cutlass.range(tidx, num_k_blocks, self.num_mma_threads, unroll=1):
-            n0 = (blk // r4) * 4
-            c0 = (blk % r4) * 4
-            acc = cute.make_rmem_tensor((4, 4), Float32)
-            acc.fill(0.0)
-            for m in cutlass.range(self.tile_m, unroll=1):
-                for j in cutlass.range_constexpr(4):
-                    qf = sQf[m, c0 + j]
-                    for i in cutlass.range_constexpr(4):
-                        acc[i, j] = acc[i, j] + sdSf[n0 + i, m] * qf
-            for i in cutlass.range_constexpr(4):
-                for j in cutlass.range_constexpr(4):
-                    _red_add_f32(gdKf, (key_start + n0 + i, c0 + j), acc[i, j])
+                    red_add_f32(gGrad, (row0 + i, col0 + j), acc[i, j])
