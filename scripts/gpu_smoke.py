@@ -78,20 +78,21 @@ def poison(nbytes: int) -> None:
 
 def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None):
     from attnkit.cute import attention_fwd as fwd
+    from attnkit.cute import schedule
     from attnkit.reference.attention import attention_forward
 
     def run():
         q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
-        saved = fwd.L2_KV_BUDGET
+        saved = schedule.L2_SECTION_BYTES
         if l2_budget is not None:
-            fwd.L2_KV_BUDGET = l2_budget
+            schedule.L2_SECTION_BYTES = l2_budget
         try:
             poison(b * max(sq, sk) * h * d * 4)
             out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw)
             torch.cuda.synchronize()
         finally:
-            fwd.L2_KV_BUDGET = saved
+            schedule.L2_SECTION_BYTES = saved
         out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
         out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
         ok = verdict("out", out, out64, out_lp, seq_dim=1)
@@ -106,8 +107,9 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
     return run
 
 
-def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=torch.bfloat16):
+def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=torch.bfloat16, l2_budget=None):
     from attnkit.cute import attention_bwd as bwd
+    from attnkit.cute import schedule
     from attnkit.reference.attention import attention_backward, attention_forward
 
     def run():
@@ -120,8 +122,14 @@ def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=t
         out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
         poison(4 * b * max(sq, sk) * h * d * 4)
         mode = dict(dq_tma_reduce=dq_mode == "tma_reduce", deterministic=dq_mode == "deterministic")
-        got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **mode)
-        torch.cuda.synchronize()
+        saved = schedule.L2_SECTION_BYTES
+        if l2_budget is not None:
+            schedule.L2_SECTION_BYTES = l2_budget
+        try:
+            got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **mode)
+            torch.cuda.synchronize()
+        finally:
+            schedule.L2_SECTION_BYTES = saved
         ref64 = attention_backward(
             dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw
         )
@@ -195,6 +203,9 @@ GROUPS = {
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
         "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
         "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
+        "d128 causal deterministic, 2-head L2 sections": cute_bwd_case(
+            2, 1024, 1024, 8, 4, 128, -1, 0, 8, dq_mode="deterministic", l2_budget=2 * 2 * 1024 * 520
+        ),
     },
     "triton": {
         "attention d128 causal": triton_case(True, 0),

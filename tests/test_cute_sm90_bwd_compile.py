@@ -90,6 +90,57 @@ def test_factor_gradient_items_cover_each_product_once(rank):
     assert n >= kernel.num_mma_threads, "every consumer thread has an item"
 
 
+def _bwd_schedule_probe(kernel):
+    @cute.jit
+    def probe(
+        out: cute.Tensor,  # (tiles, 3) int32: (key block, K/V head, batch) of each CTA index
+        n_blocks: Int32,
+        heads_kv: Int32,
+        batch: Int32,
+        heads_per_section: Int32,
+    ):
+        schedule = kernel.make_schedule(n_blocks * kernel.tile_n, heads_kv, batch, heads_per_section)
+        for t in cutlass.range(schedule.num_tiles()):
+            n, h, b = kernel.decode_tile(schedule, t)
+            out[t, 0] = n
+            out[t, 1] = h
+            out[t, 2] = b
+
+    return probe
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads_per_section", [1, 2, 5])
+def test_backward_schedule_runs_each_head_key_blocks_in_order(causal, heads_per_section):
+    """Every (key block, K/V head, batch) once; a head's key blocks in increasing CTA order (the deterministic
+    dQ turns wait on lower key blocks); causal: first key blocks first within each section."""
+    from cutlass.cute.runtime import from_dlpack
+
+    kernel = AttentionBwdSm90(cutlass.BFloat16, 64, 64, 2, False, causal)
+    n_blocks, heads_kv, batch = 4, 3, 2
+    out = torch.zeros(n_blocks * heads_kv * batch, 3, dtype=torch.int32)
+    args = (n_blocks, heads_kv, batch, heads_per_section)
+    probe = _bwd_schedule_probe(kernel)
+    cute.compile(probe, from_dlpack(out), *args, options="--gpu-arch sm_90a")(from_dlpack(out), *args)
+    assert len({tuple(r) for r in out.tolist()}) == len(out)
+    for h in range(heads_kv):
+        for b in range(batch):
+            blocks = out[(out[:, 1] == h) & (out[:, 2] == b), 0]
+            assert torch.equal(blocks, torch.arange(n_blocks, dtype=torch.int32)), (h, b, blocks)
+    if causal:
+        section = (out[:, 2] * heads_kv + out[:, 1]) // min(heads_per_section, heads_kv * batch)
+        for s in section.unique():
+            blocks = out[section == s, 0]
+            assert torch.equal(blocks, blocks.sort().values), "first key blocks first"
+
+
+def test_backward_sections_hold_the_query_side_of_whole_kv_heads():
+    # 8k queries, d = 128, bf16, groups of 4: 4 * 8192 * (512 + 8) bytes = 16.25 MiB per K/V head -> 1 per section
+    assert bwd.heads_per_section(8192, 128, 128, 2, 4, 64) == 1
+    assert bwd.heads_per_section(1024, 128, 128, 2, 1, 64) == 63
+    assert bwd.heads_per_section(1024, 128, 128, 2, 1, 8) == 8
+
+
 def test_config_choice():
     cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=5)
     assert cfg.bias_rank == 8

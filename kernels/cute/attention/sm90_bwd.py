@@ -13,7 +13,8 @@ Not supported: varlen, dropout, a gradient for lse.
 Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90.__call__``):
     preprocess   D = rowsum(dO * O) in float32 and lse in log2 units; rows without a visible key
                  (lse = -inf) and padding rows get lse2 = +inf so that P = exp2(s - lse2) = 0.
-    main         one CTA per (key block, K/V head, batch). With S^T = K Q^T and dP^T = V dO^T,
+    main         one CTA per (key block, K/V head, batch), causal ones first key block first in
+                 sections of K/V heads whose Q and dO share L2. With S^T = K Q^T and dP^T = V dO^T,
                  P^T and dS^T come out of wgmma in the A-operand register layout, so
                  dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
@@ -44,6 +45,7 @@ from ..common.layouts import acc_view_as_operand_a, acc_view_mn
 from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_f32
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
+from ..common.tile_scheduler import PersistentTileScheduler
 
 SUPPORTED_HEAD_DIMS = (64, 96, 128)
 
@@ -223,6 +225,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         # factor gradients: blocks of 4 rows x 4 rank columns, each summed over `split` slices of the other
         # tile side in neighbouring lanes; query blocks take twice the slices of key blocks (the key side is
         # twice as long), so that every item has the same length and every consumer thread an item
+        assert self.tile_n == 2 * self.tile_m, "factor_grads gives both kinds of item one slice length"
         r4 = max(bias_rank // 4, 1)
         self.dkf_split = 1
         while 64 * r4 * self.dkf_split < self.num_mma_threads:
@@ -265,6 +268,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         softmax_scale: Float32,
         window_left: Int32,
         window_right: Int32,
+        heads_per_section: Int32,  # causal order: K/V heads whose Q and dO share L2 (see the scheduler)
         stream: cuda.CUstream,
     ):
         if const_expr(mQ.element_type != self.dtype or mK.element_type != self.dtype):
@@ -371,7 +375,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             mSem = cute.make_tensor(mSem.iterator, cute.select(mSem.layout, mode=[2, 1, 0]))
         mdK, mdV = [self.to_sdhb(t) for t in (mdK, mdV)]
 
-        grid = (cute.ceil_div(mK.shape[0], tn), mK.shape[2], mK.shape[3])
+        schedule = self.make_schedule(mK.shape[0], mK.shape[2], mK.shape[3], heads_per_section)
         self.kernel(
             tma_Q, tma_K, tma_V, tma_dO, tma_Qf, tma_Kf, tma_LSE2, tma_Dpsum,
             mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
@@ -380,8 +384,10 @@ class AttentionBwdSm90(AttentionBwdBase):
             tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq,
             sQ_layout, sK_layout, sV_layout, sdO_layout, sdS_layout, sQf_layout, sKf_layout, sdSf_layout,
             sStat_layout, sdQ_layout,
-            softmax_scale_log2, softmax_scale, window_left, window_right,
-        ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)  # fmt: skip
+            softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section,
+        ).launch(
+            grid=(schedule.num_tiles(), 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
+        )  # fmt: skip
 
     @cute.kernel
     def kernel(
@@ -427,6 +433,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         softmax_scale: Float32,
         window_left: Int32,
         window_right: Int32,
+        heads_per_section: Int32,
     ):
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         tidx, _, _ = cute.arch.thread_idx()
@@ -464,7 +471,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         if const_expr(self.dq_tma_reduce):
             sdQ = storage.sdQ.get_tensor(sdQ_layout)
 
-        n_block, head_kv, batch = cute.arch.block_idx()
+        schedule = self.make_schedule(mK.shape[0], mK.shape[2], mK.shape[3], heads_per_section)
+        n_block, head_kv, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
         qhead_per_kvhead = mQ.shape[2] // mK.shape[2]
         m_min, m_max = self.m_block_range(n_block, mQ.shape[0], mK.shape[0], window_left, window_right)
 
@@ -487,6 +495,29 @@ class AttentionBwdSm90(AttentionBwdBase):
                 n_block, head_kv, batch, qhead_per_kvhead, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
             )  # fmt: skip
+
+    def make_schedule(
+        self, seqlen_k: Int32, num_heads_kv: Int32, num_batch: Int32, heads_per_section: Int32
+    ) -> PersistentTileScheduler:
+        """One CTA per (key block, K/V head, batch). Causal: first key blocks (the most query blocks) first, in
+        sections of K/V heads whose Q and dO fit in L2; otherwise the key blocks of one head back to back.
+        Either way a head's key blocks start in increasing order, which the deterministic dQ order relies on."""
+        return PersistentTileScheduler(
+            cute.ceil_div(seqlen_k, self.tile_n),
+            num_heads_kv,
+            num_batch,
+            longest_first=self.has_window_right,
+            heads_per_section=heads_per_section,
+        )
+
+    @cute.jit
+    def decode_tile(self, schedule: PersistentTileScheduler, tile: Int32) -> tuple[Int32, Int32, Int32]:
+        """CTA index -> (key block, K/V head, batch)."""
+        block, head_kv, batch = schedule.decode(tile)
+        if const_expr(self.has_window_right):
+            # the scheduler's longest-first order runs its blocks last to first; here the first is longest
+            block = schedule.num_m_blocks - 1 - block
+        return block, head_kv, batch
 
     @cute.jit
     def m_block_range(

@@ -16,12 +16,13 @@ CTA layout (3 warpgroups):
 
 Shared-memory pipelines (mbarrier full/empty pairs): Q (1 stage, Q and its bias factor rows),
 K (+ key bias factors) and V (``num_stages`` each, advanced together). The producer loads a tile's
-first K block before its Q, and the consumers release Q after their last S = Q K^T, so the next
-tile's first loads run under this tile's last P V and epilogue. The persistent schedule runs causal
-tiles longest first in sections of heads whose K/V fit in L2 (``common/tile_scheduler.py``). With ``pingpong`` the two
-consumers take turns issuing wgmma through two named barriers, so one warpgroup's softmax runs
-under the other's GEMMs; with ``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and
-O += P(n+1) V(n+1) back to back and computes softmax(n) while the latter is in flight.
+first K block before its Q, and with ``intra_wg_overlap`` the consumers release Q after their last
+S = Q K^T, so the next tile's first loads run under this tile's last P V and epilogue. The
+persistent schedule runs causal tiles longest first in sections of heads whose K/V fit in L2
+(``common/tile_scheduler.py``). With ``pingpong`` the two consumers take turns issuing wgmma
+through two named barriers, so one warpgroup's softmax runs under the other's GEMMs; with
+``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and O += P(n+1) V(n+1) back to back and
+computes softmax(n) while the latter is in flight.
 """
 
 import math

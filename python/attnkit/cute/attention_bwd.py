@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..broadcast import sum_to
+from .attention_fwd import _window_arg
 from .compile_cache import CompileCache
+from .schedule import section_heads
 from .tensors import tma_ready
 
 __all__ = [
@@ -214,7 +216,8 @@ def _fake_args(cfg):
     if cfg.deterministic:
         shape = tuple(cute.sym_int() for _ in range(3))
         sem = make_fake_tensor(cutlass.Int32, shape, stride=(cute.sym_int64(), cute.sym_int64(), 1), assumed_align=4)
-    scalars = (f32(1.0), f32(1.0), cutlass.Int32(0), cutlass.Int32(0))
+    # softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section
+    scalars = (f32(1.0), f32(1.0), cutlass.Int32(0), cutlass.Int32(0), cutlass.Int32(1))
     return (q, k, v, do, lse2, dpsum, dq_accum, dk, dv, *bias, sem, *scalars, stream)
 
 
@@ -245,6 +248,14 @@ def _prepare_factor(f: torch.Tensor, rank: int) -> torch.Tensor:
     if f.shape[-1] != rank:
         f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
     return tma_ready(f)
+
+
+def heads_per_section(
+    seqlen_q: int, head_dim: int, head_dim_v: int, elem_bytes: int, group: int, num_bh_kv: int
+) -> int:
+    """K/V heads per section of the causal schedule: those whose query heads' Q, dO, lse and D fit in L2."""
+    per_kv_head = group * seqlen_q * ((head_dim + head_dim_v) * elem_bytes + 8)
+    return section_heads(per_kv_head, num_bh_kv)
 
 
 def main_tile_m() -> int:
@@ -359,8 +370,11 @@ def attention_bwd(
         sem,
         softmax_scale * math.log2(math.e),
         softmax_scale,
-        max(window_left, 0),
-        max(window_right, 0),
+        _window_arg(window_left, seqlen_q, seqlen_k),
+        _window_arg(window_right, seqlen_q, seqlen_k),
+        heads_per_section(
+            seqlen_q, head_dim, head_dim_v, q.element_size(), num_heads // num_heads_kv, batch * num_heads_kv
+        ),
         stream,
     )
     post(_to_cute(dq_accum), _to_cute(dq), softmax_scale, stream)

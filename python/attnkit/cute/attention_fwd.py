@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .compile_cache import CompileCache
+from .schedule import section_heads
 from .tensors import tma_ready
 
 __all__ = [
@@ -233,16 +234,10 @@ def _window_arg(window: int, seqlen_q: int, seqlen_k: int) -> int:
     return min(max(window, 0), seqlen_q + seqlen_k)
 
 
-# K/V bytes that one longest-first section of heads keeps in L2 (an H100 has 50 MB; the rest is left
-# to the Q and O streams). Not measured yet: the next device run should compare it with one section.
-L2_KV_BUDGET = 32 * 1024 * 1024
-
-
 def heads_per_section(seqlen_k: int, head_dim: int, head_dim_v: int, elem_bytes: int, group: int, num_bh: int) -> int:
-    """Query heads per section of the causal schedule: whole GQA groups whose K/V fit ``L2_KV_BUDGET``."""
-    kv_head_bytes = max(seqlen_k * (head_dim + head_dim_v) * elem_bytes, 1)
-    kv_heads = max(L2_KV_BUDGET // kv_head_bytes, 1)
-    return max(min(kv_heads * group, num_bh), 1)
+    """Query heads per section of the causal schedule: whole GQA groups whose K/V fit in L2 together."""
+    kv_head_bytes = seqlen_k * (head_dim + head_dim_v) * elem_bytes
+    return section_heads(kv_head_bytes, max(num_bh // group, 1), heads_per_unit=group)
 
 
 @functools.lru_cache(maxsize=16)

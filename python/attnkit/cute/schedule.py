@@ -1,0 +1,17 @@
+"""Host side of the causal tile order (kernels/cute/common/tile_scheduler.py): how many heads one section holds.
+
+A section's tiles run together, so the data its heads share across tiles (K/V in the forward, Q/dO in the
+backward) should fit in L2 together. An H100 has 50 MB of L2; the rest of the budget is left to the streams
+each tile reads once. Not measured yet: the next device run should compare a section of every head.
+"""
+
+from __future__ import annotations
+
+L2_SECTION_BYTES = 32 * 1024 * 1024
+
+
+def section_heads(bytes_per_unit: int, num_units: int, heads_per_unit: int = 1) -> int:
+    """Heads per section: whole units (a K/V head and its ``heads_per_unit`` query heads) whose shared bytes
+    fit ``L2_SECTION_BYTES``, at least one unit and at most ``num_units``, counted in heads."""
+    units = max(min(L2_SECTION_BYTES // max(bytes_per_unit, 1), num_units), 1)
+    return units * heads_per_unit
