@@ -47,7 +47,7 @@ cat "$out/versions.log"
 
 # Compile the shipped CuTe configs on all cores first: serial compiles inside the tests would eat device time.
 echo "gpu_check: precompile (CuTe, $(nproc) processes)"
-timeout -k 10 120 "$py" -m attnkit.precompile --arch sm_90a --jobs "$(nproc)" >"$out/precompile.log" 2>&1
+timeout -k 10 120 "$py" -m attnkit.precompile --arch sm_90a --variants --jobs "$(nproc)" >"$out/precompile.log" 2>&1
 record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 
 # A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.
@@ -128,7 +128,7 @@ left=$((total_s - SECONDS - 30))
 budget=$((left > 60 ? left : 60))
 echo "gpu_check: benchmark (budget ${budget} s)"
 results=$root/bench/results
-rm -f "$results"/summary.md "$results"/attention.md "$results"/bias.md "$results"/lightning.md "$results"/bench.png
+rm -f "$results"/summary.md "$results"/{attention,variants,bias,lightning}.md "$results"/bench.png
 timeout -k 10 $((budget + 90)) "$py" bench/run.py --quick --budget-s "$budget" --out "$results" \
   >"$out/bench.log" 2>&1
 rc=$?
@@ -144,6 +144,6 @@ if [ -f "$results/summary.md" ]; then
 else
   echo "no summary.md (the benchmark did not finish, or found no GPU); the end of its log:"
   tail -n 40 "$out/bench.log"
-  cat "$results"/attention.md "$results"/bias.md "$results"/lightning.md 2>/dev/null
+  cat "$results"/{attention,variants,bias,lightning}.md 2>/dev/null
 fi
 exit "$failed"

@@ -50,6 +50,18 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
 
 
+_VARIANTS = [c for c in precompile.configs_of(bwd, "sm_90a", variants=True) if c not in bwd.shipped_configs("sm_90a")]
+
+
+@pytest.mark.parametrize("cfg", _VARIANTS, ids=precompile.config_name)
+def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
+    """bench/bench_variants.py's dQ modes at every shape it times build without spills."""
+    bwd.compile_config(cfg)
+    counts = precompile.sass_summary(precompile.sass_of(bwd.cache().cubin(cfg)))
+    assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0, counts
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+
+
 def _factor_item_probe(kernel):
     @cute.jit
     def probe(out: cute.Tensor, num_items: Int32):  # (items, 4) int32

@@ -58,6 +58,25 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
 
 
+_VARIANTS = [c for c in precompile.configs_of(fwd, "sm_90a", variants=True) if c not in fwd.shipped_configs("sm_90a")]
+
+
+@pytest.mark.parametrize("cfg", _VARIANTS, ids=precompile.config_name)
+def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
+    """bench/bench_variants.py's switches (lazy rescale off, FMA exp2, no ping-pong, no intra-WG overlap) build."""
+    fwd.compile_fwd(cfg)
+    counts = precompile.sass_summary(_sass(cfg))
+    assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0, counts
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+
+
+def test_forward_launcher_rejects_a_config_that_disagrees_with_the_inputs():
+    q = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
+    wrong = fwd.choose_config(torch.bfloat16, 128, 128, False, False)
+    with pytest.raises(ValueError, match="head_dim"):
+        fwd.attention_fwd(q, q, q, None, None, softmax_scale=0.1, window_left=-1, window_right=-1, config=wrong)
+
+
 def test_second_compile_hits_memory(cache_dir):
     cfg = fwd.choose_config(torch.bfloat16, 64, 64, False, False)
     first = fwd.compile_fwd(cfg)

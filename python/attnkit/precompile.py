@@ -1,11 +1,12 @@
 """Compile every shipped CuTe-DSL kernel config without a GPU; optionally dump each kernel's SASS.
 
-    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd] [--jobs N]
+    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd] [--jobs N] [--variants]
 
 Warms the disk compile cache (``$ATTNKIT_CACHE_DIR`` or ``~/.cache/attnkit``) for deployment. The
 registry below lists launcher modules; each exposes ``shipped_configs(arch)`` (frozen config
-dataclasses), ``compile_config(cfg)`` and ``cache()`` (its ``CompileCache``, for the cubins). A
-module that is not importable yet is skipped with a note.
+dataclasses), ``compile_config(cfg)`` and ``cache()`` (its ``CompileCache``, for the cubins), and may
+expose ``variant_configs(causal)`` (the switches ``bench/bench_variants.py`` measures; built with
+``--variants``). A module that is not importable yet is skipped with a note.
 """
 
 from __future__ import annotations
@@ -62,12 +63,23 @@ def load_launchers(only: str | None = None) -> dict:
     return mods
 
 
-def build_all(arch: str, only: str | None = None) -> list[Built]:
+def configs_of(mod, arch: str, variants: bool = False) -> list:
+    """The shipped configs, then (with ``variants``) the benchmark variants not already among them."""
+    configs = list(mod.shipped_configs(arch))
+    if variants and hasattr(mod, "variant_configs"):
+        for causal in (False, True):
+            for cfg in mod.variant_configs(causal, arch=arch).values():
+                if cfg not in configs:
+                    configs.append(cfg)
+    return configs
+
+
+def build_all(arch: str, only: str | None = None, variants: bool = False) -> list[Built]:
     os.environ.setdefault("CUTE_DSL_ARCH", arch)
     results = []
     for kind, mod in load_launchers(only).items():
         cache = mod.cache() if hasattr(mod, "cache") else None
-        for cfg in mod.shipped_configs(arch):
+        for cfg in configs_of(mod, arch, variants):
             start = time.perf_counter()
             try:
                 compiled = mod.compile_config(cfg)
@@ -83,12 +95,12 @@ def build_all(arch: str, only: str | None = None) -> list[Built]:
     return results
 
 
-def _compile_one(job: tuple[str, str, int]) -> str | None:
-    """Worker: compile one shipped config into the disk cache; the error text if it fails."""
-    arch, kind, index = job
+def _compile_one(job: tuple[str, str, int, bool]) -> str | None:
+    """Worker: compile one config into the disk cache; the error text if it fails."""
+    arch, kind, index, variants = job
     os.environ.setdefault("CUTE_DSL_ARCH", arch)
     mod = importlib.import_module(REGISTRY[kind])
-    cfg = mod.shipped_configs(arch)[index]
+    cfg = configs_of(mod, arch, variants)[index]
     try:
         mod.compile_config(cfg)
     except Exception as exc:  # reported by the serial pass that follows
@@ -96,14 +108,16 @@ def _compile_one(job: tuple[str, str, int]) -> str | None:
     return None
 
 
-def warm_in_parallel(arch: str, only: str | None, jobs: int) -> float:
+def warm_in_parallel(arch: str, only: str | None, jobs: int, variants: bool = False) -> float:
     """Compile every shipped config in `jobs` processes (disk cache on), so the serial pass only loads them.
     Worth it on a many-core GPU machine, where the compiles would otherwise eat device time."""
     import concurrent.futures
     import multiprocessing
 
     work = [
-        (arch, kind, i) for kind, mod in load_launchers(only).items() for i in range(len(mod.shipped_configs(arch)))
+        (arch, kind, i, variants)
+        for kind, mod in load_launchers(only).items()
+        for i in range(len(configs_of(mod, arch, variants)))
     ]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
@@ -140,13 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sass", type=Path, default=None, help="write <DIR>/<kind>/<config>.sass")
     parser.add_argument("--only", choices=sorted(REGISTRY), default=None)
     parser.add_argument("--jobs", type=int, default=1, help="compile in N processes first (needs the disk cache)")
+    parser.add_argument("--variants", action="store_true", help="also the configs bench/bench_variants.py times")
     args = parser.parse_args(argv)
 
     if args.jobs > 1:
         if os.environ.get("ATTNKIT_DISABLE_DISK_CACHE") == "1":
             parser.error("--jobs needs the disk cache (ATTNKIT_DISABLE_DISK_CACHE=1 is set)")
-        print(f"parallel compile ({args.jobs} processes): {warm_in_parallel(args.arch, args.only, args.jobs):.1f}s")
-    results = build_all(args.arch, args.only)
+        seconds = warm_in_parallel(args.arch, args.only, args.jobs, args.variants)
+        print(f"parallel compile ({args.jobs} processes): {seconds:.1f}s")
+    results = build_all(args.arch, args.only, args.variants)
     for built in results:
         line = f"{built.kind:4s} {built.source:8s} {built.seconds:7.3f}s  {built.config}"
         if built.error is not None:

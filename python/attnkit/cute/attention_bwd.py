@@ -179,6 +179,20 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     return configs
 
 
+def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
+    """The three ways dQ reaches its float32 buffer, bf16, for ``bench/bench_variants.py`` (and ``precompile
+    --variants``); ``attention_bwd`` picks each by its flags."""
+    return {
+        "atomics (default)": choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch),
+        "TMA reduce-add": choose_config(
+            torch.bfloat16, head_dim, head_dim, False, causal, arch=arch, dq_tma_reduce=True
+        ),
+        "deterministic": choose_config(
+            torch.bfloat16, head_dim, head_dim, False, causal, arch=arch, deterministic=True
+        ),
+    }
+
+
 def _fake_args(cfg):
     import cutlass
     import cutlass.cute as cute

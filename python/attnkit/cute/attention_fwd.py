@@ -156,6 +156,19 @@ def shipped_configs(arch: str = "sm_90a") -> list[FwdConfig]:
     return configs
 
 
+def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, FwdConfig]:
+    """The default bf16 config and one variant per on/off switch, for ``bench/bench_variants.py`` (and
+    ``precompile --variants``): what each FA-style technique is worth is measured, not assumed."""
+    base = choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch)
+    return {
+        "default": base,
+        "rescale every block": dataclasses.replace(base, rescale_threshold=0.0),
+        "poly exp2 on 2 of 8": dataclasses.replace(base, poly_exp2_per_8=2),
+        "no ping-pong": dataclasses.replace(base, pingpong=False),
+        "no intra-WG overlap": dataclasses.replace(base, intra_wg_overlap=False),
+    }
+
+
 def _fake_args(cfg: FwdConfig):
     import cutlass
     import cutlass.cute as cute
@@ -255,8 +268,13 @@ def attention_fwd(
     softmax_scale: float,
     window_left: int,
     window_right: int,
+    config: FwdConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention forward on sm90. q (B, Sq, H, D), k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv)."""
+    """Attention forward on sm90. q (B, Sq, H, D), k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv).
+
+    ``config``: a variant of the config this call would choose (a benchmark of the switches); it must agree
+    with the inputs in dtype, head dims, window bounds and bias.
+    """
     import cuda.bindings.driver as cuda
 
     batch, seqlen_q, num_heads, head_dim = q.shape
@@ -282,6 +300,12 @@ def attention_fwd(
     cfg = choose_config(
         q.dtype, head_dim, head_dim_v, window_left >= 0, window_right >= 0, bias_rank=rank, bias_mma=bias_mma
     )
+    if config is not None:
+        fixed = ("dtype", "head_dim", "head_dim_v", "window_left", "window_right", "bias_rank", "bias_mma", "arch")
+        wrong = [f for f in fixed if getattr(config, f) != getattr(cfg, f)]
+        if wrong:
+            raise ValueError(f"config disagrees with the inputs in {', '.join(wrong)}: {config} vs {cfg}")
+        cfg = config
     kernel = compile_fwd(cfg)
 
     out = torch.empty(batch, seqlen_q, num_heads, head_dim_v, dtype=q.dtype, device=q.device)

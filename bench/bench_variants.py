@@ -1,0 +1,135 @@
+"""What each switch of the CuTe sm90 attention kernels is worth, bf16, D = 128, 16,384 tokens, H = 16: the forward
+with each FA-style technique turned off (or on) against the default config, the backward with each way dQ reaches
+its float32 buffer, and for causal shapes the L2-sectioned tile order against one section of every head.
+
+Kernels are called through their launchers (attnkit.cute.attention_fwd / attention_bwd) with the variant's
+config, so only the kernel differs; the configs are `variant_configs` of those modules, which `python -m
+attnkit.precompile --variants` compiles ahead. In the tables `vs default` is the default's time over the
+variant's: above 1 means the variant is faster and the default should change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+import common
+import torch
+from attnkit import perf
+
+TOKENS = 16384
+HEADS = 16
+HEAD_DIM = 128
+SEQLENS = (4096, 8192)
+QUICK = (8192,)
+ONE_SECTION = 1 << 60
+
+
+def _inputs(batch: int, seqlen: int):
+    def one():
+        return torch.randn(batch, seqlen, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+
+    return one(), one(), one()
+
+
+def _with_sections(fn: Callable[[], object], section_bytes: int | None) -> Callable[[], object]:
+    """fn with the launchers' L2 section budget replaced (None: unchanged)."""
+    if section_bytes is None:
+        return fn
+    from attnkit.cute import schedule
+
+    def call():
+        saved = schedule.L2_SECTION_BYTES
+        schedule.L2_SECTION_BYTES = section_bytes
+        try:
+            return fn()
+        finally:
+            schedule.L2_SECTION_BYTES = saved
+
+    return call
+
+
+def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
+    from attnkit.cute import attention_fwd as fwd
+
+    kw = dict(softmax_scale=1.0 / math.sqrt(HEAD_DIM), window_left=-1, window_right=0 if causal else -1)
+    calls = {
+        name: (lambda cfg=cfg: fwd.attention_fwd(q, k, v, None, None, **kw, config=cfg))
+        for name, cfg in fwd.variant_configs(causal, HEAD_DIM).items()
+    }
+    if causal:
+        calls["one L2 section"] = _with_sections(calls["default"], ONE_SECTION)
+    return calls
+
+
+def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
+    from attnkit.cute import attention_bwd as bwd
+    from attnkit.cute import attention_fwd as fwd
+
+    kw = dict(softmax_scale=1.0 / math.sqrt(HEAD_DIM), window_left=-1, window_right=0 if causal else -1)
+    out, lse = fwd.attention_fwd(q, k, v, None, None, **kw)
+    dout = torch.randn_like(out)
+    flags = {
+        "atomics (default)": {},
+        "TMA reduce-add": {"dq_tma_reduce": True},
+        "deterministic": {"deterministic": True},
+    }
+    assert set(flags) == set(bwd.variant_configs(causal, HEAD_DIM)), "bench and launcher variants disagree"
+    calls = {
+        name: (lambda f=f: bwd.attention_bwd(dout, q, k, v, out, lse, None, None, **kw, **f))
+        for name, f in flags.items()
+    }
+    if causal:
+        calls["one L2 section"] = _with_sections(calls["atomics (default)"], ONE_SECTION)
+    return calls
+
+
+def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.Table]:
+    if "cute" not in common.our_backends(("cute",)):
+        return []
+    fwd_table = common.Table("CuTe sm90 forward variants, bf16", "TFLOP/s", "bf16 matmul")
+    bwd_table = common.Table("CuTe sm90 backward variants, bf16", "TFLOP/s", "bf16 matmul")
+    for n in QUICK if args.quick else SEQLENS:
+        for causal in (False, True):
+            b = max(1, TOKENS // n)
+            shape = f"B{b} H{HEADS} N{n} D{HEAD_DIM}{' causal' if causal else ''}"
+            q, k, v = _inputs(b, n)
+            dims = (b, HEADS, n, n, HEAD_DIM)
+            for table, make, flops, default in (
+                (fwd_table, forward_variants, perf.attention_fwd_flops(*dims, causal=causal), "default"),
+                (bwd_table, backward_variants, perf.attention_bwd_flops(*dims, causal=causal), "atomics (default)"),
+            ):
+                try:
+                    calls = make(q, k, v, causal)
+                except Exception as e:  # the kernel itself fails: one row says why
+                    table.add(shape, "cute", True, common.Result(note=f"error: {common.short_error(e)}"))
+                    continue
+                for name, fn in calls.items():
+                    table.add(
+                        shape,
+                        name,
+                        name != default,  # the default is the column every variant is compared with
+                        common.measure(fn, budget),
+                        rate=lambda ms, w=flops: perf.tflops(w, ms),
+                        pct=lambda ms, w=flops: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
+                    )
+            del q, k, v
+            common.release()
+    bwd_table.notes.append("backward: the main kernel with its preprocess and postprocess, lse and O given.")
+    return [fwd_table, bwd_table]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"only N in {QUICK}")
+    p.add_argument("--budget-s", type=float, help="skip measurements that would start after this many s")
+    return p
+
+
+def main() -> None:
+    common.standalone("variants", run, parser().parse_args())
+
+
+if __name__ == "__main__":
+    main()
