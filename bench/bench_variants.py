@@ -1,6 +1,9 @@
 """What each switch of the CuTe sm90 attention kernels is worth, bf16, D = 128, 16,384 tokens, H = 16: the forward
 with each FA-style technique turned off (or on) against the default config, the backward with each way dQ reaches
-its float32 buffer, and for causal shapes the L2-sectioned tile order against one section of every head.
+its float32 buffer, and for causal shapes the L2-sectioned tile order against one section of every head. With
+8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at full
+length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding), where
+it does.
 
 Kernels are called through their launchers (attnkit.cute.attention_fwd / attention_bwd) with the variant's
 config, so only the kernel differs; the configs are `variant_configs` of those modules, which `python -m
@@ -26,11 +29,15 @@ QUICK = (8192,)
 ONE_SECTION = 1 << 60
 
 
-def _inputs(batch: int, seqlen: int):
-    def one():
-        return torch.randn(batch, seqlen, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+GROUP = 8
+SHORT_Q = 64
 
-    return one(), one(), one()
+
+def _inputs(batch: int, seqlen: int, kv_heads: int = HEADS, seqlen_q: int | None = None):
+    def one(n, h):
+        return torch.randn(batch, n, h, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+
+    return one(seqlen_q or seqlen, HEADS), one(seqlen, kv_heads), one(seqlen, kv_heads)
 
 
 def _with_sections(fn: Callable[[], object], section_bytes: int | None) -> Callable[[], object]:
@@ -51,15 +58,25 @@ def _with_sections(fn: Callable[[], object], section_bytes: int | None) -> Calla
 
 
 def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
+    """MHA inputs: every switch; GQA inputs (8 query heads per K/V head): packed against one head per tile."""
     from attnkit.cute import attention_fwd as fwd
 
     kw = dict(softmax_scale=1.0 / math.sqrt(HEAD_DIM), window_left=-1, window_right=0 if causal else -1)
-    calls = {
-        name: (lambda cfg=cfg: fwd.attention_fwd(q, k, v, None, None, **kw, config=cfg))
-        for name, cfg in fwd.variant_configs(causal, HEAD_DIM).items()
-    }
-    if causal:
-        calls["one L2 section"] = _with_sections(calls["default"], ONE_SECTION)
+    variants = fwd.variant_configs(causal, HEAD_DIM)
+    if q.shape[2] == k.shape[2]:
+        names = [n for n in variants if not n.startswith("pack GQA")] + (["one L2 section"] if causal else [])
+    else:
+        # whichever the launcher picks for this shape is the default; the other one is the variant
+        packs = fwd.pack_gqa_for(q.shape[2] // k.shape[2], q.shape[1], 0) > 1
+        names = ["default", "one head per tile" if packs else "pack GQA (8 heads)"]
+        variants["one head per tile"] = variants["default"]
+        variants["default"] = None
+    calls = {}
+    for name in names:
+        if name == "one L2 section":
+            calls[name] = _with_sections(calls["default"], ONE_SECTION)
+        else:
+            calls[name] = lambda cfg=variants[name]: fwd.attention_fwd(q, k, v, None, None, **kw, config=cfg)
     return calls
 
 
@@ -116,6 +133,22 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
                     )
             del q, k, v
             common.release()
+            for seqlen_q in (n, SHORT_Q):
+                kv_heads = HEADS // GROUP
+                shape = f"B{b} H{HEADS} Hkv{kv_heads} Nq{seqlen_q} Nk{n} D{HEAD_DIM}{' causal' if causal else ''}"
+                flops = perf.attention_fwd_flops(b, HEADS, seqlen_q, n, HEAD_DIM, causal=causal)
+                q, k, v = _inputs(b, n, kv_heads, seqlen_q)
+                for name, fn in forward_variants(q, k, v, causal).items():
+                    fwd_table.add(
+                        shape,
+                        name,
+                        name != "default",
+                        common.measure(fn, budget),
+                        rate=lambda ms, w=flops: perf.tflops(w, ms),
+                        pct=lambda ms, w=flops: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
+                    )
+                del q, k, v
+                common.release()
     bwd_table.notes.append("backward: the main kernel with its preprocess and postprocess, lse and O given.")
     return [fwd_table, bwd_table]
 

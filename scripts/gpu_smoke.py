@@ -192,6 +192,9 @@ GROUPS = {
             4, 2048, 2048, 8, 2, 128, -1, 0, 0, l2_budget=2 * 2048 * 256 * 2
         ),
         "d128 full persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 128, -1, -1, 0),
+        "d128 decode, 8 heads per K/V head packed": cute_fwd_case(2, 1, 1000, 8, 1, 128, -1, 0, 0),
+        "d64 short causal, 4 heads packed": cute_fwd_case(1, 50, 300, 8, 2, 64, -1, 0, 0),
+        "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0),
     },
     "cute-bwd": {
         "d64 full": cute_bwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),

@@ -133,6 +133,17 @@ def test_config_choice():
         fwd.choose_config(torch.float32, 64, 64, False, False)
 
 
+def test_gqa_packing_where_a_tile_would_be_mostly_empty():
+    assert fwd.pack_gqa_for(8, 1, 0) == 8  # decoding
+    assert fwd.pack_gqa_for(4, 64, 0) == 4
+    assert fwd.pack_gqa_for(4, 65, 0) == 1  # a half-full tile or more: one head per tile (not measured yet)
+    assert fwd.pack_gqa_for(1, 1, 0) == 1
+    assert fwd.pack_gqa_for(6, 1, 0) == 1  # 6 does not divide the 128-row tile
+    assert fwd.pack_gqa_for(8, 1, 8) == 1  # no packing with a bias
+    with pytest.raises(ValueError, match="pack_gqa"):
+        fwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=8, pack_gqa=4).make_kernel()
+
+
 def test_causal_sections_are_whole_groups_whose_kv_fits_l2():
     # 16k keys, d = 128, bf16: 8 MiB of K/V per head -> four heads in 32 MiB
     assert fwd.heads_per_section(16384, 128, 128, 2, 1, 64) == 4
@@ -168,6 +179,11 @@ def test_exp2_polynomials_meet_their_error_bound():
         (1, 333, 1000, 2, 2, 64, 64, 16, 3),
         (1, 333, 1000, 2, 2, 64, -1, -1, -24),
         (1, 256, 256, 2, 2, 256, -1, -1, 0),
+        # short queries with GQA: the group's heads packed per tile
+        (2, 1, 1000, 8, 1, 128, -1, 0, 0),
+        (1, 50, 300, 8, 2, 64, -1, 0, 0),
+        (1, 60, 333, 16, 1, 128, 64, 16, 0),
+        (1, 33, 200, 4, 2, 256, -1, -1, 0),
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -228,9 +244,10 @@ def mask_probe(
     n_block: Int32,
     has_left: cutlass.Constexpr,
     has_right: cutlass.Constexpr,
+    pack: cutlass.Constexpr,
 ):
     tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", _TILE_N, num_warpgroups=2)
-    mask = AttentionMask(seqlen_q, seqlen_k, window_left, window_right, has_left, has_right, _TILE_N)
+    mask = AttentionMask(seqlen_q, seqlen_k, window_left, window_right, has_left, has_right, _TILE_N, pack)
     row_start = m_block * _TILE_M
     n_min, n_max = mask.n_block_range(row_start, row_start + _TILE_M)
     info[0] = n_min
@@ -352,9 +369,11 @@ def _visible(sq, sk, wl, wr):
     return vis
 
 
+@pytest.mark.parametrize("pack", [1, 4])
 @pytest.mark.parametrize("sq, sk", [(1, 1000), (77, 1000), (1000, 77), (300, 300), (129, 257)])
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0)])
-def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr):
+def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr, pack):
+    """pack = G: tile row r is query position r // G (the G heads of a GQA group packed per tile)."""
     from cutlass.cute.runtime import from_dlpack
 
     mask_probe = probes[0]
@@ -366,13 +385,14 @@ def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr):
     def args(m, n):
         return (from_dlpack(vals), from_dlpack(coords), from_dlpack(info), sq, sk, max(wl, 0), max(wr, 0), m, n)
 
-    key = (wl >= 0, wr >= 0)
+    key = (wl >= 0, wr >= 0, pack)
     if key not in _COMPILED_MASK_PROBES:
         _COMPILED_MASK_PROBES[key] = cute.compile(mask_probe, *args(0, 0), *key, options=_HOPPER)
     run = _COMPILED_MASK_PROBES[key]
-    vis = _visible(sq, sk, wl, wr)
+    # one row per (position, head of the group), head fastest
+    vis = _visible(sq, sk, wl, wr).repeat_interleave(pack, dim=0)
     num_key_blocks = math.ceil(sk / _TILE_N)
-    for m in range(math.ceil(sq / _TILE_M)):
+    for m in range(math.ceil(pack * sq / _TILE_M)):
         run(*args(m, 0))
         n_min, n_max = int(info[0]), int(info[1])
         assert 0 <= n_min and n_max <= num_key_blocks
@@ -383,7 +403,7 @@ def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr):
             run(*args(m, n))
             rows = coords[..., 0].long() + m * _TILE_M
             cols = coords[..., 1].long() + n * _TILE_N
-            live = rows < sq
+            live = rows < pack * sq
             expect = torch.zeros_like(live)
             inside = live & (cols < sk)
             expect[inside] = vis[rows[inside], cols[inside]]
@@ -429,6 +449,47 @@ def test_persistent_schedule_covers_every_tile_once(probes, longest_first, heads
         assert torch.equal(rows[:, 0], rows[:, 0].sort(descending=True).values), "last query blocks first"
         size = len(rows) // m_blocks
         assert torch.equal(bh[section == s][:size].sort().values, bh[section == s][:size]), "heads in order"
+
+
+def _packed_view_probe(kernel):
+    @cute.jit
+    def probe(
+        q: cute.Tensor,  # (b, s, h, d) float32
+        lse: cute.Tensor,  # (b, h, s) float32
+        q_out: cute.Tensor,  # (G * s, d, h / G, b): what the packed view reads at each (tile row, col, head, batch)
+        lse_out: cute.Tensor,  # (b, h / G, G * s)
+    ):
+        packed = kernel.to_packed(q)
+        packed_lse = kernel.lse_view(lse)
+        for r in cutlass.range(q_out.shape[0]):
+            for c in cutlass.range(q_out.shape[1]):
+                for h in cutlass.range(q_out.shape[2]):
+                    for b in cutlass.range(q_out.shape[3]):
+                        q_out[r, c, h, b] = packed[r, c, h, b]
+                        lse_out[b, h, r] = packed_lse[b, h, r]
+
+    return probe
+
+
+@pytest.mark.parametrize("group", [1, 2, 8])
+def test_packed_gqa_views_put_the_group_heads_in_the_tile_rows(group):
+    """Tile row r of K/V head j reads query position r // G of query head j * G + r % G, for Q, O and lse."""
+    from cutlass.cute.runtime import from_dlpack
+
+    kernel = AttentionFwdSm90(cutlass.BFloat16, 64, 64, 128, 2, False, True, pack_gqa=group)
+    b, s, h, d = 2, 5, 2 * group, 3
+    q = torch.arange(b * s * h * d, dtype=torch.float32).reshape(b, s, h, d)
+    lse = torch.arange(b * h * s, dtype=torch.float32).reshape(b, h, s) + 0.5
+    q_out = torch.zeros(group * s, d, h // group, b)
+    lse_out = torch.zeros(b, h // group, group * s)
+    args = [from_dlpack(t) for t in (q, lse, q_out, lse_out)]
+    cute.compile(_packed_view_probe(kernel), *args, options=_HOPPER)(*args)
+    rows = torch.arange(group * s)
+    for j in range(h // group):
+        heads = j * group + rows % group
+        expect_q = q[:, rows // group, heads, :]  # (b, G * s, d)
+        assert torch.equal(q_out[:, :, j, :].permute(2, 0, 1), expect_q)
+        assert torch.equal(lse_out[:, j, :], lse[:, heads, rows // group])
 
 
 def _layout_signature(t) -> str:

@@ -9,6 +9,8 @@ Tensor conventions at the kernel boundary (last dim contiguous everywhere but ls
     mQ  (b, s_q, h, d)        mK  (b, s_k, h_kv, d)      mV  (b, s_k, h_kv, dv)
     mO  (b, s_q, h, dv)       mLSE (b, h, s_q) float32
     mQf (bq, s_q, hq, r)      mKf (bk, s_k, hk, r)       with bq, bk in {1, b} and hq, hk in {1, h}
+With ``pack_gqa`` = G > 1 the G query heads of one K/V head share each tile (``to_packed``): tile row r
+is head r % G of the group at query position r // G, and K/V are read once per group.
 Logits are ``softmax_scale * q.k + qf.kf``; the kernels receive ``softmax_scale * log2(e)``. The
 factors are float32 ("position-like", product in float32 FMAs) or, with ``bias_mma``, in the input
 dtype (product on the tensor cores as extra k16 slices: S = scale * (Q K^T) + Qf Kf^T).
@@ -44,6 +46,7 @@ class AttentionFwdBase:
         rescale_threshold: float = 0.0,
         poly_exp2_per_8: int = 0,
         bias_mma: bool = False,
+        pack_gqa: int = 1,
     ):
         if dtype not in (cutlass.Float16, cutlass.BFloat16):
             raise TypeError(f"attention supports fp16/bf16 inputs, got {dtype}")
@@ -55,6 +58,8 @@ class AttentionFwdBase:
             raise ValueError(f"bias rank is padded to a multiple of {rank_step} in [0, 64], got {bias_rank}")
         if not 0 <= poly_exp2_per_8 <= 8:
             raise ValueError("poly_exp2_per_8 must be in [0, 8]")
+        if pack_gqa < 1 or tile_m % pack_gqa != 0 or (pack_gqa > 1 and bias_rank > 0):
+            raise ValueError(f"pack_gqa must divide the {tile_m}-row tile and excludes a bias, got {pack_gqa}")
         self.dtype = dtype
         self.head_dim = head_dim
         self.head_dim_v = head_dim_v
@@ -67,6 +72,7 @@ class AttentionFwdBase:
         self.bias_mma = bias_mma and bias_rank > 0
         self.rescale_threshold = rescale_threshold
         self.poly_exp2_per_8 = poly_exp2_per_8
+        self.pack_gqa = pack_gqa
         # degree 3 is within a bf16 half-ulp budget with margin; fp16 has 4x finer rounding
         self.poly_degree = 3 if dtype is cutlass.BFloat16 else 4
 
@@ -84,11 +90,34 @@ class AttentionFwdBase:
         """(b, s, h, d) -> (s, d, h, b): the (s, d) tile is what TMA and the MMAs consume."""
         return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
 
+    def to_packed(self, t: cute.Tensor) -> cute.Tensor:
+        """Q or O, (b, s, h, d) -> ((G, s), d, h / G, b): a tile's rows walk the G heads of a group, then s.
+
+        Without packing (G = 1) this is ``to_sdhb``. TMA takes the (G, rows / G) box of the first mode as two
+        of its dimensions, so sequence tails are clipped as usual.
+        """
+        if const_expr(self.pack_gqa == 1):
+            return self.to_sdhb(t)
+        g = self.pack_gqa
+        b, s, h, d = t.shape
+        sb, ss, sh, sd = t.stride
+        return cute.make_tensor(t.iterator, cute.make_layout(((g, s), d, h // g, b), stride=((sh, ss), sd, sh * g, sb)))
+
+    def lse_view(self, lse: cute.Tensor) -> cute.Tensor:
+        """lse (b, h, s) -> (b, h / G, (G, s)): indexed by the batch, the tile's head and the tile row."""
+        if const_expr(self.pack_gqa == 1):
+            return lse
+        g = self.pack_gqa
+        b, h, s = lse.shape
+        sb, sh, ss = lse.stride
+        return cute.make_tensor(lse.iterator, cute.make_layout((b, h // g, (g, s)), stride=(sb, sh * g, (sh, ss))))
+
     def make_scheduler(
-        self, seqlen_q: Int32, num_heads: Int32, num_batch: Int32, heads_per_section: Int32
+        self, q_rows: Int32, num_heads: Int32, num_batch: Int32, heads_per_section: Int32
     ) -> PersistentTileScheduler:
+        """``q_rows``: the tile rows of one (batch, head) -- seqlen_q, or G * seqlen_q packed."""
         return PersistentTileScheduler(
-            cute.ceil_div(seqlen_q, self.tile_m),
+            cute.ceil_div(q_rows, self.tile_m),
             num_heads,
             num_batch,
             longest_first=self.has_window_right,
@@ -104,6 +133,7 @@ class AttentionFwdBase:
             self.has_window_left,
             self.has_window_right,
             self.tile_n,
+            rows_per_position=self.pack_gqa,
         )
 
     def make_softmax(self, scale_log2: Float32, num_rows: int) -> OnlineSoftmax:
@@ -139,14 +169,14 @@ class AttentionFwdBase:
         self,
         lse: cute.Tensor,  # (rows per thread,) float32 registers
         tOcO: cute.Tensor,  # (row, col) in the tile of each acc_O element
-        gLSE: cute.Tensor,  # (s_q,) float32 of this (batch, head)
+        gLSE: cute.Tensor,  # (s_q,) or packed ((G, s_q),) float32 of this (batch, tile head)
         row_base: Int32,
-        seqlen_q: Int32,
+        q_rows: Int32,  # s_q, or G * s_q packed
     ) -> None:
-        """One lane per quad writes the rows it owns; rows past seqlen_q are dropped."""
+        """One lane per quad writes the rows it owns; rows past the last query are dropped."""
         c_mn = acc_view_mn(tOcO)
         if c_mn[0, 0][1] == 0:
             for r in cutlass.range_constexpr(cute.size(lse)):
                 row = row_base + c_mn[r, 0][0]
-                if row < seqlen_q:
+                if row < q_rows:
                     gLSE[row] = lse[r]

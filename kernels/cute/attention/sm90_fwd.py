@@ -3,11 +3,13 @@
 Supported: fp16/bf16; head dims 64, 96, 128, 192, 256 (q/k and v may differ); any sequence lengths
 (TMA zero-fills and clips the tails); causal (bottom-right) and sliding windows, masked only on
 boundary tiles; GQA/MQA by indexing the K/V head (no copies; heads of a group run on neighbouring
-CTAs and share K/V through L2); a low-rank logit bias ``qf @ kf.T`` whose factors are TMA-loaded
+CTAs and share K/V through L2) or, with ``pack_gqa`` = G, by packing the G query heads of a K/V head
+into each 128-row tile (rows: head fastest, then position), so K/V are read once per group and short
+query sequences fill the tile (the launcher packs where G divides 128, there is no bias and an
+unpacked tile would be mostly empty); a low-rank logit bias ``qf @ kf.T`` whose factors are TMA-loaded
 with Q and K: float32 factors in float32 FMAs, factors in the input dtype as extra wgmma k16
 slices; natural-log lse.
-Not supported: varlen, paged KV, dropout, fp8, K/V multicast across a cluster, packing the query
-heads of a GQA group into one tile.
+Not supported: varlen, paged KV, dropout, fp8, K/V multicast across a cluster, a bias with pack_gqa.
 
 CTA layout (3 warpgroups):
     WG0      producer: warp 0 issues every TMA load; the warpgroup gives registers back.
@@ -60,6 +62,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         intra_wg_overlap: bool = True,
         o_aliases_q: bool = False,
         bias_mma: bool = False,
+        pack_gqa: int = 1,
     ):
         super().__init__(
             dtype,
@@ -74,6 +77,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             rescale_threshold,
             poly_exp2_per_8,
             bias_mma,
+            pack_gqa,
         )
         self.pingpong = pingpong
         self.intra_wg_overlap = intra_wg_overlap
@@ -113,7 +117,9 @@ class AttentionFwdSm90(AttentionFwdBase):
     ):
         if const_expr(mQ.element_type != self.dtype or mK.element_type != self.dtype):
             raise TypeError("q, k, v, o must all have the kernel's dtype")
-        mQ, mK, mV, mO = [self.to_sdhb(t) for t in (mQ, mK, mV, mO)]
+        mQ, mO = [self.to_packed(t) for t in (mQ, mO)]
+        mK, mV = [self.to_sdhb(t) for t in (mK, mV)]
+        mLSE = self.lse_view(mLSE)
 
         tiled_mma_qk = sm90.make_tiled_mma(self.dtype, "K", "K", self.tile_n, num_warpgroups=NUM_MMA_WARPGROUPS)
         tiled_mma_pv = sm90.make_tiled_mma(
@@ -178,7 +184,7 @@ class AttentionFwdSm90(AttentionFwdBase):
 
         self.shared_storage = SharedStorage
 
-        scheduler = self.make_scheduler(mQ.shape[0], mQ.shape[2], mQ.shape[3], heads_per_section)
+        scheduler = self.make_scheduler(cute.size(mQ, mode=[0]), mQ.shape[2], mQ.shape[3], heads_per_section)
         self.kernel(
             tma_Q,
             tma_K,
@@ -216,11 +222,11 @@ class AttentionFwdSm90(AttentionFwdBase):
     @cute.kernel
     def kernel(
         self,
-        mQ: cute.Tensor,  # (s_q, d, h, b) TMA coordinates
+        mQ: cute.Tensor,  # (s_q, d, h, b) TMA coordinates; packed ((G, s_q), d, h_kv, b)
         mK: cute.Tensor,  # (s_k, d, h_kv, b)
         mV: cute.Tensor,  # (s_k, dv, h_kv, b)
-        mO: cute.Tensor,  # (s_q, dv, h, b)
-        mLSE: cute.Tensor,  # (b, h, s_q) float32
+        mO: cute.Tensor,  # (s_q, dv, h, b); packed ((G, s_q), dv, h_kv, b)
+        mLSE: cute.Tensor,  # (b, h, s_q) float32; packed (b, h_kv, (G, s_q))
         mQf: cute.Tensor | None,  # (s_q, r, hq, bq)
         mKf: cute.Tensor | None,  # (s_k, r, hk, bk)
         tma_atom_Q: cute.CopyAtom,
@@ -275,9 +281,11 @@ class AttentionFwdSm90(AttentionFwdBase):
             sQf = storage.sQf.get_tensor(sQf_layout)
             sKf = storage.sKf.get_tensor(sKf_layout)
 
-        seqlen_q = mQ.shape[0]
+        # packed, mode 0 of mQ is (G, s_q) and its heads are K/V heads
+        q_rows = cute.size(mQ, mode=[0])
+        seqlen_q = mQ.shape[0][1] if const_expr(self.pack_gqa > 1) else mQ.shape[0]
         num_heads = mQ.shape[2]
-        scheduler = self.make_scheduler(seqlen_q, num_heads, mQ.shape[3], heads_per_section)
+        scheduler = self.make_scheduler(q_rows, num_heads, mQ.shape[3], heads_per_section)
         mask = self.make_mask(seqlen_q, seqlen_k, window_left, window_right)
         qhead_per_kvhead = num_heads // mK.shape[2]
 
@@ -301,7 +309,7 @@ class AttentionFwdSm90(AttentionFwdBase):
     @cute.jit
     def load(
         self,
-        mQ: cute.Tensor,  # (s_q, d, h, b)
+        mQ: cute.Tensor,  # (s_q, d, h, b); packed ((G, s_q), d, h_kv, b)
         mK: cute.Tensor,  # (s_k, d, h_kv, b)
         mV: cute.Tensor,  # (s_k, dv, h_kv, b)
         mQf: cute.Tensor | None,  # (s_q, r, hq, bq)
@@ -416,8 +424,8 @@ class AttentionFwdSm90(AttentionFwdBase):
     def mma(
         self,
         tidx: Int32,
-        mO: cute.Tensor,  # (s_q, dv, h, b) TMA coordinates
-        mLSE: cute.Tensor,  # (b, h, s_q) float32
+        mO: cute.Tensor,  # (s_q, dv, h, b) TMA coordinates; packed ((G, s_q), dv, h_kv, b)
+        mLSE: cute.Tensor,  # (b, h, s_q) float32; packed (b, h_kv, (G, s_q))
         sQ: cute.Tensor,  # (tile_m, d) smem
         sK: cute.Tensor,  # (tile_n, d, stages) smem
         sV: cute.Tensor,  # (tile_n, dv, stages) smem
@@ -535,7 +543,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             o_mn = acc_view_mn(acc_O)
             for r in cutlass.range_constexpr(num_rows):
                 o_mn[r, None].store(o_mn[r, None].load() * out_scale[r])
-            self.store_lse(lse, tOcO, mLSE[batch, head, None], row_start, mask.seqlen_q)
+            self.store_lse(lse, tOcO, mLSE[batch, head, None], row_start, mask.seqlen_q * self.pack_gqa)
 
             if is_store_thread:
                 # the previous tile's store must have finished reading sO

@@ -7,6 +7,9 @@ window_right)`` with ``offset = seqlen_k - seqlen_q``; causal is ``has_right`` w
 
 Only boundary tiles are masked: the kernel asks ``tile_needs_mask`` per (rows, key block) and calls
 ``apply`` under that runtime branch; interior tiles pay one comparison per tile.
+
+Rows are tile rows; with ``rows_per_position`` = G > 1 (the query heads of a GQA group packed into one
+tile, head fastest) tile row r is query position r // G.
 """
 
 import cutlass
@@ -27,6 +30,7 @@ class AttentionMask(RuntimeFields):
         has_left: bool,
         has_right: bool,
         tile_n: int,
+        rows_per_position: int = 1,
     ):
         self.seqlen_q = seqlen_q
         self.seqlen_k = seqlen_k
@@ -35,11 +39,23 @@ class AttentionMask(RuntimeFields):
         self.has_left = has_left
         self.has_right = has_right
         self.tile_n = tile_n
+        self.rows_per_position = rows_per_position
         self.offset = seqlen_k - seqlen_q
+
+    def position(self, row: Int32) -> Int32:
+        """The query position of tile row ``row``."""
+        return row if const_expr(self.rows_per_position == 1) else row // self.rows_per_position
+
+    def position_end(self, row_end: Int32) -> Int32:
+        """One past the position of the last row before ``row_end``."""
+        if const_expr(self.rows_per_position == 1):
+            return row_end
+        return cute.ceil_div(row_end, self.rows_per_position)
 
     @cute.jit
     def n_block_range(self, row_start: Int32, row_end: Int32) -> tuple[Int32, Int32]:
         """Key blocks [n_min, n_max) that any row in [row_start, row_end) can see (maybe empty)."""
+        row_start, row_end = self.position(row_start), self.position_end(row_end)
         n_max = cute.ceil_div(self.seqlen_k, self.tile_n)
         if const_expr(self.has_right):
             last_row = cutlass.min(row_end, self.seqlen_q) - 1
@@ -55,6 +71,7 @@ class AttentionMask(RuntimeFields):
     @cute.jit
     def tile_needs_mask(self, row_start: Int32, row_end: Int32, n_block: Int32) -> cutlass.Boolean:
         """Whether any (row, key) of the tile is invisible. Rows at or past seqlen_q are ignored."""
+        row_start, row_end = self.position(row_start), self.position_end(row_end)
         key_start = n_block * self.tile_n
         key_end = key_start + self.tile_n
         need = key_end > self.seqlen_k
@@ -72,7 +89,7 @@ class AttentionMask(RuntimeFields):
         c_mn = acc_view_mn(tScS)
         key_base = n_block * self.tile_n
         for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
-            row = row_base + c_mn[r, 0][0]
+            row = self.position(row_base + c_mn[r, 0][0])
             key_hi = self.seqlen_k
             if const_expr(self.has_right):
                 key_hi = cutlass.min(key_hi, row + self.offset + self.window_right + 1)

@@ -34,6 +34,7 @@ __all__ = [
 _CACHE = CompileCache("attention_fwd_sm90")
 
 SMEM_CAPACITY = 227 * 1024
+TILE_M = 128  # query rows per tile: two consumer warpgroups of 64
 
 # head_dim -> (tile_n, num_stages, o_aliases_q). Not yet measured on an H100: sized so that
 # Q + stages * (K + V) + O fits the 227 KiB of shared memory and acc_S + P + acc_O fit the 240
@@ -68,6 +69,8 @@ class FwdConfig:
     poly_exp2_per_8: int = 0
     pingpong: bool = True
     intra_wg_overlap: bool = True
+    # query heads per K/V head packed into one tile (1: one head per tile); see sm90_fwd.py
+    pack_gqa: int = 1
     arch: str = "sm_90a"
 
     def make_kernel(self):
@@ -90,6 +93,7 @@ class FwdConfig:
             intra_wg_overlap=self.intra_wg_overlap,
             o_aliases_q=self.o_aliases_q,
             bias_mma=self.bias_mma,
+            pack_gqa=self.pack_gqa,
         )
 
 
@@ -108,6 +112,7 @@ def choose_config(
     bias_rank: int = 0,
     bias_mma: bool = False,
     arch: str = "sm_90a",
+    pack_gqa: int = 1,
 ) -> FwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention supports fp16/bf16, got {dtype}")
@@ -128,6 +133,7 @@ def choose_config(
         tile_n=tile_n,
         num_stages=stages,
         o_aliases_q=o_aliases_q,
+        pack_gqa=pack_gqa,
         arch=arch,
     )
     # the bias factors take smem too: give up the separate O buffer, then halve the key tile
@@ -153,7 +159,20 @@ def shipped_configs(arch: str = "sm_90a") -> list[FwdConfig]:
     configs.append(choose_config(torch.float16, 64, 64, False, False, bias_rank=8, bias_mma=True, arch=arch))
     for head_dim in (96, 192, 256):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, False, arch=arch))
+    # decoding and short chunks with the common GQA groups: their query heads packed per tile
+    for group in (4, 8):
+        configs.append(choose_config(torch.bfloat16, 128, 128, False, True, arch=arch, pack_gqa=group))
     return configs
+
+
+def pack_gqa_for(group: int, seqlen_q: int, bias_rank: int) -> int:
+    """How many query heads of a K/V head to pack per tile: the whole group where the group divides the
+    128-row tile, there is no bias, and an unpacked tile would be mostly empty (short query sequences:
+    decoding, chunked prefill). Longer sequences keep one head per tile until a device run measures
+    packing there (bench_variants' "pack GQA" row)."""
+    if group > 1 and TILE_M % group == 0 and bias_rank == 0 and seqlen_q * 2 <= TILE_M:
+        return group
+    return 1
 
 
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, FwdConfig]:
@@ -166,6 +185,8 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
         "poly exp2 on 2 of 8": dataclasses.replace(base, poly_exp2_per_8=2),
         "no ping-pong": dataclasses.replace(base, pingpong=False),
         "no intra-WG overlap": dataclasses.replace(base, intra_wg_overlap=False),
+        # for inputs with 8 query heads per K/V head
+        "pack GQA (8 heads)": dataclasses.replace(base, pack_gqa=8),
     }
 
 
@@ -297,11 +318,21 @@ def attention_fwd(
             raise ValueError("factor batch/head extents must be 1 or match q")
     # learned factors in q's dtype go on the tensor cores; float32 (position-like) ones on FMAs
     bias_mma = rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype
+    group = num_heads // k.shape[2]
     cfg = choose_config(
-        q.dtype, head_dim, head_dim_v, window_left >= 0, window_right >= 0, bias_rank=rank, bias_mma=bias_mma
+        q.dtype,
+        head_dim,
+        head_dim_v,
+        window_left >= 0,
+        window_right >= 0,
+        bias_rank=rank,
+        bias_mma=bias_mma,
+        pack_gqa=pack_gqa_for(group, seqlen_q, rank),
     )
     if config is not None:
         fixed = ("dtype", "head_dim", "head_dim_v", "window_left", "window_right", "bias_rank", "bias_mma", "arch")
+        if config.pack_gqa not in (1, group):
+            raise ValueError(f"config packs {config.pack_gqa} query heads per K/V head; the inputs have {group}")
         wrong = [f for f in fixed if getattr(config, f) != getattr(cfg, f)]
         if wrong:
             raise ValueError(f"config disagrees with the inputs in {', '.join(wrong)}: {config} vs {cfg}")
@@ -334,9 +365,8 @@ def attention_fwd(
         _window_arg(window_left, seqlen_q, k.shape[1]),
         _window_arg(window_right, seqlen_q, k.shape[1]),
         _sm_count(q.device),
-        heads_per_section(
-            k.shape[1], head_dim, head_dim_v, q.element_size(), num_heads // k.shape[2], batch * num_heads
-        ),
+        # packed, the schedule's heads are K/V heads
+        heads_per_section(k.shape[1], head_dim, head_dim_v, q.element_size(), group, batch * num_heads) // cfg.pack_gqa,
         stream,
     )
     try:
