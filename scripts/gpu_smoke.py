@@ -206,6 +206,8 @@ GROUPS = {
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
         "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
         "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
+        "d128 causal MQA, 16 query heads split over CTAs": cute_bwd_case(1, 512, 512, 16, 1, 128, -1, 0, 0),
+        "d64 GQA bias r8, heads split over CTAs": cute_bwd_case(1, 300, 300, 8, 2, 64, -1, -1, 8),
         "d128 causal deterministic, 2-head L2 sections": cute_bwd_case(
             2, 1024, 1024, 8, 4, 128, -1, 0, 8, dq_mode="deterministic", l2_budget=2 * 2 * 1024 * 520
         ),

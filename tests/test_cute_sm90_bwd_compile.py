@@ -146,6 +146,18 @@ def test_backward_schedule_runs_each_head_key_blocks_in_order(causal, heads_per_
             assert torch.equal(blocks, blocks.sort().values), "first key blocks first"
 
 
+def test_head_splits_fill_the_sms_without_an_empty_share():
+    assert bwd.head_splits(16, 4, 132, False) == 16  # MQA, 4 key blocks: one query head per CTA
+    assert bwd.head_splits(8, 200, 132, False) == 1  # enough CTAs already
+    assert bwd.head_splits(8, 4, 132, True) == 1  # deterministic: no float32 atomics for dK / dV
+    assert bwd.head_splits(1, 4, 132, False) == 1
+    for group in range(2, 65):
+        for ctas in (1, 3, 7, 20, 40, 100):
+            splits = bwd.head_splits(group, ctas, 132, False)
+            per = -(-group // splits)  # the kernel's share per CTA
+            assert 1 <= splits <= group and (splits - 1) * per < group, (group, ctas, splits)
+
+
 def test_backward_sections_hold_the_query_side_of_whole_kv_heads():
     # 8k queries, d = 128, bf16, groups of 4: 4 * 8192 * (512 + 8) bytes = 16.25 MiB per K/V head -> 1 per section
     assert bwd.heads_per_section(8192, 128, 128, 2, 4, 64) == 1
@@ -189,6 +201,8 @@ def test_configs_are_distinct_cache_keys():
         (1, 333, 1000, 4, 2, 64, 64, 16, 3),
         (2, 500, 700, 4, 4, 128, -1, 0, 8),
         (1, 256, 256, 2, 2, 64, -1, -1, 64),
+        # a small grid: the 16 query heads of the one K/V head split over CTAs (not in deterministic mode)
+        (1, 512, 512, 16, 1, 128, -1, 0, 0),
     ],
 )
 @pytest.mark.parametrize(

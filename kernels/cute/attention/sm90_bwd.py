@@ -2,7 +2,8 @@
 
 Supported: fp16/bf16; head dims 64, 96 and 128 (d == dv); any sequence lengths (TMA zero-fills the
 tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
-tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers); the
+tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers; with
+``split_heads``, for grids smaller than the GPU, several CTAs share a group and add float32 dK/dV); the
 low-rank logit bias ``qf @ kf.T`` in float32 FMAs, with the factor gradients computed in float32
 from a float32 copy of dS in smem by every consumer thread while the dQ and dK wgmmas run, and added
 with atomics.
@@ -203,10 +204,13 @@ class AttentionBwdSm90(AttentionBwdBase):
         bias_rank: int = 0,
         dq_tma_reduce: bool = False,
         deterministic: bool = False,
+        split_heads: bool = False,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         if deterministic and dq_tma_reduce:
             raise ValueError("the deterministic mode orders the dQ atomics; it excludes dq_tma_reduce")
+        if deterministic and split_heads:
+            raise ValueError("split_heads adds dK/dV partials with atomics; the deterministic mode excludes it")
         if bias_rank % 4 != 0 or not 0 <= bias_rank <= 64:
             raise ValueError(f"bias rank is padded to a multiple of 4 in [0, 64], got {bias_rank}")
         self.num_stages = num_stages
@@ -218,6 +222,9 @@ class AttentionBwdSm90(AttentionBwdBase):
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
         self.deterministic = deterministic
+        # the query heads of a K/V head are split over `head_splits` CTAs (a runtime count), which add their
+        # dK / dV partials into float32 buffers: more CTAs when key blocks x K/V heads x batch is small (MQA)
+        self.split_heads = split_heads
         self.num_threads = WARPGROUP_THREADS * (1 + NUM_MMA_WARPGROUPS)
         self.num_mma_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
         # dQ = dS K is split along d: each warpgroup owns d / 2 columns
@@ -257,8 +264,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         mLSE2: cute.Tensor,  # (b, h, s_q_pad) float32, log2 units, +inf where P must be 0
         mDpsum: cute.Tensor,  # (b, h, s_q_pad) float32
         mdQaccum: cute.Tensor,  # (b, h, s_q_pad, d) float32, zero-initialised
-        mdK: cute.Tensor,  # (b, s_k, h_kv, d)
-        mdV: cute.Tensor,  # (b, s_k, h_kv, dv)
+        mdK: cute.Tensor,  # (b, s_k, h_kv, d); float32 and zero-initialised with split_heads
+        mdV: cute.Tensor,  # (b, s_k, h_kv, dv); float32 and zero-initialised with split_heads
         mQf: cute.Tensor | None,  # (bq, s_q, hq, r) float32, r = bias_rank
         mKf: cute.Tensor | None,  # (bk, s_k, hk, r) float32
         mdQf: cute.Tensor | None,  # (b, h, s_q_pad, r) float32, zero-initialised
@@ -269,6 +276,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         window_left: Int32,
         window_right: Int32,
         heads_per_section: Int32,  # causal order: K/V heads whose Q and dO share L2 (see the scheduler)
+        head_splits: Int32,  # CTAs per (key block, K/V head, batch), each taking a share of the query heads
         stream: cuda.CUstream,
     ):
         if const_expr(mQ.element_type != self.dtype or mK.element_type != self.dtype):
@@ -375,7 +383,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             mSem = cute.make_tensor(mSem.iterator, cute.select(mSem.layout, mode=[2, 1, 0]))
         mdK, mdV = [self.to_sdhb(t) for t in (mdK, mdV)]
 
-        schedule = self.make_schedule(mK.shape[0], mK.shape[2], mK.shape[3], heads_per_section)
+        schedule = self.make_schedule(mK.shape[0], mK.shape[2] * head_splits, mK.shape[3], heads_per_section)
         self.kernel(
             tma_Q, tma_K, tma_V, tma_dO, tma_Qf, tma_Kf, tma_LSE2, tma_Dpsum,
             mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
@@ -384,7 +392,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq,
             sQ_layout, sK_layout, sV_layout, sdO_layout, sdS_layout, sQf_layout, sKf_layout, sdSf_layout,
             sStat_layout, sdQ_layout,
-            softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section,
+            softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section, head_splits,
         ).launch(
             grid=(schedule.num_tiles(), 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )  # fmt: skip
@@ -434,6 +442,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         window_left: Int32,
         window_right: Int32,
         heads_per_section: Int32,
+        head_splits: Int32,
     ):
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         tidx, _, _ = cute.arch.thread_idx()
@@ -471,9 +480,14 @@ class AttentionBwdSm90(AttentionBwdBase):
         if const_expr(self.dq_tma_reduce):
             sdQ = storage.sdQ.get_tensor(sdQ_layout)
 
-        schedule = self.make_schedule(mK.shape[0], mK.shape[2], mK.shape[3], heads_per_section)
-        n_block, head_kv, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
+        schedule = self.make_schedule(mK.shape[0], mK.shape[2] * head_splits, mK.shape[3], heads_per_section)
+        n_block, split_head, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
+        head_kv = split_head // head_splits
         qhead_per_kvhead = mQ.shape[2] // mK.shape[2]
+        # this CTA's query heads of the group: [g_lo, g_hi)
+        heads_per_split = cute.ceil_div(qhead_per_kvhead, head_splits)
+        g_lo = (split_head % head_splits) * heads_per_split
+        g_hi = cutlass.min(g_lo + heads_per_split, qhead_per_kvhead)
         m_min, m_max = self.m_block_range(n_block, mQ.shape[0], mK.shape[0], window_left, window_right)
 
         if warp_idx < WARP_ROLES.mma_wg1[0]:
@@ -483,7 +497,8 @@ class AttentionBwdSm90(AttentionBwdBase):
                     mQ, mK, mV, mdO, mQf, mKf, mLSE2, mDpsum, sQ, sK, sV, sdO, sQf, sKf, sLSE2, sDpsum,
                     tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf,
                     tma_atom_LSE2, tma_atom_Dpsum,
-                    pipeline_kv, pipeline_q, pipeline_kf, n_block, head_kv, batch, qhead_per_kvhead, m_min, m_max,
+                    pipeline_kv, pipeline_q, pipeline_kf, n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi,
+                    m_min, m_max,
                 )  # fmt: skip
         else:
             cute.arch.setmaxregister_increase(MMA_REGS)
@@ -492,7 +507,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
                 sQ, sK, sV, sdO, sdS, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, tma_atom_dQ,
                 tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
-                n_block, head_kv, batch, qhead_per_kvhead, m_min, m_max,
+                n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
             )  # fmt: skip
 
@@ -574,6 +589,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         head_kv: Int32,
         batch: Int32,
         qhead_per_kvhead: Int32,
+        g_lo: Int32,  # the query heads of the group this CTA takes: [g_lo, g_hi)
+        g_hi: Int32,
         m_min: Int32,
         m_max: Int32,
     ):
@@ -594,7 +611,7 @@ class AttentionBwdSm90(AttentionBwdBase):
 
         q_state = producer_state(self.num_stages)
         kf_state = producer_state(1)
-        for g in cutlass.range(qhead_per_kvhead, unroll=1):
+        for g in cutlass.range(g_lo, g_hi, unroll=1):
             head = head_kv * qhead_per_kvhead + g
             if const_expr(self.has_bias):
                 kf_batch = batch if mKf.shape[3] > 1 else 0
@@ -674,6 +691,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         head_kv: Int32,
         batch: Int32,
         qhead_per_kvhead: Int32,
+        g_lo: Int32,  # the query heads of the group this CTA takes: [g_lo, g_hi)
+        g_hi: Int32,
         m_min: Int32,
         m_max: Int32,
         seqlen_q: Int32,
@@ -733,7 +752,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         q_state = consumer_state(self.num_stages)
         kf_state = consumer_state(1)
         iteration = Int32(0)
-        for g in cutlass.range(qhead_per_kvhead, unroll=1):
+        for g in cutlass.range(g_lo, g_hi, unroll=1):
             head = head_kv * qhead_per_kvhead + g
             if const_expr(self.has_bias):
                 pipeline_kf.consumer_wait(kf_state)
@@ -844,23 +863,60 @@ class AttentionBwdSm90(AttentionBwdBase):
             if tidx % WARPGROUP_THREADS == 0:
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
 
-        # 8. epilogue: dK * softmax_scale and dV to the input dtype, rows past seqlen_k dropped
-        rdK = cute.make_rmem_tensor_like(acc_dK, self.dtype)
-        rdK.store((acc_dK.load() * softmax_scale).to(self.dtype))
-        rdV = cute.make_rmem_tensor_like(acc_dV, self.dtype)
-        rdV.store(acc_dV.load().to(self.dtype))
-        gdK = cute.local_tile(mdK[None, None, head_kv, batch], (tn, d), (n_block, 0))
-        gdV = cute.local_tile(mdV[None, None, head_kv, batch], (tn, dv), (n_block, 0))
+        # 8. epilogue: dK * softmax_scale and dV to the input dtype, rows past seqlen_k dropped; with
+        # split_heads added in float32 to the buffers the launcher converts
+        if const_expr(self.split_heads):
+            self.add_dkv_partials(acc_dK, acc_dV, mdK, mdV, thr_mma_dk, thr_mma_dv, n_block, head_kv, batch,
+                                  seqlen_k, softmax_scale)  # fmt: skip
+        else:
+            rdK = cute.make_rmem_tensor_like(acc_dK, self.dtype)
+            rdK.store((acc_dK.load() * softmax_scale).to(self.dtype))
+            rdV = cute.make_rmem_tensor_like(acc_dV, self.dtype)
+            rdV.store(acc_dV.load().to(self.dtype))
+            gdK = cute.local_tile(mdK[None, None, head_kv, batch], (tn, d), (n_block, 0))
+            gdV = cute.local_tile(mdV[None, None, head_kv, batch], (tn, dv), (n_block, 0))
+            tdKgdK = thr_mma_dk.partition_C(gdK)
+            tdVgdV = thr_mma_dv.partition_C(gdV)
+            tdKcdK = thr_mma_dk.partition_C(cute.make_identity_tensor((tn, d)))
+            tdVcdV = thr_mma_dv.partition_C(cute.make_identity_tensor((tn, dv)))
+            for i in cutlass.range(cute.size(rdK), unroll_full=True):
+                if key_start + tdKcdK[i][0] < seqlen_k:
+                    tdKgdK[i] = rdK[i]
+            for i in cutlass.range(cute.size(rdV), unroll_full=True):
+                if key_start + tdVcdV[i][0] < seqlen_k:
+                    tdVgdV[i] = rdV[i]
+
+    @cute.jit
+    def add_dkv_partials(
+        self,
+        acc_dK: cute.Tensor,
+        acc_dV: cute.Tensor,
+        mdK: cute.Tensor,  # (s_k, d, h_kv, b) float32
+        mdV: cute.Tensor,  # (s_k, dv, h_kv, b) float32
+        thr_mma_dk: cute.ThrMma,
+        thr_mma_dv: cute.ThrMma,
+        n_block: Int32,
+        head_kv: Int32,
+        batch: Int32,
+        seqlen_k: Int32,
+        softmax_scale: Float32,
+    ) -> None:
+        """split_heads: this CTA's share of dK (scaled) and dV, added with float32 atomics; rows past seqlen_k
+        dropped."""
+        tn = self.tile_n
+        key_start = n_block * tn
+        gdK = cute.local_tile(mdK[None, None, head_kv, batch], (tn, self.head_dim), (n_block, 0))
+        gdV = cute.local_tile(mdV[None, None, head_kv, batch], (tn, self.head_dim_v), (n_block, 0))
         tdKgdK = thr_mma_dk.partition_C(gdK)
         tdVgdV = thr_mma_dv.partition_C(gdV)
-        tdKcdK = thr_mma_dk.partition_C(cute.make_identity_tensor((tn, d)))
-        tdVcdV = thr_mma_dv.partition_C(cute.make_identity_tensor((tn, dv)))
-        for i in cutlass.range(cute.size(rdK), unroll_full=True):
+        tdKcdK = thr_mma_dk.partition_C(cute.make_identity_tensor((tn, self.head_dim)))
+        tdVcdV = thr_mma_dv.partition_C(cute.make_identity_tensor((tn, self.head_dim_v)))
+        for i in cutlass.range(cute.size(acc_dK), unroll_full=True):
             if key_start + tdKcdK[i][0] < seqlen_k:
-                tdKgdK[i] = rdK[i]
-        for i in cutlass.range(cute.size(rdV), unroll_full=True):
+                red_add_f32(tdKgdK, i, acc_dK[i] * softmax_scale)
+        for i in cutlass.range(cute.size(acc_dV), unroll_full=True):
             if key_start + tdVcdV[i][0] < seqlen_k:
-                tdVgdV[i] = rdV[i]
+                red_add_f32(tdVgdV, i, acc_dV[i])
 
     @cute.jit
     def first_n_block(self, row_start: Int32, seqlen_q: Int32, seqlen_k: Int32, window_left: Int32) -> Int32:

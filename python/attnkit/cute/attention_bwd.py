@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..broadcast import sum_to
-from .attention_fwd import _window_arg
+from .attention_fwd import _sm_count, _window_arg
 from .compile_cache import CompileCache
 from .schedule import section_heads
 from .tensors import tma_ready
@@ -74,6 +74,9 @@ class BwdConfig:
     dq_tma_reduce: bool = False
     # dQ (and the query-factor gradients) added in a fixed key-block order: bitwise reproducible
     deterministic: bool = False
+    # the query heads of a K/V head split over several CTAs (their count is a runtime argument), dK / dV
+    # added in float32: for grids of fewer CTAs than SMs (MQA, small batch)
+    split_heads: bool = False
     arch: str = "sm_90a"
 
     def make_kernel(self):
@@ -89,6 +92,7 @@ class BwdConfig:
             bias_rank=self.bias_rank,
             dq_tma_reduce=self.dq_tma_reduce,
             deterministic=self.deterministic,
+            split_heads=self.split_heads,
         )
 
 
@@ -130,6 +134,7 @@ def choose_config(
     arch: str = "sm_90a",
     dq_tma_reduce: bool = False,
     deterministic: bool = False,
+    split_heads: bool = False,
 ) -> BwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention backward supports fp16/bf16, got {dtype}")
@@ -149,6 +154,7 @@ def choose_config(
         num_stages=_TILES[head_dim],
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
+        split_heads=split_heads,
         arch=arch,
     )
     while cfg.num_stages > 1 and cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
@@ -172,6 +178,9 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     configs.append(choose_config(torch.bfloat16, 128, 128, True, True, bias_rank=8, arch=arch, deterministic=True))
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=8, arch=arch))
+    # MQA / GQA on small grids: the group's query heads split over CTAs
+    for causal in (False, True):
+        configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, arch=arch, split_heads=True))
     for name in ("bf16", "fp16"):
         for head_dim in (64, 96, 128):
             configs.append(BwdPreprocessConfig(name, head_dim, arch))
@@ -222,7 +231,7 @@ def _fake_args(cfg):
     elem = _cutlass_dtype(cfg.dtype)
     q, k, v, do = (fake(elem, 4, 8) for _ in range(4))
     lse2, dpsum, dq_accum = fake(f32, 3, 4), fake(f32, 3, 4), fake(f32, 4, 4)
-    dk, dv = fake(elem, 4, 8), fake(elem, 4, 8)
+    dk, dv = (fake(f32, 4, 4), fake(f32, 4, 4)) if cfg.split_heads else (fake(elem, 4, 8), fake(elem, 4, 8))
     bias = (None, None, None, None)
     if cfg.bias_rank:
         bias = tuple(fake(f32, 4, 4) for _ in range(4))
@@ -230,8 +239,8 @@ def _fake_args(cfg):
     if cfg.deterministic:
         shape = tuple(cute.sym_int() for _ in range(3))
         sem = make_fake_tensor(cutlass.Int32, shape, stride=(cute.sym_int64(), cute.sym_int64(), 1), assumed_align=4)
-    # softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section
-    scalars = (f32(1.0), f32(1.0), cutlass.Int32(0), cutlass.Int32(0), cutlass.Int32(1))
+    # softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section, head_splits
+    scalars = (f32(1.0), f32(1.0), cutlass.Int32(0), cutlass.Int32(0), cutlass.Int32(1), cutlass.Int32(1))
     return (q, k, v, do, lse2, dpsum, dq_accum, dk, dv, *bias, sem, *scalars, stream)
 
 
@@ -272,10 +281,26 @@ def heads_per_section(
     return section_heads(per_kv_head, num_bh_kv)
 
 
+def head_splits(group: int, ctas: int, sm_count: int, deterministic: bool) -> int:
+    """CTAs per (key block, K/V head, batch): enough to fill the SMs once, each with a whole share of the
+    group's query heads (no empty share); 1 in the deterministic mode (the partials are added by atomics)."""
+    if deterministic or group == 1 or ctas >= sm_count:
+        return 1
+    want = min(group, -(-sm_count // ctas))
+    per_split = -(-group // want)
+    return -(-group // per_split)
+
+
 def main_tile_m() -> int:
     from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
 
     return AttentionBwdSm90.tile_m
+
+
+def main_tile_n() -> int:
+    from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
+
+    return AttentionBwdSm90.tile_n
 
 
 def _round_up(x: int, m: int) -> int:
@@ -318,6 +343,11 @@ def attention_bwd(
     if lse.shape != (batch, num_heads, seqlen_q):
         raise ValueError(f"lse must be (B, H, Sq) = {(batch, num_heads, seqlen_q)}, got {tuple(lse.shape)}")
     rank = 0 if q_factor is None else q_factor.shape[-1]
+    group = num_heads // num_heads_kv
+    n_blocks = -(-seqlen_k // main_tile_n())
+    splits = 1
+    if q.is_cuda:
+        splits = head_splits(group, n_blocks * num_heads_kv * batch, _sm_count(q.device), deterministic)
     cfg = choose_config(
         q.dtype,
         head_dim,
@@ -327,6 +357,7 @@ def attention_bwd(
         bias_rank=rank,
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
+        split_heads=splits > 1,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -364,6 +395,11 @@ def attention_bwd(
     if deterministic:
         num_m_blocks = -(-seqlen_q // main_tile_m())
         sem = _to_cute(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
+    dk_out, dv_out = dk, dv
+    if splits > 1:
+        # the CTAs of one K/V head add their shares in float32; converted below
+        dk_out = torch.zeros(dk.shape, dtype=torch.float32, device=dev)
+        dv_out = torch.zeros(dv.shape, dtype=torch.float32, device=dev)
     stream = cuda.CUstream(torch.cuda.current_stream(dev).cuda_stream)
 
     pre(_to_cute(out), _to_cute(dout), _to_cute(lse), _to_cute(lse2), _to_cute(dpsum), stream)
@@ -375,8 +411,8 @@ def attention_bwd(
         _to_cute(lse2),
         _to_cute(dpsum),
         _to_cute(dq_accum),
-        _to_cute(dk),
-        _to_cute(dv),
+        _to_cute(dk_out),
+        _to_cute(dv_out),
         qf,
         kf,
         dqf_accum,
@@ -386,12 +422,17 @@ def attention_bwd(
         softmax_scale,
         _window_arg(window_left, seqlen_q, seqlen_k),
         _window_arg(window_right, seqlen_q, seqlen_k),
+        # the schedule's heads are (K/V head, split) pairs, each with a share of the group's query heads
         heads_per_section(
-            seqlen_q, head_dim, head_dim_v, q.element_size(), num_heads // num_heads_kv, batch * num_heads_kv
+            seqlen_q, head_dim, head_dim_v, q.element_size(), -(-group // splits), batch * num_heads_kv * splits
         ),
+        splits,
         stream,
     )
     post(_to_cute(dq_accum), _to_cute(dq), softmax_scale, stream)
+    if splits > 1:
+        dk.copy_(dk_out)
+        dv.copy_(dv_out)
 
     if rank:
         dqf = dqf_buf[:, :, :seqlen_q, :rank].transpose(1, 2)  # (B, Sq, H, R)
