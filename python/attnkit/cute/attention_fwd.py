@@ -168,8 +168,10 @@ def shipped_configs(arch: str = "sm_90a") -> list[FwdConfig]:
 def pack_gqa_for(group: int, seqlen_q: int, bias_rank: int) -> int:
     """How many query heads of a K/V head to pack per tile: the whole group where the group divides the
     128-row tile, there is no bias, and an unpacked tile would be mostly empty (short query sequences:
-    decoding, chunked prefill). Longer sequences keep one head per tile until a device run measures
-    packing there (bench_variants' "pack GQA" row)."""
+    decoding, chunked prefill). A tile costs the same whatever its number of live rows, so packing these
+    shapes does G times less work without making any CTA's work longer; it does not add parallelism over
+    the keys (no split-KV), which decoding on a small batch would need. Longer sequences keep one head per
+    tile until a device run measures packing there (bench_variants' "pack GQA" row)."""
     if group > 1 and TILE_M % group == 0 and bias_rank == 0 and seqlen_q * 2 <= TILE_M:
         return group
     return 1

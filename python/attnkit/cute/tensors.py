@@ -6,8 +6,12 @@ import torch
 
 
 def tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules); else a copy."""
+    """Last dim contiguous, other strides 16-byte multiples, 16-byte aligned base (TMA rules); else a copy.
+
+    A broadcast dim (stride 0, e.g. from ``expand``) is copied too: TMA strides must be positive.
+    """
     elems = 16 // t.element_size()
-    ok = t.stride(-1) == 1 and all(s % elems == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
+    strides_ok = all(s > 0 and s % elems == 0 for s in t.stride()[:-1])
+    ok = t.stride(-1) == 1 and strides_ok and t.data_ptr() % 16 == 0
     # a contiguous view at a misaligned offset needs a real copy (contiguous() would return it as is)
     return t if ok else t.clone(memory_format=torch.contiguous_format)
