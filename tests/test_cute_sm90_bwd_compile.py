@@ -271,3 +271,126 @@ def test_deterministic_mode_is_bitwise_reproducible():
         again = bwd.attention_bwd(dout, q, k, v, out, lse, qf, kf, **kw, deterministic=True)
         for x, y in zip(first, again, strict=True):
             assert torch.equal(x, y)
+
+
+# Host-side probe of the backward's visibility logic (no device instructions: runs on the CPU): the query
+# blocks each key block visits, the first key block of each query block (the deterministic dQ turns wait on
+# it: a wrong one deadlocks or races), the boundary-tile test and the masking of P^T, element by element.
+
+
+def _bwd_mask_probe(kernel):
+    from attnkit.kernels.cute.common import sm90
+
+    tn, tm = kernel.tile_n, kernel.tile_m
+
+    @cute.jit
+    def probe(
+        ranges: cute.Tensor,  # (n_blocks, 2) int32: m_min, m_max of each key block
+        first: cute.Tensor,  # (m_blocks,) int32: first_n_block of each query block
+        needs: cute.Tensor,  # (n_blocks, m_blocks) int32: tile_needs_mask
+        vals: cute.Tensor,  # (256, n_elem) float32: 1, or 0 where zero_invisible cleared P^T
+        coords: cute.Tensor,  # (256, n_elem, 2) int32: (key, query) within the tile
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+        window_left: Int32,
+        window_right: Int32,
+        n_probe: Int32,
+        m_probe: Int32,
+    ):
+        for n in cutlass.range(ranges.shape[0]):
+            m_min, m_max = kernel.m_block_range(n, seqlen_q, seqlen_k, window_left, window_right)
+            ranges[n, 0] = m_min
+            ranges[n, 1] = m_max
+            for m in cutlass.range(first.shape[0]):
+                tile = (m * tm, n * tn, seqlen_q, seqlen_k, window_left, window_right)
+                needs[n, m] = Int32(kernel.tile_needs_mask(*tile))
+        for m in cutlass.range(first.shape[0]):
+            first[m] = kernel.first_n_block(m * tm, seqlen_q, seqlen_k, window_left)
+        tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tm, num_warpgroups=2)
+        acc_shape = tiled_mma.get_slice(0).partition_shape_C((tn, tm))
+        for t in cutlass.range(256):
+            tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((tn, tm)))
+            acc = cute.make_tensor(vals[t, None].iterator, cute.make_layout(acc_shape))
+            for i in cutlass.range_constexpr(cute.size(acc)):
+                acc[i] = cutlass.Float32(1.0)
+                coords[t, i, 0] = tScS[i][0]
+                coords[t, i, 1] = tScS[i][1]
+            kernel.zero_invisible(acc, tScS, m_probe * tm, n_probe * tn, seqlen_q, seqlen_k, window_left, window_right)
+
+    return probe
+
+
+_BWD_MASK_PROBES = {}
+
+
+def _visible(sq, sk, wl, wr):
+    i = torch.arange(sq)[:, None] + sk - sq
+    j = torch.arange(sk)[None, :]
+    vis = torch.ones(sq, sk, dtype=torch.bool)
+    if wl >= 0:
+        vis &= j >= i - wl
+    if wr >= 0:
+        vis &= j <= i + wr
+    return vis
+
+
+@pytest.mark.parametrize("sq, sk", [(1, 300), (77, 300), (300, 77), (200, 200), (129, 257), (65, 1)])
+@pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0), (200, 3)])
+def test_backward_visibility_logic_matches_the_rule(sq, sk, wl, wr):
+    from cutlass.cute.runtime import from_dlpack
+
+    key = (wl >= 0, wr >= 0)
+    if key not in _BWD_MASK_PROBES:
+        kernel = AttentionBwdSm90(cutlass.BFloat16, 64, 64, 2, *key)
+        _BWD_MASK_PROBES[key] = (kernel, _bwd_mask_probe(kernel), {})
+    kernel, probe, compiled = _BWD_MASK_PROBES[key]
+    tm, tn = kernel.tile_m, kernel.tile_n
+    m_blocks, n_blocks = math.ceil(sq / tm), math.ceil(sk / tn)
+    ranges = torch.zeros(n_blocks, 2, dtype=torch.int32)
+    first = torch.zeros(m_blocks, dtype=torch.int32)
+    needs = torch.zeros(n_blocks, m_blocks, dtype=torch.int32)
+    vals = torch.zeros(256, tm * tn // 256)
+    coords = torch.zeros(256, tm * tn // 256, 2, dtype=torch.int32)
+
+    def run(n, m):
+        # block counts vary per case: dynamic extents, one compile per window kind
+        tensors = [from_dlpack(t).mark_layout_dynamic(leading_dim=t.dim() - 1) for t in (ranges, first, needs)]
+        tensors += [from_dlpack(t) for t in (vals, coords)]
+        args = (*tensors, sq, sk, max(wl, 0), max(wr, 0), n, m)
+        if "fn" not in compiled:
+            compiled["fn"] = cute.compile(probe, *args, options="--gpu-arch sm_90a")
+        compiled["fn"](*args)
+
+    run(0, 0)
+    vis = _visible(sq, sk, wl, wr)
+    padded = torch.zeros(m_blocks * tm, n_blocks * tn, dtype=torch.bool)
+    padded[:sq, :sk] = vis
+    tiles = padded.view(m_blocks, tm, n_blocks, tn).permute(2, 0, 1, 3)  # (n, m, rows, keys)
+    live = torch.zeros_like(padded)
+    live[:sq, :sk] = True
+    live = live.view(m_blocks, tm, n_blocks, tn).permute(2, 0, 1, 3)
+    visits = torch.zeros(n_blocks, m_blocks, dtype=torch.bool)
+    for n in range(n_blocks):
+        m_min, m_max = ranges[n].tolist()
+        visits[n, max(m_min, 0) : max(m_max, 0)] = True
+        seen = tiles[n].flatten(1).any(1)
+        assert not (seen & ~visits[n]).any(), f"key block {n} skips a query block with visible pairs"
+    for m in range(m_blocks):
+        blocks = visits[:, m].nonzero().flatten()
+        if len(blocks) == 0:
+            continue
+        assert torch.equal(blocks, torch.arange(blocks[0], blocks[-1] + 1)), (
+            f"query block {m}: key blocks not contiguous"
+        )
+        assert int(first[m]) == int(blocks[0]), f"query block {m}: first_n_block {int(first[m])} != {int(blocks[0])}"
+    for n in range(n_blocks):
+        for m in range(m_blocks):
+            if not visits[n, m]:
+                continue
+            if not tiles[n, m].all():
+                assert needs[n, m], f"tile (n {n}, m {m}) has invisible pairs but is not masked"
+            if needs[n, m]:
+                run(n, m)
+                keys, rows = coords[..., 0].long(), coords[..., 1].long()
+                expect = tiles[n, m][rows, keys]
+                assert torch.equal(vals == 1, expect), f"tile (n {n}, m {m}): P^T zeroed wrongly"
