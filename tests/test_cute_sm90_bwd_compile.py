@@ -394,3 +394,43 @@ def test_backward_visibility_logic_matches_the_rule(sq, sk, wl, wr):
                 keys, rows = coords[..., 0].long(), coords[..., 1].long()
                 expect = tiles[n, m][rows, keys]
                 assert torch.equal(vals == 1, expect), f"tile (n {n}, m {m}): P^T zeroed wrongly"
+
+
+def _operand_probe(kernel):
+    from attnkit.kernels.cute.common import sm90
+    from attnkit.kernels.cute.common.layouts import acc_view_as_operand_a
+
+    tn, tm = kernel.tile_n, kernel.tile_m
+
+    @cute.jit
+    def probe(out: cute.Tensor):  # (256, n_elem, 6) int32
+        mma_sdp = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tm, num_warpgroups=2)
+        mma_dv = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", kernel.head_dim_v, a_in_regs=True, num_warpgroups=2)
+        mma_dk = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", kernel.head_dim, a_in_regs=True, num_warpgroups=2)
+        for t in cutlass.range(256):
+            c = acc_view_as_operand_a(mma_sdp.get_slice(t).partition_C(cute.make_identity_tensor((tn, tm))))
+            a_dv = mma_dv.get_slice(t).partition_A(cute.make_identity_tensor((tn, tm)))
+            a_dk = mma_dk.get_slice(t).partition_A(cute.make_identity_tensor((tn, tm)))
+            for i in cutlass.range_constexpr(cute.size(a_dv)):
+                out[t, i, 0] = c[i][0]
+                out[t, i, 1] = c[i][1]
+                out[t, i, 2] = a_dv[i][0]
+                out[t, i, 3] = a_dv[i][1]
+                out[t, i, 4] = a_dk[i][0]
+                out[t, i, 5] = a_dk[i][1]
+
+    return probe
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_p_and_ds_stay_in_registers_with_the_dv_and_dk_operand_layouts(head_dim):
+    """P^T and dS^T leave the S^T / dP^T wgmma as accumulators and enter dV += P^T dO and dK += dS^T Q as
+    register A operands: thread t's element i must be the same (key, query) on both sides."""
+    from cutlass.cute.runtime import from_dlpack
+
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True)
+    out = torch.zeros(256, kernel.tile_n * kernel.tile_m // 256, 6, dtype=torch.int32)
+    cute.compile(_operand_probe(kernel), from_dlpack(out), options="--gpu-arch sm_90a")(from_dlpack(out))
+    assert torch.equal(out[..., :2], out[..., 2:4]), "P^T element != dV A-operand element"
+    assert torch.equal(out[..., :2], out[..., 4:6]), "dS^T element != dK A-operand element"
+    assert len({tuple(x) for x in out[..., :2].reshape(-1, 2).tolist()}) == kernel.tile_n * kernel.tile_m
