@@ -155,6 +155,30 @@ def test_causal_sections_are_whole_groups_whose_kv_fits_l2():
     assert fwd.heads_per_section(128, 64, 64, 2, 1, 48) == 48
 
 
+def test_exp2_exponent_trick_in_float32_bits():
+    """exp2_poly's construction, replayed on float32 bit patterns: clamp at -126, floor(x) from the low bits of
+    x + 1.5 * 2^23 rounded down, 2^frac by Horner, then floor(x) << 23 added to the bits of 2^frac."""
+    import numpy as np
+    from attnkit.kernels.cute.common.fast_exp2 import _ROUND_MAGIC, EXP2_POLY
+
+    x = np.concatenate([np.linspace(-140, 127.9, 200001), [-np.inf, -126.0, -125.5, 0.0, 127.0]]).astype(np.float32)
+    xc = np.maximum(x, np.float32(-126.0))
+    shifted = np.float32(_ROUND_MAGIC) + np.floor(xc)  # add.rm: one ulp is 1 at 1.5 * 2^23
+    frac = xc - (shifted - np.float32(_ROUND_MAGIC))
+    for degree, bound in ((3, 8e-5), (4, 3e-6)):
+        coeffs = [np.float32(c) for c in EXP2_POLY[degree]]
+        p = coeffs[degree]
+        for c in reversed(coeffs[:degree]):
+            p = (p * frac + c).astype(np.float32)
+        bits = (p.view(np.uint32).astype(np.uint64) + (shifted.view(np.uint32).astype(np.uint64) << 23)) % 2**32
+        got = bits.astype(np.uint32).view(np.float32).astype(np.float64)
+        want = np.exp2(x.astype(np.float64))
+        normal = x >= -125
+        assert np.all(np.abs(got[normal] / want[normal] - 1) < bound), degree
+        # below the normal range (masked scores are -inf): about 2^-126, never inf or NaN
+        assert np.all(np.isfinite(got)) and np.all(got[~normal] <= 2.0**-125) and np.all(got >= 0)
+
+
 def test_exp2_polynomials_meet_their_error_bound():
     from attnkit.kernels.cute.common.fast_exp2 import EXP2_POLY
 

@@ -22,7 +22,8 @@ _ROUND_MAGIC = 12582912.0
 
 @cute.jit
 def exp2_poly(x: Float32, degree: cutlass.Constexpr[int] = 3) -> Float32:
-    """2^x for x <= 127; inputs below -126 (including -inf) give 0 or a denormal, never NaN."""
+    """2^x for x <= 127; inputs below -126 (including -inf) give about 2^-126 (a denormal or the smallest
+    normal), never inf or NaN: a masked score's P is negligible next to the row's largest, which is >= 1."""
     # at -126 the exponent field stays >= 0 even when p(0) rounds just below 1
     x = cute.arch.fmax(x, -126.0)
     shifted = cute.arch.inline_ptx(
