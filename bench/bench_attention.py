@@ -164,8 +164,9 @@ def bench_method(
 
 
 def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.Table]:
-    fwd_table = common.Table("attention forward, bf16", "TFLOP/s", "bf16 matmul")
-    bwd_table = common.Table("attention backward, bf16", "TFLOP/s", "bf16 matmul")
+    # backend="auto" moves to CuTe on sm90 only where it beats attnkit's Triton: that ratio gets its own column
+    fwd_table = common.Table("attention forward, bf16", "TFLOP/s", "bf16 matmul", extra_columns=("vs triton",))
+    bwd_table = common.Table("attention backward, bf16", "TFLOP/s", "bf16 matmul", extra_columns=("vs triton",))
     methods = [m for m in (*OURS, *PEERS) if m in args.methods]
     for d, n, causal in shapes(args):
         b, h = max(1, TOKENS // n), HIDDEN // d
@@ -173,11 +174,17 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
         flops = perf.attention_fwd_flops(b, h, n, n, d, causal=causal)
         bwd_flops = perf.attention_bwd_flops(b, h, n, n, d, causal=causal)
         q, k, v = make_inputs(b, n, h, d)
+        triton_ms = {}
         for name in methods:
             fwd_result, bwd_result = bench_method(name, q, k, v, causal, budget, not args.no_bwd)
             for table, result, work in ((fwd_table, fwd_result, flops), (bwd_table, bwd_result, bwd_flops)):
                 if table is bwd_table and args.no_bwd:
                     continue
+                if name == "triton" and result.ok:
+                    triton_ms[table.title] = result.ms
+                versus = {}
+                if name == "cute" and result.ok and table.title in triton_ms:
+                    versus["vs triton"] = f"{triton_ms[table.title] / result.ms:.2f}×"
                 table.add(
                     shape,
                     LABELS[name],
@@ -185,6 +192,7 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
                     result,
                     rate=lambda ms, w=work: perf.tflops(w, ms),
                     pct=lambda ms, w=work: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
+                    **versus,
                 )
         del q, k, v
         common.release()

@@ -1,0 +1,84 @@
+"""The benchmarks' own code on the CPU, with the timings faked: tables, ratios and variant lists must be right
+before a device run spends its minutes on them (the kernels themselves are timed only on a GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+
+import common  # noqa: E402
+
+pytest.importorskip("cutlass")
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """common.measure returns the ms a callable yields (or the time of a named method); nothing touches CUDA."""
+    monkeypatch.setattr(common, "release", lambda: None)
+
+    def measure(fn, budget, *, error_prefix="error"):
+        return common.Result(ms=float(fn()))
+
+    monkeypatch.setattr(common, "measure", measure)
+    return common.Ceilings(matmul_tflops=800.0, copy_tbps=3.0)
+
+
+def test_attention_table_has_the_cute_over_triton_ratio(monkeypatch, fake_gpu):
+    import bench_attention
+
+    times = {"triton": (2.0, 6.0), "cute": (1.0, 4.0), "cuDNN": (1.5, 5.0)}
+    monkeypatch.setattr(bench_attention, "make_inputs", lambda *a: (None, None, None))
+    monkeypatch.setattr(
+        bench_attention,
+        "bench_method",
+        lambda name, *a: tuple(common.Result(ms=t) for t in times[name]),
+    )
+    args = bench_attention.parser().parse_args(["--quick", "--methods", "triton", "cute", "cuDNN"])
+    fwd, bwd = bench_attention.run(args, fake_gpu, common.Budget(None))
+    text = fwd.markdown()
+    assert "vs triton" in text and "| 2.00× |" in text, text
+    assert "1.50×" in text  # cute against cuDNN
+    assert "| 1.50× |" in bwd.markdown()
+
+
+def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake_gpu):
+    import bench_variants
+
+    def inputs(batch, seqlen, kv_heads=bench_variants.HEADS, seqlen_q=None):
+        q = torch.zeros(1, seqlen_q or seqlen, bench_variants.HEADS, 8)
+        kv = torch.zeros(1, seqlen, kv_heads, 8)
+        return q, kv, kv
+
+    calls = []
+
+    def fake_forward(q, k, v, causal):
+        variants = real_forward(q, k, v, causal)
+        calls.append((q.shape[1], q.shape[2] // k.shape[2], causal, list(variants)))
+        return {name: (lambda i=i: 1.0 + 0.1 * i) for i, name in enumerate(variants)}
+
+    real_forward = bench_variants.forward_variants
+    monkeypatch.setattr(bench_variants, "_inputs", inputs)
+    monkeypatch.setattr(bench_variants, "forward_variants", fake_forward)
+    monkeypatch.setattr(
+        bench_variants,
+        "backward_variants",
+        lambda q, k, v, causal: {"atomics (default)": lambda: 2.0, "TMA reduce-add": lambda: 1.0},
+    )
+    fwd, bwd = bench_variants.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
+    n = bench_variants.QUICK[0]
+    switches = ["default", "rescale every block", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
+    assert calls == [
+        (n, 1, False, switches),
+        (n, 8, False, ["default", "pack GQA (8 heads)"]),
+        (bench_variants.SHORT_Q, 8, False, ["default", "one head per tile"]),
+        (n, 1, True, [*switches, "one L2 section"]),
+        (n, 8, True, ["default", "pack GQA (8 heads)"]),
+        (bench_variants.SHORT_Q, 8, True, ["default", "one head per tile"]),
+    ]
+    assert "vs default" in fwd.markdown() and "| 2.00× |" in bwd.markdown()
