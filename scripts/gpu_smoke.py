@@ -185,6 +185,7 @@ GROUPS = {
         "d128 fp16 full": cute_fwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
         "d128 float32 bias r8 causal": cute_fwd_case(1, 300, 300, 2, 2, 128, -1, 0, 8),
         "d64 bf16 bias r16 (wgmma)": cute_fwd_case(1, 300, 300, 2, 2, 64, -1, -1, -16),
+        "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(2, 700, 700, 4, 2, 128, -1, 0, -8),
         "d96 full": cute_fwd_case(1, 300, 300, 2, 2, 96, -1, -1, 0),
         "d192 full": cute_fwd_case(1, 300, 300, 2, 2, 192, -1, -1, 0),
         "d256 full (O over Q)": cute_fwd_case(1, 256, 256, 2, 2, 256, -1, -1, 0),

@@ -632,7 +632,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                 acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
                 pipeline_k.consumer_wait(kv_state)
                 self.scheduler_sync(wg_idx)
-                sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True, -1)
+                self.issue_scores(acc_S, tSrQ, tSrK, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
                 pipeline_v.consumer_wait(v_state)
                 sm90.gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], False, -1)
                 self.scheduler_arrive(wg_idx)
@@ -640,7 +640,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                 warpgroup.wait_group(1)
                 self.score_epilogue(
                     acc_S, tScS, bias_a, bias_b, kv_state.index, tiled_mma_qk, mask, row_start,
-                    wg_row_start, wg_row_end, n_max - 1 - j, softmax_scale_log2,
+                    wg_row_start, wg_row_end, n_max - 1 - j, softmax_scale_log2, bias_in_acc=True,
                 )  # fmt: skip
                 pipeline_k.consumer_release(kv_state)
                 row_scale = softmax.step(acc_S, is_first=False)
@@ -663,6 +663,28 @@ class AttentionFwdSm90(AttentionFwdBase):
         return kv_state
 
     @cute.jit
+    def issue_scores(
+        self,
+        acc_S: cute.Tensor,  # ((2, 2, tile_n / 8), 1, 1) float32 registers
+        tSrQ: cute.Tensor,
+        tSrK: cute.Tensor,  # (.., stages)
+        bias_a: cute.Tensor | None,  # wgmma A descriptors of Qf (bias_mma)
+        bias_b: cute.Tensor | None,  # wgmma B descriptors of Kf, (.., stages) (bias_mma)
+        stage: Int32,
+        tiled_mma_qk: cute.TiledMma,
+        softmax_scale_log2: Float32,
+    ) -> None:
+        """Issue S = Q K^T, left in flight. With the wgmma bias, Qf Kf^T goes first, alone in flight (every
+        earlier wgmma has retired), and is divided by the softmax scale: the scores accumulate onto it, so
+        ``scale * acc`` is ``scale * Q K^T + Qf Kf^T`` and no wgmma has to wait for a P V still running."""
+        if const_expr(self.bias_mma):
+            sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], True, 0)
+            acc_S.store(acc_S.load() * (Float32(1.0) / (softmax_scale_log2 * LN2)))
+            sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, stage], False, -1)
+        else:
+            sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, stage], True, -1)
+
+    @cute.jit
     def score_epilogue(
         self,
         acc_S: cute.Tensor,  # ((2, 2, tile_n / 8), 1, 1) float32 registers
@@ -677,15 +699,17 @@ class AttentionFwdSm90(AttentionFwdBase):
         wg_row_end: Int32,
         n_block: Int32,
         softmax_scale_log2: Float32,
+        bias_in_acc: cutlass.Constexpr[bool] = False,
     ) -> None:
         """Bias (if any) and boundary-tile mask on S, before the K stage (holding Kf) is released.
 
-        wgmma bias: S <- scale * S, then S += Qf Kf^T as one more wgmma group (it also waits for
-        any P V still in flight, so the bias variant gives up part of the intra-warpgroup overlap).
+        wgmma bias: S <- scale * S, then (unless ``issue_scores`` already put it in the accumulator)
+        S += Qf Kf^T as one more wgmma group, waited for at once: only where no P V is in flight.
         """
         if const_expr(self.bias_mma):
             acc_S.store(acc_S.load() * (softmax_scale_log2 * LN2))
-            sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], False, 0)
+            if const_expr(not bias_in_acc):
+                sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], False, 0)
         elif const_expr(self.has_bias):
             self.add_lowrank_bias(acc_S, tScS, bias_a, bias_b[None, None, stage], softmax_scale_log2)
         if mask.tile_needs_mask(wg_row_start, wg_row_end, n_block):
