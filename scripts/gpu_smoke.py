@@ -204,6 +204,7 @@ GROUPS = {
         "d96 full mqa": cute_bwd_case(1, 300, 300, 4, 1, 96, -1, -1, 0),
         "d64 window": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
         "d128 float32 bias r8 causal": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, 8),
+        "d128 bf16 bias r8 causal (wgmma)": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, -8),
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
         "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
         "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),

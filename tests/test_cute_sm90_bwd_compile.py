@@ -203,6 +203,9 @@ def test_configs_are_distinct_cache_keys():
         (1, 256, 256, 2, 2, 64, -1, -1, 64),
         # a small grid: the 16 query heads of the one K/V head split over CTAs (not in deterministic mode)
         (1, 512, 512, 16, 1, 128, -1, 0, 0),
+        # factors in the input dtype: the bias slices of S^T on the tensor cores
+        (2, 500, 700, 4, 4, 128, -1, 0, -8),
+        (1, 333, 1000, 4, 2, 64, 64, 16, -24),
     ],
 )
 @pytest.mark.parametrize(
@@ -225,8 +228,10 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_
     dout = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
     qf = kf = None
     if rank:
-        qf = torch.randn(b, sq, 1, rank, device=dev) * 0.5
-        kf = torch.randn(1, sk, h, rank, device=dev) * 0.5
+        # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
+        factor_dtype = dtype if rank < 0 else torch.float32
+        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
+        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
     scale = 1.0 / math.sqrt(d)
     kw = dict(softmax_scale=scale, window_left=wl, window_right=wr)
     inputs = [q, k, v, qf, kf]

@@ -4,7 +4,9 @@ Supported: fp16/bf16; head dims 64, 96 and 128 (d == dv); any sequence lengths (
 tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
 tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers; with
 ``split_heads``, for grids smaller than the GPU, several CTAs share a group and add float32 dK/dV); the
-low-rank logit bias ``qf @ kf.T`` in float32 FMAs, with the factor gradients computed in float32
+low-rank logit bias ``qf @ kf.T`` (float32 factors in float32 FMAs; factors in the input dtype as
+extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the exp2), with the factor
+gradients computed in float32
 from a float32 copy of dS in smem by every consumer thread while the dQ and dK wgmmas run, and added
 with atomics.
 dQ reaches its float32 buffer by atomics (default), by one TMA reduce-add per warpgroup, or in a
@@ -205,18 +207,24 @@ class AttentionBwdSm90(AttentionBwdBase):
         dq_tma_reduce: bool = False,
         deterministic: bool = False,
         split_heads: bool = False,
+        bias_mma: bool = False,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         if deterministic and dq_tma_reduce:
             raise ValueError("the deterministic mode orders the dQ atomics; it excludes dq_tma_reduce")
         if deterministic and split_heads:
             raise ValueError("split_heads adds dK/dV partials with atomics; the deterministic mode excludes it")
-        if bias_rank % 4 != 0 or not 0 <= bias_rank <= 64:
-            raise ValueError(f"bias rank is padded to a multiple of 4 in [0, 64], got {bias_rank}")
+        # fp32 factors: float4 smem reads; 16-bit factors: whole wgmma k16 slices
+        rank_step = 16 if bias_mma else 4
+        if bias_rank % rank_step != 0 or not 0 <= bias_rank <= 64:
+            raise ValueError(f"bias rank is padded to a multiple of {rank_step} in [0, 64], got {bias_rank}")
         self.num_stages = num_stages
         self.has_window_left = has_window_left
         self.has_window_right = has_window_right
         self.bias_rank = bias_rank
+        # factors in the input dtype: S^T's bias term as wgmma k16 slices (the factor gradients still take
+        # float32 FMAs, reading the 16-bit factors exactly); otherwise float32 factors and FMAs
+        self.bias_mma = bias_mma and bias_rank > 0
         # dQ partial -> smem -> one TMA reduce-add per warpgroup, instead of per-element atomics
         self.dq_tma_reduce = dq_tma_reduce
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
@@ -243,12 +251,21 @@ class AttentionBwdSm90(AttentionBwdBase):
     def has_bias(self) -> bool:
         return self.bias_rank > 0
 
+    @property
+    def fma_bias(self) -> bool:
+        """The bias term of S^T computed in float32 FMAs (float32 factors)."""
+        return self.has_bias and not self.bias_mma
+
+    @property
+    def bias_dtype(self) -> type[cutlass.Numeric]:
+        return self.dtype if self.bias_mma else Float32
+
     def smem_bytes(self) -> int:
         elem = self.dtype.width // 8
         kv = self.tile_n * (self.head_dim + self.head_dim_v) * elem
         q_do = self.num_stages * self.tile_m * (self.head_dim + self.head_dim_v) * elem
         ds = 2 * self.tile_m * self.tile_n * elem
-        bias = 4 * self.bias_rank * (self.num_stages * self.tile_m + self.tile_n)
+        bias = self.bias_dtype.width // 8 * self.bias_rank * (self.num_stages * self.tile_m + self.tile_n)
         stats = 2 * 4 * self.num_stages * self.tile_m
         ds_f32 = 4 * self.tile_n * (self.tile_m + 4) if self.has_bias else 0
         dq = 4 * self.tile_m * self.head_dim if self.dq_tma_reduce else 0
@@ -266,8 +283,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         mdQaccum: cute.Tensor,  # (b, h, s_q_pad, d) float32, zero-initialised
         mdK: cute.Tensor,  # (b, s_k, h_kv, d); float32 and zero-initialised with split_heads
         mdV: cute.Tensor,  # (b, s_k, h_kv, dv); float32 and zero-initialised with split_heads
-        mQf: cute.Tensor | None,  # (bq, s_q, hq, r) float32, r = bias_rank
-        mKf: cute.Tensor | None,  # (bk, s_k, hk, r) float32
+        mQf: cute.Tensor | None,  # (bq, s_q, hq, r) bias_dtype, r = bias_rank
+        mKf: cute.Tensor | None,  # (bk, s_k, hk, r) bias_dtype
         mdQf: cute.Tensor | None,  # (b, h, s_q_pad, r) float32, zero-initialised
         mdKf: cute.Tensor | None,  # (b, h, s_k_pad, r) float32, zero-initialised
         mSem: cute.Tensor | None,  # (b, h, ceil(s_q / tile_m)) int32, zero-initialised (deterministic)
@@ -325,8 +342,13 @@ class AttentionBwdSm90(AttentionBwdBase):
         q_bytes += 2 * 4 * tm
 
         rank = max(self.bias_rank, 4)
-        sQf_layout = cute.make_layout((tm, rank, self.num_stages), stride=(rank, 1, tm * rank))
-        sKf_layout = cute.make_layout((tn, rank), stride=(rank, 1))
+        if const_expr(self.bias_mma):
+            # wgmma operands of S^T's bias slices, swizzled like Q and K
+            sQf_layout = sm90.make_smem_layout(self.dtype, tm, rank, self.num_stages)
+            sKf_layout = sm90.make_smem_layout(self.dtype, tn, rank)
+        else:
+            sQf_layout = cute.make_layout((tm, rank, self.num_stages), stride=(rank, 1, tm * rank))
+            sKf_layout = cute.make_layout((tn, rank), stride=(rank, 1))
         # fp32 dS^T, (tile_n, tile_m), rows padded against bank conflicts
         sdSf_layout = cute.make_layout((tn, tm), stride=(tm + 4, 1))
         tma_atom_Qf, tma_Qf, tma_atom_Kf, tma_Kf = None, None, None, None
@@ -336,8 +358,8 @@ class AttentionBwdSm90(AttentionBwdBase):
                 load_op, mQf, cute.select(sQf_layout, mode=[0, 1]), (tm, self.bias_rank)
             )
             tma_atom_Kf, tma_Kf = cpasync.make_tiled_tma_atom(load_op, mKf, sKf_layout, (tn, self.bias_rank))
-            q_bytes += 4 * tm * self.bias_rank
-        self.tx_bytes = (q_bytes, kv_bytes, 4 * tn * self.bias_rank)
+            q_bytes += self.bias_dtype.width // 8 * tm * self.bias_rank
+        self.tx_bytes = (q_bytes, kv_bytes, self.bias_dtype.width // 8 * tn * self.bias_rank)
 
         # (b, h, s, d) -> (s, d, h, b)
         mdQaccum = cute.make_tensor(mdQaccum.iterator, cute.select(mdQaccum.layout, mode=[2, 3, 1, 0]))
@@ -371,8 +393,8 @@ class AttentionBwdSm90(AttentionBwdBase):
             sdS: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
             sLSE2: cute.struct.Align[cute.struct.MemRange[Float32, cute.cosize(sStat_layout)], 128]
             sDpsum: cute.struct.Align[cute.struct.MemRange[Float32, cute.cosize(sStat_layout)], 128]
-            sQf: cute.struct.Align[cute.struct.MemRange[Float32, bias_elems_q], 128]
-            sKf: cute.struct.Align[cute.struct.MemRange[Float32, bias_elems_k], 128]
+            sQf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_q], 1024]
+            sKf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_k], 1024]
             sdSf: cute.struct.Align[cute.struct.MemRange[Float32, ds_f32_elems], 128]
             sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 128]
 
@@ -432,8 +454,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         sV_layout: cute.ComposedLayout,
         sdO_layout: cute.ComposedLayout,
         sdS_layout: cute.ComposedLayout,
-        sQf_layout: cute.Layout,
-        sKf_layout: cute.Layout,
+        sQf_layout: cute.Layout | cute.ComposedLayout,
+        sKf_layout: cute.Layout | cute.ComposedLayout,
         sdSf_layout: cute.Layout,
         sStat_layout: cute.Layout,
         sdQ_layout: cute.Layout,
@@ -472,9 +494,13 @@ class AttentionBwdSm90(AttentionBwdBase):
         sLSE2 = storage.sLSE2.get_tensor(sStat_layout)
         sDpsum = storage.sDpsum.get_tensor(sStat_layout)
         sQf, sKf, sdSf = None, None, None
-        if const_expr(self.has_bias):
+        if const_expr(self.bias_mma):
+            sQf = storage.sQf.get_tensor(sQf_layout.outer, swizzle=sQf_layout.inner)
+            sKf = storage.sKf.get_tensor(sKf_layout.outer, swizzle=sKf_layout.inner)
+        elif const_expr(self.has_bias):
             sQf = storage.sQf.get_tensor(sQf_layout)
             sKf = storage.sKf.get_tensor(sKf_layout)
+        if const_expr(self.has_bias):
             sdSf = storage.sdSf.get_tensor(sdSf_layout)
         sdQ = None
         if const_expr(self.dq_tma_reduce):
@@ -739,6 +765,11 @@ class AttentionBwdSm90(AttentionBwdBase):
         tSsdSf = None
         if const_expr(self.has_bias):
             tSsdSf = thr_mma_sdp.partition_C(sdSf)
+        # the bias slices of S^T = K Q^T + Kf Qf^T: A = Kf, B = Qf, K-major like K and Q
+        tSrKf, tSrQf = None, None
+        if const_expr(self.bias_mma):
+            tSrKf = wg_mma_sdp.make_fragment_A(wg_mma_sdp.partition_A(sKf))
+            tSrQf = wg_mma_sdp.make_fragment_B(wg_mma_sdp.partition_B(sQf))
 
         acc_dK.fill(0.0)
         acc_dV.fill(0.0)
@@ -760,25 +791,31 @@ class AttentionBwdSm90(AttentionBwdBase):
                 stage = q_state.index
                 ds_stage = iteration % 2
                 row_start = m_block * tm
-                # 1. S^T = K Q^T and dP^T = V dO^T; without bias dP^T runs under the exp2 of step 2
-                # (with bias its registers are needed for the bias FMAs: issued after step 2)
+                # 1. S^T = K Q^T and dP^T = V dO^T; dP^T runs under the exp2 of step 2, except with
+                # float32 factors (its registers are needed for the bias FMAs: issued after step 2). The
+                # wgmma bias goes first, alone in flight, divided by the scale: S^T accumulates onto it
                 pipeline_q.consumer_wait(q_state)
                 acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
-                sm90.gemm(tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], True, -1)
+                if const_expr(self.bias_mma):
+                    sm90.gemm(tiled_mma_sdp, acc_S, tSrKf, tSrQf[None, None, None, stage], True, 0)
+                    acc_S.store(acc_S.load() * (Float32(1.0) / softmax_scale))
+                    sm90.gemm(tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], False, -1)
+                else:
+                    sm90.gemm(tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], True, -1)
                 acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
-                if const_expr(not self.has_bias):
+                if const_expr(not self.fma_bias):
                     sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
-                warpgroup.wait_group(0 if const_expr(self.has_bias) else 1)
+                warpgroup.wait_group(0 if const_expr(self.fma_bias) else 1)
 
                 # 2. P^T = exp2(S^T * scale_log2 [+ bias] - lse2), zeroed where invisible
                 s_mn = acc_view_mn(acc_S)
-                if const_expr(self.has_bias):
+                if const_expr(self.fma_bias):
                     self.add_lowrank_bias(acc_S, tScS, sKf, sQf[None, None, stage], softmax_scale_log2)
                 # per column: lse2 and D are read from smem where used, not held across the GEMMs
                 for c in cutlass.range_constexpr(num_cols):
                     lse2 = sLSE2[c_mn[0, c][1], stage]
                     for r in cutlass.range_constexpr(num_rows):
-                        if const_expr(self.has_bias):
+                        if const_expr(self.fma_bias):
                             s_mn[r, c] = cute.math.exp2(s_mn[r, c] - lse2, fastmath=True)
                         else:
                             s_mn[r, c] = cute.math.exp2(s_mn[r, c] * softmax_scale_log2 - lse2, fastmath=True)
@@ -789,7 +826,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 tdVrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
 
                 # 3. dS^T = P^T (dP^T - D)
-                if const_expr(self.has_bias):
+                if const_expr(self.fma_bias):
                     sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
                 warpgroup.wait_group(0)
                 dp_mn = acc_view_mn(acc_dP)
@@ -1044,8 +1081,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         self,
         tidx: Int32,
         sdSf: cute.Tensor,  # (tile_n, tile_m) float32, dS^T
-        sQf: cute.Tensor,  # (tile_m, r) float32
-        sKf: cute.Tensor,  # (tile_n, r) float32
+        sQf: cute.Tensor,  # (tile_m, r) bias_dtype
+        sKf: cute.Tensor,  # (tile_n, r) bias_dtype
         gdQf: cute.Tensor,  # (s_q_pad, r) float32 of this (batch, head)
         gdKf: cute.Tensor,  # (s_k_pad, r) float32 of this (batch, head)
         row_start: Int32,
@@ -1067,17 +1104,21 @@ class AttentionBwdSm90(AttentionBwdBase):
             if is_query:
                 for n in cutlass.range(first, first + length, unroll=2):
                     for j in cutlass.range_constexpr(4):
-                        kf = sKf[n, col0 + j]
+                        kf = self.factor_f32(sKf[n, col0 + j])
                         for i in cutlass.range_constexpr(4):
                             acc[i, j] = acc[i, j] + sdSf[n, row0 + i] * kf
                 self.add_block(acc, gdQf, row_start + row0, col0, first == 0, self.dqf_split)
             else:
                 for m in cutlass.range(first, first + length, unroll=2):
                     for j in cutlass.range_constexpr(4):
-                        qf = sQf[m, col0 + j]
+                        qf = self.factor_f32(sQf[m, col0 + j])
                         for i in cutlass.range_constexpr(4):
                             acc[i, j] = acc[i, j] + sdSf[row0 + i, m] * qf
                 self.add_block(acc, gdKf, key_start + row0, col0, first == 0, self.dkf_split)
+
+    def factor_f32(self, x):
+        """A factor element as float32 (exact from fp16 / bf16)."""
+        return x.to(Float32) if const_expr(self.bias_mma) else x
 
     def num_factor_items(self) -> int:
         """Query items, then key items (see ``factor_item``); each kind a multiple of 32."""

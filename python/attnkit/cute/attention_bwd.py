@@ -67,7 +67,8 @@ class BwdConfig:
     head_dim_v: int
     window_left: bool  # a left window bound exists (window_left >= 0)
     window_right: bool  # a right bound exists; causal is window_right == 0
-    bias_rank: int = 0  # padded to a multiple of 4; 0 = no bias
+    bias_rank: int = 0  # padded: a multiple of 4 (float32 factors) or 16 (bias_mma); 0 = no bias
+    bias_mma: bool = False  # factors in the input dtype: S^T's bias term on the tensor cores
     num_stages: int = 2
     # dQ: False = float32 atomics from registers; True = smem + one TMA reduce-add per warpgroup
     # (not measured yet; both are exercised by the CPU compile test)
@@ -93,6 +94,7 @@ class BwdConfig:
             dq_tma_reduce=self.dq_tma_reduce,
             deterministic=self.deterministic,
             split_heads=self.split_heads,
+            bias_mma=self.bias_mma,
         )
 
 
@@ -120,8 +122,9 @@ class BwdPostprocessConfig:
         return AttentionBwdPostprocessSm90(_cutlass_dtype(self.dtype), self.head_dim, self.head_dim)
 
 
-def _padded_rank(rank: int) -> int:
-    return 0 if rank == 0 else 4 * math.ceil(rank / 4)
+def _padded_rank(rank: int, bias_mma: bool = False) -> int:
+    step = 16 if bias_mma else 4
+    return 0 if rank == 0 else step * math.ceil(rank / step)
 
 
 def choose_config(
@@ -135,6 +138,7 @@ def choose_config(
     dq_tma_reduce: bool = False,
     deterministic: bool = False,
     split_heads: bool = False,
+    bias_mma: bool = False,
 ) -> BwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention backward supports fp16/bf16, got {dtype}")
@@ -150,7 +154,8 @@ def choose_config(
         head_dim_v,
         window_left,
         window_right,
-        bias_rank=_padded_rank(bias_rank),
+        bias_rank=_padded_rank(bias_rank, bias_mma),
+        bias_mma=bias_mma and bias_rank > 0,
         num_stages=_TILES[head_dim],
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
@@ -178,6 +183,10 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     configs.append(choose_config(torch.bfloat16, 128, 128, True, True, bias_rank=8, arch=arch, deterministic=True))
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=8, arch=arch))
+        # learned factors in the input dtype (the tensor-core bias)
+        configs.append(
+            choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=16, bias_mma=True, arch=arch)
+        )
     # MQA / GQA on small grids: the group's query heads split over CTAs
     for causal in (False, True):
         configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, arch=arch, split_heads=True))
@@ -234,7 +243,9 @@ def _fake_args(cfg):
     dk, dv = (fake(f32, 4, 4), fake(f32, 4, 4)) if cfg.split_heads else (fake(elem, 4, 8), fake(elem, 4, 8))
     bias = (None, None, None, None)
     if cfg.bias_rank:
-        bias = tuple(fake(f32, 4, 4) for _ in range(4))
+        factor = elem if cfg.bias_mma else f32
+        align = 16 // (factor.width // 8)
+        bias = (fake(factor, 4, align), fake(factor, 4, align), fake(f32, 4, 4), fake(f32, 4, 4))
     sem = None
     if cfg.deterministic:
         shape = tuple(cute.sym_int() for _ in range(3))
@@ -265,9 +276,9 @@ def _to_cute(t: torch.Tensor):
     return from_dlpack(t, assumed_align=16 if t.element_size() == 2 else 4).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
-def _prepare_factor(f: torch.Tensor, rank: int) -> torch.Tensor:
-    """Contiguous float32 with the rank zero-padded to a multiple of 4 (padded terms are 0 * 0)."""
-    f = f.float().contiguous()
+def _prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Contiguous, in ``dtype``, the rank zero-padded to ``rank`` (padded terms are 0 * 0)."""
+    f = f.to(dtype).contiguous()
     if f.shape[-1] != rank:
         f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
     return tma_ready(f)
@@ -343,6 +354,8 @@ def attention_bwd(
     if lse.shape != (batch, num_heads, seqlen_q):
         raise ValueError(f"lse must be (B, H, Sq) = {(batch, num_heads, seqlen_q)}, got {tuple(lse.shape)}")
     rank = 0 if q_factor is None else q_factor.shape[-1]
+    # learned factors in q's dtype go on the tensor cores (as in the forward); others in float32
+    bias_mma = rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype
     group = num_heads // num_heads_kv
     n_blocks = -(-seqlen_k // main_tile_n())
     splits = 1
@@ -358,6 +371,7 @@ def attention_bwd(
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
         split_heads=splits > 1,
+        bias_mma=bias_mma,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -386,8 +400,9 @@ def attention_bwd(
     dq_accum = torch.zeros(batch, num_heads, sq_pad, head_dim, dtype=torch.float32, device=dev)
     qf = kf = dqf_accum = dkf_accum = None
     if rank:
-        qf = _to_cute(_prepare_factor(q_factor, cfg.bias_rank))
-        kf = _to_cute(_prepare_factor(k_factor, cfg.bias_rank))
+        factor_dtype = q.dtype if cfg.bias_mma else torch.float32
+        qf = _to_cute(_prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        kf = _to_cute(_prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
         dqf_buf = torch.zeros(batch, num_heads, sq_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dkf_buf = torch.zeros(batch, num_heads, sk_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dqf_accum, dkf_accum = _to_cute(dqf_buf), _to_cute(dkf_buf)
