@@ -55,13 +55,13 @@ def verdict(name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Ten
     return False
 
 
-def inputs(b, sq, sk, h, hkv, d, rank, dtype, grad_dtype=None):
+def inputs(b, sq, sk, h, hkv, d, rank, dtype, dv=None):
     g = torch.Generator(device="cuda").manual_seed(sq * 7919 + sk * 31 + d)
 
     def rnd(*shape, dt=dtype, scale=1.0):
         return (torch.randn(*shape, device="cuda", generator=g) * scale).to(dt)
 
-    q, k, v = rnd(b, sq, h, d), rnd(b, sk, hkv, d), rnd(b, sk, hkv, d)
+    q, k, v = rnd(b, sq, h, d), rnd(b, sk, hkv, d), rnd(b, sk, hkv, dv or d)
     qf = kf = None
     if rank:
         # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
@@ -107,14 +107,14 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
     return run
 
 
-def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=torch.bfloat16, l2_budget=None):
+def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=torch.bfloat16, l2_budget=None, dv=None):
     from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_backward, attention_forward
 
     def run():
-        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
-        dout = torch.randn(b, sq, h, d, device="cuda").to(dtype)
+        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype, dv)
+        dout = torch.randn(b, sq, h, dv or d, device="cuda").to(dtype)
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
         ins = [q, k, v, qf, kf]
         ins64 = [None if x is None else x.double() for x in ins]
@@ -208,6 +208,7 @@ GROUPS = {
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
         "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
         "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
+        "d128 dv64 causal": cute_bwd_case(2, 300, 400, 4, 2, 128, -1, 0, 0, dv=64),
         "d128 causal MQA, 16 query heads split over CTAs": cute_bwd_case(1, 512, 512, 16, 1, 128, -1, 0, 0),
         "d64 GQA bias r8, heads split over CTAs": cute_bwd_case(1, 300, 300, 8, 2, 64, -1, -1, 8),
         "d128 causal deterministic, 2-head L2 sections": cute_bwd_case(

@@ -176,7 +176,8 @@ def test_config_choice():
     with pytest.raises(ValueError):
         bwd.choose_config(torch.bfloat16, 192, 192, False, False)
     with pytest.raises(ValueError):
-        bwd.choose_config(torch.bfloat16, 128, 64, False, False)
+        bwd.choose_config(torch.bfloat16, 128, 256, False, False)
+    assert bwd.choose_config(torch.bfloat16, 128, 64, False, False).head_dim_v == 64
     with pytest.raises(TypeError):
         bwd.choose_config(torch.float32, 64, 64, False, False)
 
@@ -253,6 +254,32 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_
             continue
         assert g.dtype == x.dtype and g.shape == x.shape, name
         assert torch.isfinite(g).all(), f"{name}: not finite"
+        assert_2x(name, g, r64, rlp)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("d, dv, wr", [(128, 64, 0), (64, 128, -1), (96, 128, 0)])
+def test_numerics_with_v_narrower_or_wider(d, dv, wr):
+    from attnkit.reference.attention import attention_backward, attention_forward
+    from numerics import assert_2x
+
+    dev, dtype = "cuda", torch.bfloat16
+    b, sq, sk, h, hkv = 2, 333, 500, 4, 2
+    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
+    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
+    v = torch.randn(b, sk, hkv, dv, device=dev, dtype=dtype)
+    dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
+    kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=-1, window_right=wr)
+    ins64 = [x.double() for x in (q, k, v)]
+    out_lp, lse_lp = attention_forward(q, k, v, None, None, compute_dtype=dtype, **kw)
+    out64, lse64 = attention_forward(*ins64, None, None, compute_dtype=torch.float64, **kw)
+    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, None, None, **kw)
+    torch.cuda.synchronize()
+    ref64 = attention_backward(dout.double(), *ins64, out64, lse64, None, None, compute_dtype=torch.float64, **kw)
+    ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, None, None, compute_dtype=dtype, **kw)
+    for name, g, x, r64, rlp in zip(("dq", "dk", "dv"), got, (q, k, v), ref64, ref_lp, strict=False):
+        assert g.shape == x.shape and g.dtype == x.dtype, name
         assert_2x(name, g, r64, rlp)
 
 

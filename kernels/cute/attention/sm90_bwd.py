@@ -1,6 +1,6 @@
 """Attention backward for Hopper (sm90): preprocess, main kernel per key tile, postprocess.
 
-Supported: fp16/bf16; head dims 64, 96 and 128 (d == dv); any sequence lengths (TMA zero-fills the
+Supported: fp16/bf16; head dims 64, 96 and 128 (q/k and v may differ); any sequence lengths (TMA zero-fills the
 tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
 tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers; with
 ``split_heads``, for grids smaller than the GPU, several CTAs share a group and add float32 dK/dV); the
@@ -87,8 +87,8 @@ class AttentionBwdBase:
     def __init__(self, dtype: type[cutlass.Numeric], head_dim: int, head_dim_v: int):
         if dtype not in (cutlass.Float16, cutlass.BFloat16):
             raise TypeError(f"attention backward supports fp16/bf16 inputs, got {dtype}")
-        if head_dim not in SUPPORTED_HEAD_DIMS or head_dim_v != head_dim:
-            raise ValueError(f"backward head dims must be equal and in {SUPPORTED_HEAD_DIMS}")
+        if head_dim not in SUPPORTED_HEAD_DIMS or head_dim_v not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"backward head dims must be in {SUPPORTED_HEAD_DIMS}, got {head_dim}, {head_dim_v}")
         self.dtype = dtype
         self.head_dim = head_dim
         self.head_dim_v = head_dim_v

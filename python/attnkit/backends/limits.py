@@ -20,7 +20,7 @@ class Limits:
     attention_value_dims: frozenset[int]
     bias_ranks: range
     lightning_dims: frozenset[int]
-    attention_bwd_head_dims: frozenset[int] | None = None  # None: whatever the forward takes, Dv != D too
+    attention_bwd_head_dims: frozenset[int] | None = None  # q/k and v each in it (None: whatever the forward takes)
     positive_scale_only: bool = False
 
 
@@ -66,12 +66,8 @@ def validate_attention(backend: str, q, k, v, bias, softmax_scale: float = 1.0, 
     check_head_dim(backend, "head dim of q/k", q.shape[3], lim.attention_head_dims)
     check_head_dim(backend, "head dim of v", v.shape[3], lim.attention_value_dims)
     if needs_grad and lim.attention_bwd_head_dims is not None:
-        if v.shape[3] != q.shape[3]:
-            raise ValueError(
-                f"backend={backend!r} has no backward for head dim of v ({v.shape[3]}) != head dim of q "
-                f"({q.shape[3]}); use backend='triton', or call without gradients"
-            )
         check_head_dim(backend, "head dim of q/k (backward)", q.shape[3], lim.attention_bwd_head_dims)
+        check_head_dim(backend, "head dim of v (backward)", v.shape[3], lim.attention_bwd_head_dims)
     if lim.positive_scale_only and not softmax_scale > 0:
         raise ValueError(f"softmax_scale must be > 0 for backend={backend!r}, got {softmax_scale}")
     if bias is not None:

@@ -142,10 +142,8 @@ def choose_config(
 ) -> BwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention backward supports fp16/bf16, got {dtype}")
-    if head_dim != head_dim_v or head_dim not in _TILES:
-        raise ValueError(
-            f"unsupported backward head dims ({head_dim}, {head_dim_v}); supported: equal, {sorted(_TILES)}"
-        )
+    if head_dim not in _TILES or head_dim_v not in _TILES:
+        raise ValueError(f"unsupported backward head dims ({head_dim}, {head_dim_v}); supported: {sorted(_TILES)}")
     if not 0 <= bias_rank <= 64:
         raise ValueError(f"bias rank must be in [0, 64], got {bias_rank}")
     cfg = BwdConfig(
@@ -156,7 +154,7 @@ def choose_config(
         window_right,
         bias_rank=_padded_rank(bias_rank, bias_mma),
         bias_mma=bias_mma and bias_rank > 0,
-        num_stages=_TILES[head_dim],
+        num_stages=_TILES[max(head_dim, head_dim_v)],
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
         split_heads=split_heads,
@@ -180,6 +178,9 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, arch=arch, dq_tma_reduce=True))
     configs.append(choose_config(torch.bfloat16, 96, 96, False, False, arch=arch))
+    # v narrower or wider than q / k
+    configs.append(choose_config(torch.bfloat16, 128, 64, False, True, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 64, 128, False, True, arch=arch))
     configs.append(choose_config(torch.bfloat16, 128, 128, True, True, bias_rank=8, arch=arch, deterministic=True))
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=8, arch=arch))
