@@ -165,6 +165,15 @@ def test_backward_sections_hold_the_query_side_of_whole_kv_heads():
     assert bwd.heads_per_section(1024, 128, 128, 2, 1, 8) == 8
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("rank, bias_mma", [(32, True), (48, True), (64, True), (48, False), (64, False)])
+def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias_mma):
+    cfg = bwd.choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=rank, bias_mma=bias_mma)
+    bwd.compile_config(cfg)
+    counts = precompile.sass_summary(precompile.sass_of(bwd.cache().cubin(cfg)))
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+
+
 def test_config_choice():
     cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=5)
     assert cfg.bias_rank == 8

@@ -77,6 +77,15 @@ def test_forward_launcher_rejects_a_config_that_disagrees_with_the_inputs():
         fwd.attention_fwd(q, q, q, None, None, softmax_scale=0.1, window_left=-1, window_right=-1, config=wrong)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("rank, bias_mma", [(48, True), (64, True), (64, False)])
+def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias_mma):
+    cfg = fwd.choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=rank, bias_mma=bias_mma)
+    fwd.compile_fwd(cfg)
+    counts = precompile.sass_summary(_sass(cfg))
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+
+
 def test_second_compile_hits_memory(cache_dir):
     cfg = fwd.choose_config(torch.bfloat16, 64, 64, False, False)
     first = fwd.compile_fwd(cfg)

@@ -122,9 +122,13 @@ class BwdPostprocessConfig:
         return AttentionBwdPostprocessSm90(_cutlass_dtype(self.dtype), self.head_dim, self.head_dim)
 
 
-def _padded_rank(rank: int, bias_mma: bool = False) -> int:
+def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
     step = 16 if bias_mma else 4
-    return 0 if rank == 0 else step * math.ceil(rank / step)
+    padded = 0 if rank == 0 else step * math.ceil(rank / step)
+    if bias_mma and head_dim == 128 and padded == 48:
+        # three k16 bias slices at d = 128 spill registers (at one stage or two); four do not
+        padded = 64
+    return padded
 
 
 def choose_config(
@@ -152,7 +156,7 @@ def choose_config(
         head_dim_v,
         window_left,
         window_right,
-        bias_rank=_padded_rank(bias_rank, bias_mma),
+        bias_rank=_padded_rank(bias_rank, bias_mma, max(head_dim, head_dim_v)),
         bias_mma=bias_mma and bias_rank > 0,
         num_stages=_TILES[max(head_dim, head_dim_v)],
         dq_tma_reduce=dq_tma_reduce,
