@@ -107,7 +107,7 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
     return run
 
 
-def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=torch.bfloat16, l2_budget=None, dv=None):
+def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=torch.bfloat16, l2_budget=None, dv=None):
     from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_backward, attention_forward
@@ -121,7 +121,8 @@ def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="atomics", dtype=t
         out_lp, lse_lp = attention_forward(*ins, compute_dtype=dtype, **kw)
         out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
         poison(4 * b * max(sq, sk) * h * d * 4)
-        mode = dict(dq_tma_reduce=dq_mode == "tma_reduce", deterministic=dq_mode == "deterministic")
+        tma = {"default": None, "atomics": False, "tma_reduce": True, "deterministic": False}[dq_mode]
+        mode = dict(dq_tma_reduce=tma, deterministic=dq_mode == "deterministic")
         saved = schedule.L2_SECTION_BYTES
         if l2_budget is not None:
             schedule.L2_SECTION_BYTES = l2_budget
@@ -206,6 +207,7 @@ GROUPS = {
         "d128 float32 bias r8 causal": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, 8),
         "d128 bf16 bias r8 causal (wgmma)": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, -8),
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
+        "d128 causal dq atomics": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="atomics"),
         "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
         "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
         "d128 dv64 causal": cute_bwd_case(2, 300, 400, 4, 2, 128, -1, 0, 0, dv=64),

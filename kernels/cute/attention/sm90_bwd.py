@@ -9,8 +9,9 @@ extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the ex
 gradients computed in float32
 from a float32 copy of dS in smem by every consumer thread while the dQ and dK wgmmas run, and added
 with atomics.
-dQ reaches its float32 buffer by atomics (default), by one TMA reduce-add per warpgroup, or in a
-deterministic mode where key blocks add their dQ and query-factor partials in a fixed order.
+dQ reaches its float32 buffer by one TMA reduce-add per warpgroup (the launcher's default where the
+staging buffer costs no pipeline stage), by atomics, or in a deterministic mode where key blocks add
+their dQ and query-factor partials in a fixed order.
 Not supported: varlen, dropout, a gradient for lse.
 
 Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90.__call__``):
@@ -21,7 +22,7 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
                  P^T and dS^T come out of wgmma in the A-operand register layout, so
                  dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
-                 consumer warpgroups split along d; dQ is added to a float32 buffer with atomics.
+                 consumer warpgroups split along d; dQ is added to a float32 buffer.
     postprocess  dq = dQaccum * softmax_scale, converted to the input dtype.
 
 CTA layout of the main kernel (3 warpgroups):

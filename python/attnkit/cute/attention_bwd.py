@@ -70,8 +70,8 @@ class BwdConfig:
     bias_rank: int = 0  # padded: a multiple of 4 (float32 factors) or 16 (bias_mma); 0 = no bias
     bias_mma: bool = False  # factors in the input dtype: S^T's bias term on the tensor cores
     num_stages: int = 2
-    # dQ: False = float32 atomics from registers; True = smem + one TMA reduce-add per warpgroup
-    # (not measured yet; both are exercised by the CPU compile test)
+    # dQ: False = float32 atomics from registers; True = smem + one TMA reduce-add per warpgroup (the default
+    # where it costs no pipeline stage; not measured yet, bench_variants compares them)
     dq_tma_reduce: bool = False
     # dQ (and the query-factor gradients) added in a fixed key-block order: bitwise reproducible
     deterministic: bool = False
@@ -139,11 +139,25 @@ def choose_config(
     window_right: bool,
     bias_rank: int = 0,
     arch: str = "sm_90a",
-    dq_tma_reduce: bool = False,
+    dq_tma_reduce: bool | None = None,
     deterministic: bool = False,
     split_heads: bool = False,
     bias_mma: bool = False,
 ) -> BwdConfig:
+    """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
+    warpgroup and query block, as FA3 does, instead of d * 64 scalar atomics) unless deterministic or its
+    float32 staging buffer would cost a pipeline stage (a bias at d = 128)."""
+    if dq_tma_reduce is None:
+        args = (dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch)
+        flags = dict(deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma)
+        atomics = choose_config(*args, dq_tma_reduce=False, **flags)
+        if deterministic:
+            return atomics
+        try:
+            reduce = choose_config(*args, dq_tma_reduce=True, **flags)
+        except ValueError:  # its staging buffer does not fit at all
+            return atomics
+        return reduce if reduce.num_stages >= atomics.num_stages else atomics
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention backward supports fp16/bf16, got {dtype}")
     if head_dim not in _TILES or head_dim_v not in _TILES:
@@ -180,7 +194,7 @@ def shipped_configs(arch: str = "sm_90a") -> list:
                 configs.append(choose_config(dtype, head_dim, head_dim, False, causal, arch=arch))
     configs.append(choose_config(torch.bfloat16, 128, 128, True, True, arch=arch))
     for head_dim in (64, 128):
-        configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, arch=arch, dq_tma_reduce=True))
+        configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, arch=arch, dq_tma_reduce=False))
     configs.append(choose_config(torch.bfloat16, 96, 96, False, False, arch=arch))
     # v narrower or wider than q / k
     configs.append(choose_config(torch.bfloat16, 128, 64, False, True, arch=arch))
@@ -203,16 +217,14 @@ def shipped_configs(arch: str = "sm_90a") -> list:
 
 
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
-    """The three ways dQ reaches its float32 buffer, bf16, for ``bench/bench_variants.py`` (and ``precompile
-    --variants``); ``attention_bwd`` picks each by its flags."""
+    """The default and the three ways dQ reaches its float32 buffer, bf16, for ``bench/bench_variants.py`` (and
+    ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
+    args = (torch.bfloat16, head_dim, head_dim, False, causal)
     return {
-        "atomics (default)": choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch),
-        "TMA reduce-add": choose_config(
-            torch.bfloat16, head_dim, head_dim, False, causal, arch=arch, dq_tma_reduce=True
-        ),
-        "deterministic": choose_config(
-            torch.bfloat16, head_dim, head_dim, False, causal, arch=arch, deterministic=True
-        ),
+        "default": choose_config(*args, arch=arch),
+        "atomics": choose_config(*args, arch=arch, dq_tma_reduce=False),
+        "TMA reduce-add": choose_config(*args, arch=arch, dq_tma_reduce=True),
+        "deterministic": choose_config(*args, arch=arch, deterministic=True),
     }
 
 
@@ -336,13 +348,13 @@ def attention_bwd(
     softmax_scale: float,
     window_left: int,
     window_right: int,
-    dq_tma_reduce: bool = False,
+    dq_tma_reduce: bool | None = None,
     deterministic: bool = False,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
 
-    ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer; ``deterministic`` orders
-    them (see ``BwdConfig``).
+    ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer (None: ``choose_config``'s default);
+    ``deterministic`` orders them (see ``BwdConfig``).
     """
     import cuda.bindings.driver as cuda
 
