@@ -366,20 +366,10 @@ def _bwd_mask_probe(kernel):
 _BWD_MASK_PROBES = {}
 
 
-def _visible(sq, sk, wl, wr):
-    i = torch.arange(sq)[:, None] + sk - sq
-    j = torch.arange(sk)[None, :]
-    vis = torch.ones(sq, sk, dtype=torch.bool)
-    if wl >= 0:
-        vis &= j >= i - wl
-    if wr >= 0:
-        vis &= j <= i + wr
-    return vis
-
-
 @pytest.mark.parametrize("sq, sk", [(1, 300), (77, 300), (300, 77), (200, 200), (129, 257), (65, 1)])
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0), (200, 3)])
 def test_backward_visibility_logic_matches_the_rule(sq, sk, wl, wr):
+    from attnkit.reference.attention import visible_mask
     from cutlass.cute.runtime import from_dlpack
 
     key = (wl >= 0, wr >= 0)
@@ -405,7 +395,7 @@ def test_backward_visibility_logic_matches_the_rule(sq, sk, wl, wr):
         compiled["fn"](*args)
 
     run(0, 0)
-    vis = _visible(sq, sk, wl, wr)
+    vis = visible_mask(sq, sk, wl, wr, "cpu")
     padded = torch.zeros(m_blocks * tm, n_blocks * tn, dtype=torch.bool)
     padded[:sq, :sk] = vis
     tiles = padded.view(m_blocks, tm, n_blocks, tn).permute(2, 0, 1, 3)  # (n, m, rows, keys)

@@ -1,5 +1,5 @@
-"""The float32 low-rank bias in FMAs: its product added to a wgmma score accumulator, and the gradient of the
-factor indexed by the accumulator's rows taken from the dS accumulator.
+"""The float32 low-rank bias in FMAs (its product added to a wgmma score accumulator), and the float32 atomic
+add its gradients and dQ use.
 
 Position-like factors (ALiBi, distances) must keep float32 arithmetic: their product is exact to well under one
 unit at 16k tokens only in float32, which the tensor cores (bf16/tf32 operands) do not give.
@@ -9,7 +9,7 @@ import math
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32
+from cutlass import Float32
 
 from .layouts import acc_view_mn
 
@@ -59,44 +59,3 @@ def red_add_f32(t: cute.Tensor, crd, val: Float32) -> None:
     """Atomic float32 add of ``val`` into element ``crd`` (index or coordinate) of the global tensor ``t``."""
     ptr = t.iterator + cute.crd2idx(crd, t.layout)
     cute.arch.red(ptr, val, op="add", dtype=Float32, sem="relaxed", scope="gpu")
-
-
-@cute.jit
-def lowrank_row_grad(
-    acc: cute.Tensor,  # wgmma accumulator holding the logit gradient dS, float32 registers
-    tCc: cute.Tensor,  # (row, col) in the tile of each acc element
-    sColF: cute.Tensor,  # (tile cols, r) float32: the factor indexed by the accumulator's columns
-    gRowGrad: cute.Tensor,  # (rows, r) float32 in global memory, padded to whole tiles: += dS colF
-    row_start: Int32,  # the global row of tile row 0
-    rank: cutlass.Constexpr[int],
-) -> None:
-    """gRowGrad[row_start + i, :] += sum_j dS[i, j] * colF[j, :] straight from the accumulator registers.
-
-    The four lanes of a quad hold the same rows and different columns of a wgmma accumulator: each thread sums
-    its own columns, two butterfly shuffles sum the quad, and lane q adds rank column 4k + q. Rows past the
-    sequence end carry dS = 0, so the padded rows receive zeros and no predicate is needed.
-    """
-    a_mn = acc_view_mn(acc)
-    c_mn = acc_view_mn(tCc)
-    num_rows = cute.size(a_mn, mode=[0])
-    num_cols = cute.size(a_mn, mode=[1])
-    quad_lane = cute.arch.lane_idx() % 4
-    for k in cutlass.range(rank // 4, unroll=1):
-        part = cute.make_rmem_tensor((num_rows, 4), Float32)
-        part.fill(0.0)
-        for c in cutlass.range_constexpr(num_cols):
-            col = c_mn[0, c][1]
-            col_vals = cute.make_rmem_tensor(4, Float32)
-            for j in cutlass.range_constexpr(4):
-                col_vals[j] = sColF[col, 4 * k + j]
-            for r in cutlass.range_constexpr(num_rows):
-                for j in cutlass.range_constexpr(4):
-                    part[r, j] = part[r, j] + a_mn[r, c] * col_vals[j]
-        for r in cutlass.range_constexpr(num_rows):
-            mine = part[r, 0]
-            for j in cutlass.range_constexpr(4):
-                v = part[r, j]
-                v = v + cute.arch.shuffle_sync_bfly(v, offset=1)
-                v = v + cute.arch.shuffle_sync_bfly(v, offset=2)
-                mine = v if quad_lane == j else mine
-            red_add_f32(gRowGrad, (row_start + c_mn[r, 0][0], 4 * k + quad_lane), mine)

@@ -15,6 +15,7 @@ dimensions the factors broadcast along).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
     return padded
 
 
+@functools.lru_cache(maxsize=256)
 def choose_config(
     dtype: torch.dtype,
     head_dim: int,
