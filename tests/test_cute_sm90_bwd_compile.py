@@ -167,8 +167,8 @@ def test_backward_sections_hold_the_query_side_of_whole_kv_heads():
     assert bwd.heads_per_section(1024, 128, 128, 2, 1, 8) == 8
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("rank, bias_mma", [(32, True), (48, True), (64, True), (48, False), (64, False)])
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
+@pytest.mark.parametrize("rank, bias_mma", [(32, True), (48, True), (64, True), (4, False), (48, False), (64, False)])
 def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias_mma):
     cfg = bwd.choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=rank, bias_mma=bias_mma)
     bwd.compile_config(cfg)

@@ -258,6 +258,12 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.has_bias and not self.bias_mma
 
     @property
+    def late_dp(self) -> bool:
+        """dP^T issued after the bias FMAs of step 2 instead of under them: float32 factors at d = 128, where
+        the FMAs with dP^T's accumulators in flight spill registers (compile test)."""
+        return self.fma_bias and max(self.head_dim, self.head_dim_v) > 96
+
+    @property
     def bias_dtype(self) -> type[cutlass.Numeric]:
         return self.dtype if self.bias_mma else Float32
 
@@ -792,9 +798,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                 stage = q_state.index
                 ds_stage = iteration % 2
                 row_start = m_block * tm
-                # 1. S^T = K Q^T and dP^T = V dO^T; dP^T runs under the exp2 of step 2, except with
-                # float32 factors (its registers are needed for the bias FMAs: issued after step 2). The
-                # wgmma bias goes first, alone in flight, divided by the scale: S^T accumulates onto it
+                # 1. S^T = K Q^T and dP^T = V dO^T; dP^T runs under the exp2 (and bias FMAs) of step 2,
+                # except with ``late_dp``. The wgmma bias goes first, alone in flight, divided by the scale:
+                # S^T accumulates onto it
                 pipeline_q.consumer_wait(q_state)
                 acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
                 if const_expr(self.bias_mma):
@@ -804,9 +810,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                 else:
                     sm90.gemm(tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], True, -1)
                 acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
-                if const_expr(not self.fma_bias):
+                if const_expr(not self.late_dp):
                     sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
-                warpgroup.wait_group(0 if const_expr(self.fma_bias) else 1)
+                warpgroup.wait_group(0 if const_expr(self.late_dp) else 1)
 
                 # 2. P^T = exp2(S^T * scale_log2 [+ bias] - lse2), zeroed where invisible
                 s_mn = acc_view_mn(acc_S)
@@ -827,7 +833,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 tdVrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
 
                 # 3. dS^T = P^T (dP^T - D)
-                if const_expr(self.fma_bias):
+                if const_expr(self.late_dp):
                     sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
                 warpgroup.wait_group(0)
                 dp_mn = acc_view_mn(acc_dP)
