@@ -45,9 +45,11 @@ record() {
 } >"$out/versions.log" 2>&1
 cat "$out/versions.log"
 
-# Compile the shipped CuTe configs on all cores first: serial compiles inside the tests would eat device time.
+# Compile the shipped CuTe configs, the benchmark variants and the GPU tests' configs on all cores first: serial
+# compiles inside the tests would eat device time.
 echo "gpu_check: precompile (CuTe, $(nproc) processes)"
-timeout -k 10 120 "$py" -m attnkit.precompile --arch sm_90a --variants --jobs "$(nproc)" >"$out/precompile.log" 2>&1
+timeout -k 10 150 "$py" -m attnkit.precompile --arch sm_90a --variants --cases tests/cute_gpu_cases.py \
+  --jobs "$(nproc)" >"$out/precompile.log" 2>&1
 record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 
 # A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.

@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("cutlass")
 
+import cute_gpu_cases  # noqa: E402
 import cutlass  # noqa: E402
 import cutlass.cute as cute  # noqa: E402
 from attnkit import precompile  # noqa: E402
@@ -201,34 +202,8 @@ def test_configs_are_distinct_cache_keys():
 
 @pytest.mark.gpu
 @pytest.mark.sm90
-@pytest.mark.parametrize(
-    "b, sq, sk, h, hkv, d, wl, wr, rank",
-    [
-        (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
-        (2, 77, 1000, 4, 2, 64, -1, 0, 0),
-        (1, 4097, 4097, 2, 1, 128, -1, 0, 0),
-        (1, 1000, 77, 2, 2, 64, -1, 0, 0),
-        (2, 300, 300, 4, 1, 96, -1, -1, 0),
-        (1, 1, 1000, 2, 2, 128, 100, 0, 0),
-        (1, 333, 1000, 4, 2, 64, 64, 16, 3),
-        (2, 500, 700, 4, 4, 128, -1, 0, 8),
-        (1, 256, 256, 2, 2, 64, -1, -1, 64),
-        # a small grid: the 16 query heads of the one K/V head split over CTAs (not in deterministic mode)
-        (1, 512, 512, 16, 1, 128, -1, 0, 0),
-        # factors in the input dtype: the bias slices of S^T on the tensor cores
-        (2, 500, 700, 4, 4, 128, -1, 0, -8),
-        (1, 333, 1000, 4, 2, 64, 64, 16, -24),
-    ],
-)
-@pytest.mark.parametrize(
-    "dtype, dq_mode",
-    [
-        (torch.bfloat16, "atomics"),
-        (torch.float16, "atomics"),
-        (torch.bfloat16, "tma_reduce"),
-        (torch.bfloat16, "deterministic"),
-    ],
-)
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.BWD_CASES)
+@pytest.mark.parametrize("dtype, dq_mode", cute_gpu_cases.BWD_MODES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode):
     from attnkit.reference.attention import attention_backward, attention_forward
     from numerics import assert_2x
@@ -253,7 +228,7 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_
     # poison: the outputs are allocated from the caching allocator's freed NaN blocks
     poison = [torch.full((4 * b * max(sq, sk) * h * d,), float("nan"), device=dev) for _ in range(4)]
     del poison
-    mode = dict(dq_tma_reduce=dq_mode == "tma_reduce", deterministic=dq_mode == "deterministic")
+    mode = cute_gpu_cases.DQ_FLAGS[dq_mode]
     got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **mode)
     torch.cuda.synchronize()
     ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)
@@ -270,13 +245,13 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_
 
 @pytest.mark.gpu
 @pytest.mark.sm90
-@pytest.mark.parametrize("d, dv, wr", [(128, 64, 0), (64, 128, -1), (96, 128, 0)])
+@pytest.mark.parametrize("d, dv, wr", cute_gpu_cases.DV_CASES)
 def test_numerics_with_v_narrower_or_wider(d, dv, wr):
     from attnkit.reference.attention import attention_backward, attention_forward
     from numerics import assert_2x
 
     dev, dtype = "cuda", torch.bfloat16
-    b, sq, sk, h, hkv = 2, 333, 500, 4, 2
+    b, sq, sk, h, hkv = cute_gpu_cases.DV_SHAPE
     q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
     k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
     v = torch.randn(b, sk, hkv, dv, device=dev, dtype=dtype)

@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("cutlass")
 
+import cute_gpu_cases  # noqa: E402
 import cutlass  # noqa: E402
 import cutlass.cute as cute  # noqa: E402
 from attnkit import precompile  # noqa: E402
@@ -200,26 +201,8 @@ def test_exp2_polynomials_meet_their_error_bound():
 
 @pytest.mark.gpu
 @pytest.mark.sm90
-@pytest.mark.parametrize(
-    "b, sq, sk, h, hkv, d, wl, wr, rank",
-    [
-        (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
-        (2, 77, 1000, 4, 2, 64, -1, 0, 0),
-        (1, 4097, 4097, 2, 1, 128, -1, 0, 8),
-        (2, 1000, 1000, 4, 2, 128, -1, 0, -8),
-        (1, 1000, 77, 2, 2, 64, -1, 0, 0),
-        (1, 1, 1000, 2, 2, 128, 100, 0, 0),
-        (1, 333, 1000, 2, 2, 64, 64, 16, 3),
-        (1, 333, 1000, 2, 2, 64, -1, -1, -24),
-        (1, 256, 256, 2, 2, 256, -1, -1, 0),
-        # short queries with GQA: the group's heads packed per tile
-        (2, 1, 1000, 8, 1, 128, -1, 0, 0),
-        (1, 50, 300, 8, 2, 64, -1, 0, 0),
-        (1, 60, 333, 16, 1, 128, 64, 16, 0),
-        (1, 33, 200, 4, 2, 256, -1, -1, 0),
-    ],
-)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_CASES)
+@pytest.mark.parametrize("dtype", cute_gpu_cases.FWD_DTYPES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype):
     from attnkit.reference.attention import attention_forward
     from numerics import assert_2x

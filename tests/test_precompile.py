@@ -18,7 +18,7 @@ def test_worker_compile_is_loaded_from_disk(tmp_path, monkeypatch):
     index = next(i for i, cfg in enumerate(configs) if type(cfg).__name__ == "BwdPostprocessConfig")
     bwd.cache().clear_memory()
     try:
-        assert precompile._compile_one(("sm_90a", "bwd", index, False)) is None
+        assert precompile._compile_one(("sm_90a", "bwd", index, False, None)) is None
         assert any(tmp_path.rglob("*")), "the worker wrote nothing to the disk cache"
         bwd.cache().clear_memory()  # as in a fresh process: only the disk copy remains
         bwd.compile_config(configs[index])
@@ -36,3 +36,23 @@ def test_variants_extend_the_shipped_configs():
         assert both[: len(shipped)] == shipped and len(set(both)) == len(both)
         for causal in (False, True):
             assert set(mod.variant_configs(causal).values()) <= set(both)
+
+
+def test_gpu_test_cases_map_to_configs_that_fit():
+    """Every shape the CuTe GPU tests run has a config (no shared-memory or head-dim error waits for the
+    device), and precompile --cases adds those configs to each launcher's list."""
+    import os
+
+    from attnkit.cute import attention_fwd as fwd
+
+    path = os.path.join(os.path.dirname(__file__), "cute_gpu_cases.py")
+    found = precompile.case_configs(path, "sm_90a")
+    assert any(type(c).__name__ == "FwdConfig" and c.pack_gqa > 1 for c in found)
+    assert any(type(c).__name__ == "BwdConfig" and c.split_heads for c in found)
+    assert any(type(c).__name__ == "BwdConfig" and c.bias_mma for c in found)
+    for mod in (fwd, bwd):
+        listed = precompile.configs_of(mod, "sm_90a", cases=path)
+        mine = [c for c in found if type(c).__module__ == mod.__name__]
+        assert mine and all(c in listed for c in mine) and len(set(listed)) == len(listed)
+        for cfg in mine:
+            assert cfg.make_kernel().smem_bytes() <= mod.SMEM_CAPACITY

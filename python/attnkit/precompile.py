@@ -1,12 +1,13 @@
 """Compile every shipped CuTe-DSL kernel config without a GPU; optionally dump each kernel's SASS.
 
-    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd] [--jobs N] [--variants]
+    python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd] [--jobs N] [--variants] [--cases FILE]
 
 Warms the disk compile cache (``$ATTNKIT_CACHE_DIR`` or ``~/.cache/attnkit``) for deployment. The
 registry below lists launcher modules; each exposes ``shipped_configs(arch)`` (frozen config
 dataclasses), ``compile_config(cfg)`` and ``cache()`` (its ``CompileCache``, for the cubins), and may
 expose ``variant_configs(causal)`` (the switches ``bench/bench_variants.py`` measures; built with
-``--variants``). A module that is not importable yet is skipped with a note.
+``--variants``). ``--cases FILE`` adds the configs a Python file's ``configs(arch)`` returns (the GPU tests'
+``tests/cute_gpu_cases.py``). A module that is not importable yet is skipped with a note.
 """
 
 from __future__ import annotations
@@ -63,23 +64,39 @@ def load_launchers(only: str | None = None) -> dict:
     return mods
 
 
-def configs_of(mod, arch: str, variants: bool = False) -> list:
-    """The shipped configs, then (with ``variants``) the benchmark variants not already among them."""
+def case_configs(path: str | None, arch: str) -> list:
+    """``configs(arch)`` of the Python file at ``path`` (none without one)."""
+    if path is None:
+        return []
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attnkit_precompile_cases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.configs(arch))
+
+
+def configs_of(mod, arch: str, variants: bool = False, cases: str | None = None) -> list:
+    """The shipped configs, then (with ``variants``) the benchmark variants and (with ``cases``) that file's
+    configs of this launcher, each once."""
     configs = list(mod.shipped_configs(arch))
+    extra = []
     if variants and hasattr(mod, "variant_configs"):
         for causal in (False, True):
-            for cfg in mod.variant_configs(causal, arch=arch).values():
-                if cfg not in configs:
-                    configs.append(cfg)
+            extra += mod.variant_configs(causal, arch=arch).values()
+    extra += [cfg for cfg in case_configs(cases, arch) if type(cfg).__module__ == mod.__name__]
+    for cfg in extra:
+        if cfg not in configs:
+            configs.append(cfg)
     return configs
 
 
-def build_all(arch: str, only: str | None = None, variants: bool = False) -> list[Built]:
+def build_all(arch: str, only: str | None = None, variants: bool = False, cases: str | None = None) -> list[Built]:
     os.environ.setdefault("CUTE_DSL_ARCH", arch)
     results = []
     for kind, mod in load_launchers(only).items():
         cache = mod.cache() if hasattr(mod, "cache") else None
-        for cfg in configs_of(mod, arch, variants):
+        for cfg in configs_of(mod, arch, variants, cases):
             start = time.perf_counter()
             try:
                 compiled = mod.compile_config(cfg)
@@ -95,12 +112,12 @@ def build_all(arch: str, only: str | None = None, variants: bool = False) -> lis
     return results
 
 
-def _compile_one(job: tuple[str, str, int, bool]) -> str | None:
+def _compile_one(job: tuple[str, str, int, bool, str | None]) -> str | None:
     """Worker: compile one config into the disk cache; the error text if it fails."""
-    arch, kind, index, variants = job
+    arch, kind, index, variants, cases = job
     os.environ.setdefault("CUTE_DSL_ARCH", arch)
     mod = importlib.import_module(REGISTRY[kind])
-    cfg = configs_of(mod, arch, variants)[index]
+    cfg = configs_of(mod, arch, variants, cases)[index]
     try:
         mod.compile_config(cfg)
     except Exception as exc:  # reported by the serial pass that follows
@@ -108,16 +125,16 @@ def _compile_one(job: tuple[str, str, int, bool]) -> str | None:
     return None
 
 
-def warm_in_parallel(arch: str, only: str | None, jobs: int, variants: bool = False) -> float:
+def warm_in_parallel(arch: str, only: str | None, jobs: int, variants: bool = False, cases: str | None = None) -> float:
     """Compile every shipped config in `jobs` processes (disk cache on), so the serial pass only loads them.
     Worth it on a many-core GPU machine, where the compiles would otherwise eat device time."""
     import concurrent.futures
     import multiprocessing
 
     work = [
-        (arch, kind, i, variants)
+        (arch, kind, i, variants, cases)
         for kind, mod in load_launchers(only).items()
-        for i in range(len(configs_of(mod, arch, variants)))
+        for i in range(len(configs_of(mod, arch, variants, cases)))
     ]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
@@ -155,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(REGISTRY), default=None)
     parser.add_argument("--jobs", type=int, default=1, help="compile in N processes first (needs the disk cache)")
     parser.add_argument("--variants", action="store_true", help="also the configs bench/bench_variants.py times")
+    parser.add_argument("--cases", default=None, help="also the configs a Python file's configs(arch) returns")
     args = parser.parse_args(argv)
 
     if args.jobs > 1:
         if os.environ.get("ATTNKIT_DISABLE_DISK_CACHE") == "1":
             parser.error("--jobs needs the disk cache (ATTNKIT_DISABLE_DISK_CACHE=1 is set)")
-        seconds = warm_in_parallel(args.arch, args.only, args.jobs, args.variants)
+        seconds = warm_in_parallel(args.arch, args.only, args.jobs, args.variants, args.cases)
         print(f"parallel compile ({args.jobs} processes): {seconds:.1f}s")
-    results = build_all(args.arch, args.only, args.variants)
+    results = build_all(args.arch, args.only, args.variants, args.cases)
     for built in results:
         line = f"{built.kind:4s} {built.source:8s} {built.seconds:7.3f}s  {built.config}"
         if built.error is not None:

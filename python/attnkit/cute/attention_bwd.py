@@ -321,6 +321,43 @@ def head_splits(group: int, ctas: int, sm_count: int, deterministic: bool) -> in
     return -(-group // per_split)
 
 
+def config_for(
+    dtype: torch.dtype,
+    batch: int,
+    seqlen_k: int,
+    num_heads: int,
+    num_heads_kv: int,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: int,
+    window_right: int,
+    bias_rank: int = 0,
+    factors_in_input_dtype: bool = False,
+    sm_count: int | None = None,
+    dq_tma_reduce: bool | None = None,
+    deterministic: bool = False,
+) -> tuple[BwdConfig, int]:
+    """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
+    ``sm_count``); precompile --cases warms them ahead."""
+    group = num_heads // num_heads_kv
+    n_blocks = -(-seqlen_k // main_tile_n())
+    splits = 1 if sm_count is None else head_splits(group, n_blocks * num_heads_kv * batch, sm_count, deterministic)
+    cfg = choose_config(
+        dtype,
+        head_dim,
+        head_dim_v,
+        window_left >= 0,
+        window_right >= 0,
+        bias_rank=bias_rank,
+        dq_tma_reduce=dq_tma_reduce,
+        deterministic=deterministic,
+        split_heads=splits > 1,
+        # learned factors in q's dtype go on the tensor cores (as in the forward); others in float32
+        bias_mma=bias_rank > 0 and factors_in_input_dtype,
+    )
+    return cfg, splits
+
+
 def main_tile_m() -> int:
     from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
 
@@ -373,24 +410,22 @@ def attention_bwd(
     if lse.shape != (batch, num_heads, seqlen_q):
         raise ValueError(f"lse must be (B, H, Sq) = {(batch, num_heads, seqlen_q)}, got {tuple(lse.shape)}")
     rank = 0 if q_factor is None else q_factor.shape[-1]
-    # learned factors in q's dtype go on the tensor cores (as in the forward); others in float32
-    bias_mma = rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype
     group = num_heads // num_heads_kv
-    n_blocks = -(-seqlen_k // main_tile_n())
-    splits = 1
-    if q.is_cuda:
-        splits = head_splits(group, n_blocks * num_heads_kv * batch, _sm_count(q.device), deterministic)
-    cfg = choose_config(
+    cfg, splits = config_for(
         q.dtype,
+        batch,
+        seqlen_k,
+        num_heads,
+        num_heads_kv,
         head_dim,
         head_dim_v,
-        window_left >= 0,
-        window_right >= 0,
-        bias_rank=rank,
-        dq_tma_reduce=dq_tma_reduce,
-        deterministic=deterministic,
-        split_heads=splits > 1,
-        bias_mma=bias_mma,
+        window_left,
+        window_right,
+        rank,
+        rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype,
+        _sm_count(q.device) if q.is_cuda else None,
+        dq_tma_reduce,
+        deterministic,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)

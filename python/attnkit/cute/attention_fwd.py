@@ -177,6 +177,33 @@ def pack_gqa_for(group: int, seqlen_q: int, bias_rank: int) -> int:
     return 1
 
 
+def config_for(
+    dtype: torch.dtype,
+    seqlen_q: int,
+    num_heads: int,
+    num_heads_kv: int,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: int,
+    window_right: int,
+    bias_rank: int = 0,
+    factors_in_input_dtype: bool = False,
+) -> FwdConfig:
+    """The config ``attention_fwd`` runs for inputs of this kind (precompile --cases warms them ahead)."""
+    # learned factors in q's dtype go on the tensor cores; float32 (position-like) ones on FMAs
+    bias_mma = bias_rank > 0 and factors_in_input_dtype
+    return choose_config(
+        dtype,
+        head_dim,
+        head_dim_v,
+        window_left >= 0,
+        window_right >= 0,
+        bias_rank=bias_rank,
+        bias_mma=bias_mma,
+        pack_gqa=pack_gqa_for(num_heads // num_heads_kv, seqlen_q, bias_rank),
+    )
+
+
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, FwdConfig]:
     """The default bf16 config and one variant per on/off switch, for ``bench/bench_variants.py`` (and
     ``precompile --variants``): what each FA-style technique is worth is measured, not assumed."""
@@ -318,18 +345,10 @@ def attention_fwd(
             raise ValueError("factors must be (B|1, Sq, H|1, R) and (B|1, Sk, H|1, R) with 1 <= R <= 64")
         if bq not in (1, batch) or bk not in (1, batch) or hq not in (1, num_heads) or hk not in (1, num_heads):
             raise ValueError("factor batch/head extents must be 1 or match q")
-    # learned factors in q's dtype go on the tensor cores; float32 (position-like) ones on FMAs
-    bias_mma = rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype
     group = num_heads // k.shape[2]
-    cfg = choose_config(
-        q.dtype,
-        head_dim,
-        head_dim_v,
-        window_left >= 0,
-        window_right >= 0,
-        bias_rank=rank,
-        bias_mma=bias_mma,
-        pack_gqa=pack_gqa_for(group, seqlen_q, rank),
+    in_dtype = rank > 0 and q_factor.dtype == q.dtype and k_factor.dtype == q.dtype
+    cfg = config_for(
+        q.dtype, seqlen_q, num_heads, k.shape[2], head_dim, head_dim_v, window_left, window_right, rank, in_dtype
     )
     if config is not None:
         fixed = ("dtype", "head_dim", "head_dim_v", "window_left", "window_right", "bias_rank", "bias_mma", "arch")
