@@ -56,3 +56,12 @@ def test_gpu_test_cases_map_to_configs_that_fit():
         assert mine and all(c in listed for c in mine) and len(set(listed)) == len(listed)
         for cfg in mine:
             assert cfg.make_kernel().smem_bytes() <= mod.SMEM_CAPACITY
+
+
+def test_config_names_are_unique_short_file_names():
+    from attnkit.cute import attention_fwd as fwd
+
+    configs = [c for mod in (fwd, bwd) for c in precompile.configs_of(mod, "sm_90a", variants=True)]
+    names = [precompile.config_name(c) for c in configs]
+    assert len(set(names)) == len(names)
+    assert all(len(n) <= 160 and "/" not in n for n in names)

@@ -39,12 +39,19 @@ class Built:
 
 
 def config_name(cfg) -> str:
-    """A file-name-safe, human-readable name: the config class and its field values."""
+    """A file-name-safe, human-readable name: the config class and the fields that differ from their
+    defaults (a hash of the rest keeps it unique and under file-name limits if it is still too long)."""
+    import hashlib
+
     parts = [type(cfg).__name__]
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
-        parts.append(f"{field.name}-{value}")
-    return "_".join(parts).replace(".", "p").replace(" ", "")
+        if field.default is dataclasses.MISSING or value != field.default:
+            parts.append(f"{field.name}-{value}")
+    name = "_".join(parts).replace(".", "p").replace(" ", "")
+    if len(name) > 160:
+        name = name[:150] + "_" + hashlib.sha1(name.encode()).hexdigest()[:9]
+    return name
 
 
 def load_launchers(only: str | None = None) -> dict:
