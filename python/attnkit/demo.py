@@ -1,11 +1,12 @@
 """CPU demo of the three ops (`scripts/run` without a GPU): each runs forward and backward through the public
 API, is checked against the float64 reference, and is timed; the Triton kernels also run, at a tiny size,
-under Triton's CPU interpreter. `python -m attnkit.demo [--repeats N]`."""
+under Triton's CPU interpreter. `python -m attnkit.demo [--skip-triton]`."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
@@ -137,4 +138,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if "triton" in sys.modules and os.environ.get("ATTNKIT_DEMO_REEXEC") != "1":
+        # `python -m attnkit.demo` imports the attnkit package first, which imports triton (through
+        # torch._dynamo) before the variable above is set, and triton reads it then: start again with it set
+        os.environ["ATTNKIT_DEMO_REEXEC"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "attnkit.demo", *sys.argv[1:]])
     raise SystemExit(main())
