@@ -40,19 +40,13 @@ def _inputs(batch: int, seqlen: int, kv_heads: int = HEADS, seqlen_q: int | None
     return one(seqlen_q or seqlen, HEADS), one(seqlen, kv_heads), one(seqlen, kv_heads)
 
 
-def _with_sections(fn: Callable[[], object], section_bytes: int | None) -> Callable[[], object]:
-    """fn with the launchers' L2 section budget replaced (None: unchanged)."""
-    if section_bytes is None:
-        return fn
+def _with_sections(fn: Callable[[], object], nbytes: int) -> Callable[[], object]:
+    """fn with the launchers' L2 section budget replaced."""
     from attnkit.cute import schedule
 
     def call():
-        saved = schedule.L2_SECTION_BYTES
-        schedule.L2_SECTION_BYTES = section_bytes
-        try:
+        with schedule.section_bytes(nbytes):
             return fn()
-        finally:
-            schedule.L2_SECTION_BYTES = saved
 
     return call
 

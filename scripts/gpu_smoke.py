@@ -84,15 +84,10 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
     def run():
         q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
-        saved = schedule.L2_SECTION_BYTES
-        if l2_budget is not None:
-            schedule.L2_SECTION_BYTES = l2_budget
-        try:
-            poison(b * max(sq, sk) * h * d * 4)
+        poison(b * max(sq, sk) * h * d * 4)
+        with schedule.section_bytes(l2_budget):
             out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw)
             torch.cuda.synchronize()
-        finally:
-            schedule.L2_SECTION_BYTES = saved
         out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
         out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
         ok = verdict("out", out, out64, out_lp, seq_dim=1)
@@ -123,14 +118,9 @@ def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=t
         poison(4 * b * max(sq, sk) * h * d * 4)
         tma = {"default": None, "atomics": False, "tma_reduce": True, "deterministic": False}[dq_mode]
         mode = dict(dq_tma_reduce=tma, deterministic=dq_mode == "deterministic")
-        saved = schedule.L2_SECTION_BYTES
-        if l2_budget is not None:
-            schedule.L2_SECTION_BYTES = l2_budget
-        try:
+        with schedule.section_bytes(l2_budget):
             got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **mode)
             torch.cuda.synchronize()
-        finally:
-            schedule.L2_SECTION_BYTES = saved
         ref64 = attention_backward(
             dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw
         )

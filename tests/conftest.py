@@ -14,6 +14,24 @@ if not torch.cuda.is_available():
         pass
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One fresh CuTe disk cache for a test module: the first compile of each config there is a cold one."""
+    from attnkit.cute import attention_bwd, attention_fwd
+
+    path = tmp_path_factory.mktemp("attnkit-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATTNKIT_CACHE_DIR", str(path))
+    mp.delenv("ATTNKIT_DISABLE_DISK_CACHE", raising=False)
+    mp.setenv("CUTE_DSL_ARCH", "sm_90a")
+    for launcher in (attention_fwd, attention_bwd):
+        launcher.cache().clear_memory()
+    yield path
+    for launcher in (attention_fwd, attention_bwd):
+        launcher.cache().clear_memory()
+    mp.undo()
+
+
 def pytest_collection_modifyitems(config, items):
     has_gpu = torch.cuda.is_available()
     major = torch.cuda.get_device_capability()[0] if has_gpu else 0

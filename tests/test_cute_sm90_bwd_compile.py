@@ -21,19 +21,6 @@ from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90  # noqa: E4
 from cutlass import Int32  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("attnkit-bwd-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ATTNKIT_CACHE_DIR", str(path))
-    mp.delenv("ATTNKIT_DISABLE_DISK_CACHE", raising=False)
-    mp.setenv("CUTE_DSL_ARCH", "sm_90a")
-    bwd.cache().clear_memory()
-    yield path
-    bwd.cache().clear_memory()
-    mp.undo()
-
-
 @pytest.mark.parametrize("cfg", bwd.shipped_configs("sm_90a"), ids=precompile.config_name)
 def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
     bwd.compile_config(cfg)

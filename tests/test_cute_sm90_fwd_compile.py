@@ -20,27 +20,15 @@ import cutlass.cute as cute  # noqa: E402
 from attnkit import precompile  # noqa: E402
 from attnkit.cute import attention_fwd as fwd  # noqa: E402
 from attnkit.cute import compile_cache  # noqa: E402
+from attnkit.cute.tensors import prepare_factor  # noqa: E402
 from attnkit.kernels.cute.attention.sm90_fwd import AttentionFwdSm90  # noqa: E402
 from attnkit.kernels.cute.common import sm90  # noqa: E402
 from attnkit.kernels.cute.common.layouts import acc_view_as_operand_a  # noqa: E402
 from attnkit.kernels.cute.common.mask import AttentionMask  # noqa: E402
 from attnkit.kernels.cute.common.softmax import OnlineSoftmax  # noqa: E402
 from attnkit.kernels.cute.common.tile_scheduler import PersistentTileScheduler  # noqa: E402
+from attnkit.reference.attention import visible_mask  # noqa: E402
 from cutlass import Float32, Int32  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One fresh disk cache for the module: the first compile of each config here is a cold one."""
-    path = tmp_path_factory.mktemp("attnkit-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ATTNKIT_CACHE_DIR", str(path))
-    mp.delenv("ATTNKIT_DISABLE_DISK_CACHE", raising=False)
-    mp.setenv("CUTE_DSL_ARCH", "sm_90a")
-    fwd.cache().clear_memory()
-    yield path
-    fwd.cache().clear_memory()
-    mp.undo()
 
 
 def _sass(cfg) -> str:
@@ -374,17 +362,6 @@ def probes():
     return mask_probe, operand_probe, schedule_probe
 
 
-def _visible(sq, sk, wl, wr):
-    i = torch.arange(sq)[:, None] + sk - sq
-    j = torch.arange(sk)[None, :]
-    vis = torch.ones(sq, sk, dtype=torch.bool)
-    if wl >= 0:
-        vis &= j >= i - wl
-    if wr >= 0:
-        vis &= j <= i + wr
-    return vis
-
-
 @pytest.mark.parametrize("pack", [1, 4])
 @pytest.mark.parametrize("sq, sk", [(1, 1000), (77, 1000), (1000, 77), (300, 300), (129, 257)])
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0)])
@@ -406,7 +383,7 @@ def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr, 
         _COMPILED_MASK_PROBES[key] = cute.compile(mask_probe, *args(0, 0), *key, options=_HOPPER)
     run = _COMPILED_MASK_PROBES[key]
     # one row per (position, head of the group), head fastest
-    vis = _visible(sq, sk, wl, wr).repeat_interleave(pack, dim=0)
+    vis = visible_mask(sq, sk, wl, wr, "cpu").repeat_interleave(pack, dim=0)
     num_key_blocks = math.ceil(sk / _TILE_N)
     for m in range(math.ceil(pack * sq / _TILE_M)):
         run(*args(m, 0))
@@ -530,7 +507,7 @@ def test_runtime_arguments_match_the_compiled_signature(factor_dtype):
     fakes = fwd._fake_args(cfg)
     runtime = [fwd._to_cute(q)] * 4 + [fwd._to_cute(lse, align=4)]
     if rank:
-        factor = fwd._prepare_factor(torch.zeros(2, 100, 1, 5), cfg.bias_rank, factor_dtype)
+        factor = prepare_factor(torch.zeros(2, 100, 1, 5), cfg.bias_rank, factor_dtype)
         runtime += [fwd._to_cute(factor)] * 2
     for fake, real in zip(fakes, runtime, strict=False):
         assert _layout_signature(fake) == _layout_signature(real), (str(fake), str(real))

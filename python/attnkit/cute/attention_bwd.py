@@ -25,7 +25,7 @@ from ..broadcast import sum_to
 from .attention_fwd import _sm_count, _window_arg
 from .compile_cache import CompileCache
 from .schedule import section_heads
-from .tensors import tma_ready
+from .tensors import prepare_factor, tma_ready
 
 __all__ = [
     "BwdConfig",
@@ -295,14 +295,6 @@ def _to_cute(t: torch.Tensor):
     return from_dlpack(t, assumed_align=16 if t.element_size() == 2 else 4).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
-def _prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Contiguous, in ``dtype``, the rank zero-padded to ``rank`` (padded terms are 0 * 0)."""
-    f = f.to(dtype).contiguous()
-    if f.shape[-1] != rank:
-        f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
-    return tma_ready(f)
-
-
 def heads_per_section(
     seqlen_q: int, head_dim: int, head_dim_v: int, elem_bytes: int, group: int, num_bh_kv: int
 ) -> int:
@@ -455,8 +447,8 @@ def attention_bwd(
     qf = kf = dqf_accum = dkf_accum = None
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
-        qf = _to_cute(_prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
-        kf = _to_cute(_prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
+        qf = _to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
         dqf_buf = torch.zeros(batch, num_heads, sq_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dkf_buf = torch.zeros(batch, num_heads, sk_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dqf_accum, dkf_accum = _to_cute(dqf_buf), _to_cute(dkf_buf)

@@ -20,7 +20,7 @@ import torch
 
 from .compile_cache import CompileCache
 from .schedule import section_heads
-from .tensors import tma_ready
+from .tensors import prepare_factor, tma_ready
 
 __all__ = [
     "FwdConfig",
@@ -278,19 +278,6 @@ def _to_cute(t: torch.Tensor, align: int = 16):
     return from_dlpack(t, assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
-def _prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
-    """Contiguous, in ``dtype``, rank zero-padded to ``rank`` (exact: padded terms are 0 * 0).
-
-    Factors of another 16-bit dtype than q are widened exactly to float32; their products are then
-    exact in float32, as on the tensor cores. Contiguity also removes broadcast (stride-0) views,
-    which TMA cannot describe.
-    """
-    f = f.to(dtype).contiguous()
-    if f.shape[-1] != rank:
-        f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
-    return tma_ready(f)
-
-
 def _window_arg(window: int, seqlen_q: int, seqlen_k: int) -> int:
     """The kernel's Int32 window: unused when negative (the config has no such bound), and clamped
     to Sq + Sk, beyond which every window admits every key (keeps i + offset + window in Int32)."""
@@ -371,8 +358,8 @@ def attention_fwd(
     qf = kf = None
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
-        qf = _to_cute(_prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
-        kf = _to_cute(_prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
+        qf = _to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     args = (
         _to_cute(q),

@@ -7,7 +7,22 @@ each tile reads once. Not measured yet: the next device run should compare a sec
 
 from __future__ import annotations
 
+import contextlib
+
 L2_SECTION_BYTES = 32 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def section_bytes(nbytes: int | None):
+    """Launches inside use ``nbytes`` as the section budget (None: unchanged): for tests and benchmarks."""
+    global L2_SECTION_BYTES
+    saved = L2_SECTION_BYTES
+    if nbytes is not None:
+        L2_SECTION_BYTES = nbytes
+    try:
+        yield
+    finally:
+        L2_SECTION_BYTES = saved
 
 
 def section_heads(bytes_per_unit: int, num_units: int, heads_per_unit: int = 1) -> int:

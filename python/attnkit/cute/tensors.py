@@ -15,3 +15,13 @@ def tma_ready(t: torch.Tensor) -> torch.Tensor:
     ok = t.stride(-1) == 1 and strides_ok and t.data_ptr() % 16 == 0
     # a contiguous view at a misaligned offset needs a real copy (contiguous() would return it as is)
     return t if ok else t.clone(memory_format=torch.contiguous_format)
+
+
+def prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tensor:
+    """A bias factor for the kernels: in ``dtype``, contiguous, the rank zero-padded to ``rank`` (exact: padded
+    terms are 0 * 0). Factors of another 16-bit dtype than q are widened exactly to float32, where their
+    products are exact, as on the tensor cores. Contiguity also removes broadcast (stride-0) views."""
+    f = f.to(dtype).contiguous()
+    if f.shape[-1] != rank:
+        f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
+    return tma_ready(f)
