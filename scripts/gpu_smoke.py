@@ -1,6 +1,6 @@
 """One run of each kernel on small shapes, judged against the float64 reference, with a diagnosis.
 
-    python scripts/gpu_smoke.py cute-fwd|cute-bwd|triton [--case SUBSTRING]
+    python scripts/gpu_smoke.py cute-fwd|cute-bwd|cute-bwd-wide|triton [--case SUBSTRING]
 
 ``scripts/gpu_check.sh`` runs each group in its own process under a timeout before the test suite, so a
 kernel that hangs costs one group's timeout instead of the whole device call, and the suite can leave
@@ -206,6 +206,16 @@ GROUPS = {
         "d128 causal deterministic, 2-head L2 sections": cute_bwd_case(
             2, 1024, 1024, 8, 4, 128, -1, 0, 8, dq_mode="deterministic", l2_budget=2 * 2 * 1024 * 520
         ),
+    },
+    # wide heads: 64-row key blocks both warpgroups share, P^T / dS^T through smem (a group of its own, so that a
+    # failure here leaves only tests/test_cute_sm90_bwd_wide.py out)
+    "cute-bwd-wide": {
+        "d256 full, one P/dS buffer": cute_bwd_case(1, 300, 300, 2, 2, 256, -1, -1, 0),
+        "d192 causal gqa, two P/dS buffers": cute_bwd_case(2, 300, 300, 4, 2, 192, -1, 0, 0),
+        "d192 causal dq tma reduce": cute_bwd_case(1, 333, 500, 2, 2, 192, -1, 0, 0, dq_mode="tma_reduce"),
+        "d256 window deterministic": cute_bwd_case(1, 500, 500, 2, 2, 256, 64, 16, 0, dq_mode="deterministic"),
+        "d256 float32 bias r8 causal, one Q/dO stage": cute_bwd_case(1, 300, 400, 2, 2, 256, -1, 0, 8),
+        "d128 dv256 causal": cute_bwd_case(1, 300, 400, 4, 2, 128, -1, 0, 0, dv=256),
     },
     "triton": {
         "attention d128 causal": triton_case(True, 0),

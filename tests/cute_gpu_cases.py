@@ -49,14 +49,72 @@ BWD_MODES = [
     (torch.bfloat16, "deterministic"),
 ]
 DQ_FLAGS = {
+    "default": dict(dq_tma_reduce=None, deterministic=False),
     "atomics": dict(dq_tma_reduce=False, deterministic=False),
     "tma_reduce": dict(dq_tma_reduce=True, deterministic=False),
     "deterministic": dict(dq_tma_reduce=False, deterministic=True),
 }
 
+# Wide heads (d or dv > 128: 64-row key blocks shared by both warpgroups, dK / dV split along d, P^T / dS^T
+# through smem), in tests/test_cute_sm90_bwd_wide.py so that gpu_check can leave them out alone:
+# (b, sq, sk, h, hkv, d, dv, window_left, window_right, rank, dtype, dQ mode); "default" = the launcher's choice
+WIDE_BWD_CASES = [
+    (2, 300, 300, 2, 1, 256, 256, -1, -1, 0, torch.bfloat16, "default"),  # one P^T / dS^T buffer
+    (2, 300, 300, 2, 1, 256, 256, -1, -1, 0, torch.float16, "deterministic"),
+    (1, 333, 1000, 4, 2, 192, 192, -1, 0, 0, torch.bfloat16, "default"),  # two buffers, dQ atomics
+    (1, 333, 1000, 4, 2, 192, 192, -1, 0, 0, torch.bfloat16, "tma_reduce"),  # one buffer
+    (1, 500, 700, 2, 2, 256, 256, 64, 16, 8, torch.bfloat16, "default"),  # float32 factors, one Q / dO stage
+    (1, 500, 700, 2, 2, 256, 256, 64, 16, 8, torch.bfloat16, "deterministic"),
+    (1, 77, 300, 2, 2, 256, 256, -1, 0, -16, torch.bfloat16, "default"),  # tensor-core bias
+    (1, 512, 512, 8, 1, 256, 256, -1, 0, 0, torch.bfloat16, "default"),  # MQA: query heads split over CTAs
+    (2, 333, 500, 4, 2, 128, 256, -1, 0, 0, torch.bfloat16, "default"),
+    (2, 333, 500, 4, 2, 192, 128, -1, -1, 0, torch.bfloat16, "default"),
+]
+
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE
 DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
 DV_SHAPE = (2, 333, 500, 4, 2)
+
+
+def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode) -> None:
+    """The CuTe backward on one case against the float64 reference (the 2x rule), every gradient, outputs
+    allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias)."""
+    import math
+
+    from attnkit.cute import attention_bwd as bwd
+    from attnkit.reference.attention import attention_backward, attention_forward
+    from numerics import assert_2x
+
+    dev = "cuda"
+    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
+    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
+    v = torch.randn(b, sk, hkv, dv, device=dev, dtype=dtype)
+    dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
+    qf = kf = None
+    if rank:
+        factor_dtype = dtype if rank < 0 else torch.float32
+        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
+        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
+    kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
+    inputs = [q, k, v, qf, kf]
+    ins64 = [None if x is None else x.double() for x in inputs]
+    out_lp, lse_lp = attention_forward(*inputs, compute_dtype=dtype, **kw)
+    out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
+    # poison: the outputs are allocated from the caching allocator's freed NaN blocks
+    poison = [torch.full((4 * b * max(sq, sk) * h * max(d, dv),), float("nan"), device=dev) for _ in range(4)]
+    del poison
+    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode])
+    torch.cuda.synchronize()
+    ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)
+    ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, qf, kf, compute_dtype=dtype, **kw)
+    names = ("dq", "dk", "dv", "dq_factor", "dk_factor")
+    for name, g, x, r64, rlp in zip(names, got, inputs, ref64, ref_lp, strict=True):
+        if x is None:
+            assert g is None, name
+            continue
+        assert g.dtype == x.dtype and g.shape == x.shape, name
+        assert torch.isfinite(g).all(), f"{name}: not finite"
+        assert_2x(name, g, r64, rlp)
 
 
 def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
@@ -72,6 +130,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for dtype, mode in BWD_MODES:
             flags = DQ_FLAGS[mode]
             found.append(bwd.config_for(dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0])
+    for b, _sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, mode in WIDE_BWD_CASES:
+        flags = DQ_FLAGS[mode]
+        found.append(bwd.config_for(dtype, b, sk, h, hkv, d, dv, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0])
     b, _sq, sk, h, hkv = DV_SHAPE
     for d, dv, wr in DV_CASES:
         found.append(bwd.config_for(torch.bfloat16, b, sk, h, hkv, d, dv, -1, wr, sm_count=sm_count)[0])

@@ -545,19 +545,11 @@ def test_limits_attention_value_dim(backend, dv):
         limits.validate_attention(backend, *half_qkv(dv=dv), None)
 
 
-@pytest.mark.parametrize(
-    "d,dv,name", [(192, 192, "of q/k (backward)"), (256, 256, "of q/k (backward)"), (128, 256, "of v (backward)")]
-)
-def test_limits_cute_backward_head_dims(d, dv, name):
-    limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None, needs_grad=False)
-    with raises(ValueError, "head dim", name, "backend='cute'"):
-        limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None, needs_grad=True)
-    limits.validate_attention("triton", *half_qkv(d=d, dv=dv), None, needs_grad=True)
-
-
-@pytest.mark.parametrize("d,dv", [(128, 64), (64, 128), (96, 128)])
-def test_limits_cute_backward_takes_v_narrower_or_wider(d, dv):
-    limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None, needs_grad=True)
+@pytest.mark.parametrize("d,dv", [(128, 64), (64, 128), (96, 128), (192, 192), (256, 256), (128, 256)])
+def test_limits_cute_takes_every_forward_head_dim_pair(d, dv):
+    """The CuTe backward has a kernel for every head-dim pair the forward takes (64-row key blocks above 128), so
+    validation does not depend on whether gradients are wanted."""
+    limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None)
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.5])

@@ -65,14 +65,15 @@ def _factor_item_probe(kernel):
     return probe
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])  # 128- and 64-row key blocks
 @pytest.mark.parametrize("rank", [4, 8, 12, 16, 28, 64])
-def test_factor_gradient_items_cover_each_product_once(rank):
+def test_factor_gradient_items_cover_each_product_once(head_dim, rank):
     """Every (row, rank column, summed index) of dqf = dS kf and dkf = dS^T qf belongs to exactly one item; the
     slices of a block are aligned groups of neighbouring lanes (the shuffle reduction), each kind a multiple of
     32 items (a warp never mixes kinds)."""
     from cutlass.cute.runtime import from_dlpack
 
-    kernel = AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, True, bias_rank=rank)
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True, bias_rank=rank)
     tm, tn = kernel.tile_m, kernel.tile_n
     n = kernel.num_factor_items()
     out = torch.zeros(n, 4, dtype=torch.int32)
@@ -172,10 +173,10 @@ def test_config_choice():
     assert big.num_stages == 1
     assert big.make_kernel().smem_bytes() <= bwd.SMEM_CAPACITY
     assert bwd.choose_config(torch.float16, 64, 64, False, False).num_stages == 2
-    with pytest.raises(ValueError):
-        bwd.choose_config(torch.bfloat16, 192, 192, False, False)
-    with pytest.raises(ValueError):
-        bwd.choose_config(torch.bfloat16, 128, 256, False, False)
+    with pytest.raises(ValueError, match="head dims"):
+        bwd.choose_config(torch.bfloat16, 32, 32, False, False)
+    with pytest.raises(ValueError, match="head dims"):
+        bwd.choose_config(torch.bfloat16, 128, 512, False, False)
     assert bwd.choose_config(torch.bfloat16, 128, 64, False, False).head_dim_v == 64
     with pytest.raises(TypeError):
         bwd.choose_config(torch.float32, 64, 64, False, False)
@@ -192,68 +193,15 @@ def test_configs_are_distinct_cache_keys():
 @pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.BWD_CASES)
 @pytest.mark.parametrize("dtype, dq_mode", cute_gpu_cases.BWD_MODES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode):
-    from attnkit.reference.attention import attention_backward, attention_forward
-    from numerics import assert_2x
-
-    dev = "cuda"
-    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
-    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
-    v = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
-    dout = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
-    qf = kf = None
-    if rank:
-        # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
-        factor_dtype = dtype if rank < 0 else torch.float32
-        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
-        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
-    scale = 1.0 / math.sqrt(d)
-    kw = dict(softmax_scale=scale, window_left=wl, window_right=wr)
-    inputs = [q, k, v, qf, kf]
-    ins64 = [None if x is None else x.double() for x in inputs]
-    out_lp, lse_lp = attention_forward(*inputs, compute_dtype=dtype, **kw)
-    out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
-    # poison: the outputs are allocated from the caching allocator's freed NaN blocks
-    poison = [torch.full((4 * b * max(sq, sk) * h * d,), float("nan"), device=dev) for _ in range(4)]
-    del poison
-    mode = cute_gpu_cases.DQ_FLAGS[dq_mode]
-    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **mode)
-    torch.cuda.synchronize()
-    ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)
-    ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, qf, kf, compute_dtype=dtype, **kw)
-    names = ("dq", "dk", "dv", "dq_factor", "dk_factor")
-    for name, g, x, r64, rlp in zip(names, got, inputs, ref64, ref_lp, strict=True):
-        if x is None:
-            assert g is None, name
-            continue
-        assert g.dtype == x.dtype and g.shape == x.shape, name
-        assert torch.isfinite(g).all(), f"{name}: not finite"
-        assert_2x(name, g, r64, rlp)
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, rank, dtype, dq_mode)
 
 
 @pytest.mark.gpu
 @pytest.mark.sm90
 @pytest.mark.parametrize("d, dv, wr", cute_gpu_cases.DV_CASES)
 def test_numerics_with_v_narrower_or_wider(d, dv, wr):
-    from attnkit.reference.attention import attention_backward, attention_forward
-    from numerics import assert_2x
-
-    dev, dtype = "cuda", torch.bfloat16
     b, sq, sk, h, hkv = cute_gpu_cases.DV_SHAPE
-    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
-    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
-    v = torch.randn(b, sk, hkv, dv, device=dev, dtype=dtype)
-    dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
-    kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=-1, window_right=wr)
-    ins64 = [x.double() for x in (q, k, v)]
-    out_lp, lse_lp = attention_forward(q, k, v, None, None, compute_dtype=dtype, **kw)
-    out64, lse64 = attention_forward(*ins64, None, None, compute_dtype=torch.float64, **kw)
-    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, None, None, **kw)
-    torch.cuda.synchronize()
-    ref64 = attention_backward(dout.double(), *ins64, out64, lse64, None, None, compute_dtype=torch.float64, **kw)
-    ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, None, None, compute_dtype=dtype, **kw)
-    for name, g, x, r64, rlp in zip(("dq", "dk", "dv"), got, (q, k, v), ref64, ref_lp, strict=False):
-        assert g.shape == x.shape and g.dtype == x.dtype, name
-        assert_2x(name, g, r64, rlp)
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, dv, -1, wr, 0, torch.bfloat16, "default")
 
 
 @pytest.mark.gpu
@@ -284,8 +232,6 @@ def test_deterministic_mode_is_bitwise_reproducible():
 
 
 def _bwd_mask_probe(kernel):
-    from attnkit.kernels.cute.common import sm90
-
     tn, tm = kernel.tile_n, kernel.tile_m
 
     @cute.jit
@@ -311,7 +257,7 @@ def _bwd_mask_probe(kernel):
                 needs[n, m] = Int32(kernel.tile_needs_mask(*tile))
         for m in cutlass.range(first.shape[0]):
             first[m] = kernel.first_n_block(m * tm, seqlen_q, seqlen_k, window_left)
-        tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tm, num_warpgroups=2)
+        tiled_mma = kernel.make_tiled_mmas()[0]
         acc_shape = tiled_mma.get_slice(0).partition_shape_C((tn, tm))
         for t in cutlass.range(256):
             tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((tn, tm)))
@@ -328,15 +274,16 @@ def _bwd_mask_probe(kernel):
 _BWD_MASK_PROBES = {}
 
 
+@pytest.mark.parametrize("head_dim", [64, 256])  # 128-row key blocks; 64-row ones shared by both warpgroups
 @pytest.mark.parametrize("sq, sk", [(1, 300), (77, 300), (300, 77), (200, 200), (129, 257), (65, 1)])
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0), (200, 3)])
-def test_backward_visibility_logic_matches_the_rule(sq, sk, wl, wr):
+def test_backward_visibility_logic_matches_the_rule(head_dim, sq, sk, wl, wr):
     from attnkit.reference.attention import visible_mask
     from cutlass.cute.runtime import from_dlpack
 
-    key = (wl >= 0, wr >= 0)
+    key = (head_dim, wl >= 0, wr >= 0)
     if key not in _BWD_MASK_PROBES:
-        kernel = AttentionBwdSm90(cutlass.BFloat16, 64, 64, 2, *key)
+        kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, *key[1:])
         _BWD_MASK_PROBES[key] = (kernel, _bwd_mask_probe(kernel), {})
     kernel, probe, compiled = _BWD_MASK_PROBES[key]
     tm, tn = kernel.tile_m, kernel.tile_n
@@ -392,16 +339,13 @@ def test_backward_visibility_logic_matches_the_rule(sq, sk, wl, wr):
 
 
 def _operand_probe(kernel):
-    from attnkit.kernels.cute.common import sm90
     from attnkit.kernels.cute.common.layouts import acc_view_as_operand_a
 
     tn, tm = kernel.tile_n, kernel.tile_m
 
     @cute.jit
     def probe(out: cute.Tensor):  # (256, n_elem, 6) int32
-        mma_sdp = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tm, num_warpgroups=2)
-        mma_dv = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", kernel.head_dim_v, a_in_regs=True, num_warpgroups=2)
-        mma_dk = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", kernel.head_dim, a_in_regs=True, num_warpgroups=2)
+        mma_sdp, mma_dv, mma_dk, _ = kernel.make_tiled_mmas()
         for t in cutlass.range(256):
             c = acc_view_as_operand_a(mma_sdp.get_slice(t).partition_C(cute.make_identity_tensor((tn, tm))))
             a_dv = mma_dv.get_slice(t).partition_A(cute.make_identity_tensor((tn, tm)))

@@ -38,5 +38,5 @@ def test_wrong_rows_are_located_by_query_block(capsys, poison):
 
 
 def test_every_group_has_cases():
-    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-bwd", "triton"}
+    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-bwd", "cute-bwd-wide", "triton"}
     assert all(gpu_smoke.GROUPS.values())

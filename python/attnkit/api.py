@@ -44,10 +44,7 @@ def attention(
     name = resolve(backend, "attention", q.device)
     q_factor = None if bias is None else bias.q_factor
     k_factor = None if bias is None else bias.k_factor
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, q_factor, k_factor)
-    )
-    limits.validate_attention(name, q, k, v, bias, float(softmax_scale), needs_grad)
+    limits.validate_attention(name, q, k, v, bias, float(softmax_scale))
     out, lse = ops.attention_fwd(q, k, v, q_factor, k_factor, float(softmax_scale), window_left, window_right, name)
     return (out, lse) if return_lse else out
 

@@ -1,7 +1,7 @@
 """Attention backward for Hopper (sm90): preprocess, main kernel per key tile, postprocess.
 
-Supported: fp16/bf16; head dims 64, 96 and 128 (q/k and v may differ); any sequence lengths (TMA zero-fills the
-tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
+Supported: fp16/bf16; head dims 64, 96, 128, 192 and 256 (q/k and v may differ); any sequence lengths (TMA
+zero-fills the tails, stores are predicated); causal (bottom-right) and sliding windows, masked only on boundary
 tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers; with
 ``split_heads``, for grids smaller than the GPU, several CTAs share a group and add float32 dK/dV); the
 low-rank logit bias ``qf @ kf.T`` (float32 factors in float32 FMAs; factors in the input dtype as
@@ -30,6 +30,11 @@ CTA layout of the main kernel (3 warpgroups):
              per query head) and Q, dO, lse2, D (+ query bias factors) per query block into a
              ``num_stages`` pipeline; the warpgroup gives registers back.
     WG1, WG2 consumers: 64 key rows each of the 128-row key block.
+
+Wide heads (max(d, dv) > 128; ``tile_n = 64``): a warpgroup cannot hold dK and dV of 64 key rows in
+registers, so both consumer warpgroups share one 64-row key block. S^T and dP^T are split along the
+queries (32 columns each); P^T and dS^T go to smem, and each warpgroup computes its d / 2 columns of dK,
+dV (and dQ) from the whole of them, A from smem.
 """
 
 import enum
@@ -50,8 +55,15 @@ from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_f32
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
 from ..common.tile_scheduler import PersistentTileScheduler
+from .base import SUPPORTED_HEAD_DIMS
 
-SUPPORTED_HEAD_DIMS = (64, 96, 128)
+# the widest head whose dK and dV (64 key rows per warpgroup) fit in a consumer's registers
+NARROW_HEAD_DIM = 128
+
+
+def key_tile(head_dim: int, head_dim_v: int) -> int:
+    """Key rows per CTA of the main kernel: two warpgroups of 64 rows, or one 64-row block both share."""
+    return 64 * NUM_MMA_WARPGROUPS if max(head_dim, head_dim_v) <= NARROW_HEAD_DIM else 64
 
 
 class BwdBarrier(enum.IntEnum):
@@ -60,6 +72,7 @@ class BwdBarrier(enum.IntEnum):
     PdS = NamedBarrierBwd.PdS  # dS of both warpgroups in smem -> dQ wgmma
     BiasGradsDone = max(NamedBarrierBwd) + 1  # fp32 dS and query factors read -> reusable
     DqTurn = max(NamedBarrierBwd) + 2  # deterministic dQ: this CTA's turn to add (or its adds are done)
+    PdSEmpty = max(NamedBarrierBwd) + 3  # one P^T / dS^T buffer: both warpgroups' wgmmas done reading it
 
 
 def _transpose_view(t: cute.Tensor) -> cute.Tensor:
@@ -194,7 +207,6 @@ class AttentionBwdSm90(AttentionBwdBase):
     """Main backward kernel: dK, dV of a key block in registers; dQ and the bias factor grads added to float32."""
 
     tile_m = 64
-    tile_n = 64 * NUM_MMA_WARPGROUPS
 
     def __init__(
         self,
@@ -209,8 +221,20 @@ class AttentionBwdSm90(AttentionBwdBase):
         deterministic: bool = False,
         split_heads: bool = False,
         bias_mma: bool = False,
+        tile_n: int | None = None,
+        ds_stages: int = 2,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
+        # key rows per CTA: 128 (a warpgroup per 64 rows) up to d = 128; 64 (shared, dK / dV split along d) above
+        self.tile_n = key_tile(head_dim, head_dim_v) if tile_n is None else tile_n
+        if self.tile_n not in (64, 64 * NUM_MMA_WARPGROUPS):
+            raise ValueError(f"tile_n must be 64 or {64 * NUM_MMA_WARPGROUPS}, got {self.tile_n}")
+        if self.tile_n > 64 and max(head_dim, head_dim_v) > NARROW_HEAD_DIM:
+            raise ValueError(f"dK and dV of d > {NARROW_HEAD_DIM} need tile_n = 64 (they do not fit in registers)")
+        # P^T / dS^T smem buffers: two let a warpgroup write the next ones while the other still reads these
+        if ds_stages not in (1, 2):
+            raise ValueError(f"ds_stages must be 1 or 2, got {ds_stages}")
+        self.ds_stages = ds_stages
         if deterministic and dq_tma_reduce:
             raise ValueError("the deterministic mode orders the dQ atomics; it excludes dq_tma_reduce")
         if deterministic and split_heads:
@@ -239,14 +263,21 @@ class AttentionBwdSm90(AttentionBwdBase):
         # dQ = dS K is split along d: each warpgroup owns d / 2 columns
         self.dq_cols = head_dim // NUM_MMA_WARPGROUPS
         # factor gradients: blocks of 4 rows x 4 rank columns, each summed over `split` slices of the other
-        # tile side in neighbouring lanes; query blocks take twice the slices of key blocks (the key side is
-        # twice as long), so that every item has the same length and every consumer thread an item
-        assert self.tile_n == 2 * self.tile_m, "factor_grads gives both kinds of item one slice length"
+        # tile side in neighbouring lanes; query blocks take tile_n / tile_m times the slices of key blocks (the
+        # key side is that much longer), so that every item has the same length and every consumer thread an
+        # item: (tile_m / 4 * dqf_split + tile_n / 4 * dkf_split) * r4 = r4 * dkf_split * tile_n / 2 items
+        ratio = self.tile_n // self.tile_m
         r4 = max(bias_rank // 4, 1)
         self.dkf_split = 1
-        while 64 * r4 * self.dkf_split < self.num_mma_threads:
+        while r4 * self.dkf_split * self.tile_n // 2 < self.num_mma_threads:
             self.dkf_split *= 2
-        self.dqf_split = 2 * self.dkf_split
+        self.dqf_split = ratio * self.dkf_split
+
+    @property
+    def dkv_split_d(self) -> bool:
+        """Both warpgroups on one 64-row key block (wide heads): S^T / dP^T split along the queries, P^T and
+        dS^T through smem, dK and dV (like dQ) split along d."""
+        return self.tile_n == 64
 
     @property
     def has_bias(self) -> bool:
@@ -261,7 +292,7 @@ class AttentionBwdSm90(AttentionBwdBase):
     def late_dp(self) -> bool:
         """dP^T issued after the bias FMAs of step 2 instead of under them: float32 factors at d = 128, where
         the FMAs with dP^T's accumulators in flight spill registers (compile test)."""
-        return self.fma_bias and max(self.head_dim, self.head_dim_v) > 96
+        return self.fma_bias and not self.dkv_split_d and max(self.head_dim, self.head_dim_v) > 96
 
     @property
     def bias_dtype(self) -> type[cutlass.Numeric]:
@@ -271,7 +302,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         elem = self.dtype.width // 8
         kv = self.tile_n * (self.head_dim + self.head_dim_v) * elem
         q_do = self.num_stages * self.tile_m * (self.head_dim + self.head_dim_v) * elem
-        ds = 2 * self.tile_m * self.tile_n * elem
+        # dS^T, and P^T when it goes through smem
+        ds = self.ds_stages * self.tile_m * self.tile_n * elem * (2 if self.dkv_split_d else 1)
         bias = self.bias_dtype.width // 8 * self.bias_rank * (self.num_stages * self.tile_m + self.tile_n)
         stats = 2 * 4 * self.num_stages * self.tile_m
         ds_f32 = 4 * self.tile_n * (self.tile_m + 4) if self.has_bias else 0
@@ -310,28 +342,17 @@ class AttentionBwdSm90(AttentionBwdBase):
         mQ, mK, mV, mdO = [self.to_sdhb(t) for t in (mQ, mK, mV, mdO)]
         tm, tn, d, dv = self.tile_m, self.tile_n, self.head_dim, self.head_dim_v
 
-        # S^T = K Q^T, dP^T = V dO^T: both operands K-major, one warpgroup per 64 key rows
-        tiled_mma_sdp = sm90.make_tiled_mma(self.dtype, "K", "K", tm, num_warpgroups=NUM_MMA_WARPGROUPS)
-        # dV += P^T dO, dK += dS^T Q: A from registers, B = dO / Q read MN-major
-        tiled_mma_dv = sm90.make_tiled_mma(self.dtype, "K", "MN", dv, a_in_regs=True, num_warpgroups=NUM_MMA_WARPGROUPS)
-        tiled_mma_dk = sm90.make_tiled_mma(self.dtype, "K", "MN", d, a_in_regs=True, num_warpgroups=NUM_MMA_WARPGROUPS)
-        # dQ = dS K: warpgroups side by side along d; dS is stored query-contiguous (MN-major A)
-        tiled_mma_dq = sm90_utils.make_trivial_tiled_mma(
-            self.dtype,
-            self.dtype,
-            cute.nvgpu.OperandMajorMode.MN,
-            cute.nvgpu.OperandMajorMode.MN,
-            Float32,
-            atom_layout_mnk=(1, NUM_MMA_WARPGROUPS, 1),
-            tiler_mn=(64, self.dq_cols),
-        )
+        tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq = self.make_tiled_mmas()
 
-        sQ_layout = _smem_layout(self.dtype, tm, d, self.num_stages, d)
-        sdO_layout = _smem_layout(self.dtype, tm, dv, self.num_stages, dv)
+        # Q and dO are B operands of dK / dV read MN-major: where the warpgroups split d, each one's columns
+        # start on a swizzle atom (as K's do for dQ)
+        q_major, do_major = (d // 2, dv // 2) if const_expr(self.dkv_split_d) else (d, dv)
+        sQ_layout = _smem_layout(self.dtype, tm, d, self.num_stages, q_major)
+        sdO_layout = _smem_layout(self.dtype, tm, dv, self.num_stages, do_major)
         sK_layout = _smem_layout(self.dtype, tn, d, None, self.dq_cols)
         sV_layout = _smem_layout(self.dtype, tn, dv, None, dv)
-        # dS^T as it leaves the accumulators: (tile_n, tile_m), two buffers
-        sdS_layout = _smem_layout(self.dtype, tn, tm, 2, tm)
+        # dS^T (and with dkv_split_d P^T) as it leaves the accumulators: (tile_n, tile_m), ds_stages buffers
+        sdS_layout = _smem_layout(self.dtype, tn, tm, self.ds_stages, tm)
 
         load_op = cpasync.CopyBulkTensorTileG2SOp()
         tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load_op, mQ, cute.select(sQ_layout, mode=[0, 1]), (tm, d))
@@ -387,6 +408,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         bias_elems_q = cute.cosize(sQf_layout) if const_expr(self.has_bias) else 0
         bias_elems_k = cute.cosize(sKf_layout) if const_expr(self.has_bias) else 0
         ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.has_bias) else 0
+        p_elems = cute.cosize(sdS_layout) if const_expr(self.dkv_split_d) else 0
 
         @cute.struct
         class SharedStorage:
@@ -398,6 +420,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
             sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdO_layout)], 1024]
             sdS: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
+            sP: cute.struct.Align[cute.struct.MemRange[self.dtype, p_elems], 1024]
             sLSE2: cute.struct.Align[cute.struct.MemRange[Float32, cute.cosize(sStat_layout)], 128]
             sDpsum: cute.struct.Align[cute.struct.MemRange[Float32, cute.cosize(sStat_layout)], 128]
             sQf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_q], 1024]
@@ -498,6 +521,9 @@ class AttentionBwdSm90(AttentionBwdBase):
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdO = storage.sdO.get_tensor(sdO_layout.outer, swizzle=sdO_layout.inner)
         sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
+        sP = None
+        if const_expr(self.dkv_split_d):
+            sP = storage.sP.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
         sLSE2 = storage.sLSE2.get_tensor(sStat_layout)
         sDpsum = storage.sDpsum.get_tensor(sStat_layout)
         sQf, sKf, sdSf = None, None, None
@@ -538,11 +564,36 @@ class AttentionBwdSm90(AttentionBwdBase):
             self.mma(
                 tidx - WARPGROUP_THREADS,
                 mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
-                sQ, sK, sV, sdO, sdS, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, tma_atom_dQ,
+                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, tma_atom_dQ,
                 tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
                 n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
             )  # fmt: skip
+
+    def make_tiled_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma, cute.TiledMma, cute.TiledMma]:
+        """The wgmmas of S^T / dP^T, dV, dK and dQ, with the warpgroups' share of each."""
+        nwg = NUM_MMA_WARPGROUPS
+        if const_expr(self.dkv_split_d):
+            # S^T = K Q^T, dP^T = V dO^T: both warpgroups on the 64 key rows, tile_m / 2 queries each
+            sdp = sm90.make_tiled_mma(
+                self.dtype, "K", "K", self.tile_m // nwg, num_warpgroups=nwg, warpgroups_along_n=True
+            )
+            # dV += P^T dO, dK += dS^T Q: A = P^T / dS^T from smem (both halves), each warpgroup d / 2 columns
+            dv = sm90.make_tiled_mma(
+                self.dtype, "K", "MN", self.head_dim_v // nwg, num_warpgroups=nwg, warpgroups_along_n=True
+            )
+            dk = sm90.make_tiled_mma(
+                self.dtype, "K", "MN", self.head_dim // nwg, num_warpgroups=nwg, warpgroups_along_n=True
+            )
+        else:
+            # S^T = K Q^T, dP^T = V dO^T: both operands K-major, one warpgroup per 64 key rows
+            sdp = sm90.make_tiled_mma(self.dtype, "K", "K", self.tile_m, num_warpgroups=nwg)
+            # dV += P^T dO, dK += dS^T Q: A from registers, B = dO / Q read MN-major
+            dv = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim_v, a_in_regs=True, num_warpgroups=nwg)
+            dk = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim, a_in_regs=True, num_warpgroups=nwg)
+        # dQ = dS K: warpgroups side by side along d; dS is stored query-contiguous (MN-major A)
+        dq = sm90.make_tiled_mma(self.dtype, "MN", "MN", self.dq_cols, num_warpgroups=nwg, warpgroups_along_n=True)
+        return sdp, dv, dk, dq
 
     def make_schedule(
         self, seqlen_k: Int32, num_heads_kv: Int32, num_batch: Int32, heads_per_section: Int32
@@ -705,7 +756,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         sK: cute.Tensor,
         sV: cute.Tensor,
         sdO: cute.Tensor,
-        sdS: cute.Tensor,
+        sdS: cute.Tensor,  # (tile_n, tile_m, ds_stages): dS^T
+        sP: cute.Tensor | None,  # (tile_n, tile_m, ds_stages): P^T with dkv_split_d
         sQf: cute.Tensor | None,
         sKf: cute.Tensor | None,
         sdSf: cute.Tensor | None,
@@ -755,13 +807,19 @@ class AttentionBwdSm90(AttentionBwdBase):
         acc_shape_S = thr_mma_sdp.partition_shape_C((tn, tm))
         # (key, query) of every S^T accumulator element within the tile
         tScS = thr_mma_sdp.partition_C(cute.make_identity_tensor((tn, tm)))
-        # dV += P^T dO: B = dO^T, (dv, tile_m) MN-major
+        # dV += P^T dO: B = dO^T, (dv, tile_m) MN-major; A = P^T in registers, or from smem with dkv_split_d
         tdVrdOt = wg_mma_dv.make_fragment_B(wg_mma_dv.partition_B(_transpose_view(sdO)))
-        tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_shape_A((tn, tm)))
         acc_dV = cute.make_rmem_tensor(thr_mma_dv.partition_shape_C((tn, dv)), Float32)
-        # dK += dS^T Q: B = Q^T, (d, tile_m) MN-major
+        # dK += dS^T Q: B = Q^T, (d, tile_m) MN-major; A = dS^T likewise
         tdKrQt = wg_mma_dk.make_fragment_B(wg_mma_dk.partition_B(_transpose_view(sQ)))
-        tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
+        tSsP = None
+        if const_expr(self.dkv_split_d):
+            tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_A(sP))
+            tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_A(sdS))
+            tSsP = thr_mma_sdp.partition_C(sP)
+        else:
+            tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_shape_A((tn, tm)))
+            tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
         acc_dK = cute.make_rmem_tensor(thr_mma_dk.partition_shape_C((tn, d)), Float32)
         # dQ = dS K: A = dS (tile_m, tile_n) MN-major, B = K^T (d, tile_n) MN-major
         tdQrdS = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sdS)))
@@ -796,7 +854,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 pipeline_kf.consumer_wait(kf_state)
             for m_block in cutlass.range(m_min, m_max, unroll=1):
                 stage = q_state.index
-                ds_stage = iteration % 2
+                ds_stage = iteration % self.ds_stages
                 row_start = m_block * tm
                 # 1. S^T = K Q^T and dP^T = V dO^T; dP^T runs under the exp2 (and bias FMAs) of step 2,
                 # except with ``late_dp``. The wgmma bias goes first, alone in flight, divided by the scale:
@@ -830,7 +888,15 @@ class AttentionBwdSm90(AttentionBwdBase):
                 tile = (row_start, key_start, seqlen_q, seqlen_k, window_left, window_right)
                 if self.tile_needs_mask(*tile):
                     self.zero_invisible(acc_S, tScS, *tile)
-                tdVrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
+                if const_expr(self.ds_stages == 1):
+                    # one buffer: both warpgroups' wgmmas of the previous query block are done with it
+                    barrier_sync(BwdBarrier.PdSEmpty, self.num_mma_threads)
+                if const_expr(self.dkv_split_d):
+                    rP = cute.make_rmem_tensor_like(acc_S, self.dtype)
+                    rP.store(acc_S.load().to(self.dtype))
+                    cute.autovec_copy(rP, tSsP[None, None, None, ds_stage])
+                else:
+                    tdVrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
 
                 # 3. dS^T = P^T (dP^T - D)
                 if const_expr(self.late_dp):
@@ -843,22 +909,36 @@ class AttentionBwdSm90(AttentionBwdBase):
                         dp_mn[r, c] = s_mn[r, c] * (dp_mn[r, c] - dpsum)
                 rdS = cute.make_rmem_tensor_like(acc_dP, self.dtype)
                 rdS.store(acc_dP.load().to(self.dtype))
-                tdKrdS.store(acc_view_as_operand_a(rdS).load())
+                if const_expr(not self.dkv_split_d):
+                    tdKrdS.store(acc_view_as_operand_a(rdS).load())
                 cute.autovec_copy(rdS, tSsdS[None, None, None, ds_stage])
                 if const_expr(self.has_bias):
                     cute.autovec_copy(acc_dP, tSsdSf)
 
-                # 4. dV += P^T dO
-                sm90.gemm(tiled_mma_dv, acc_dV, tdVrP, tdVrdOt[None, None, None, stage], False, -1)
-                # generic-proxy smem writes of dS must be visible to wgmma (async proxy)
+                # 4. dV += P^T dO (P^T from registers: before the barrier; from smem: after it, which makes
+                # the other warpgroup's half visible)
+                if const_expr(not self.dkv_split_d):
+                    sm90.gemm(tiled_mma_dv, acc_dV, tdVrP, tdVrdOt[None, None, None, stage], False, -1)
+                # generic-proxy smem writes of dS (and P) must be visible to wgmma (async proxy)
                 cute.arch.fence_view_async_shared()
                 barrier_sync(BwdBarrier.PdS, self.num_mma_threads)
+                if const_expr(self.dkv_split_d):
+                    sm90.gemm(
+                        tiled_mma_dv, acc_dV, tdVrP[None, None, None, ds_stage], tdVrdOt[None, None, None, stage],
+                        False, -1,
+                    )  # fmt: skip
 
                 # 5. dQ = dS K (this warpgroup's d columns); dK += dS^T Q; under them, the factor gradients
                 # from the float32 dS in smem (deterministic mode: in this key block's turn, step 7)
                 acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
                 sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)
-                sm90.gemm(tiled_mma_dk, acc_dK, tdKrdS, tdKrQt[None, None, None, stage], False, -1)
+                if const_expr(self.dkv_split_d):
+                    sm90.gemm(
+                        tiled_mma_dk, acc_dK, tdKrdS[None, None, None, ds_stage], tdKrQt[None, None, None, stage],
+                        False, -1,
+                    )  # fmt: skip
+                else:
+                    sm90.gemm(tiled_mma_dk, acc_dK, tdKrdS, tdKrQt[None, None, None, stage], False, -1)
                 if const_expr(self.has_bias and not self.deterministic):
                     self.factor_grads(
                         tidx, sdSf, sQf[None, None, stage], sKf,

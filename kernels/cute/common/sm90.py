@@ -26,9 +26,16 @@ MMA_REGS = 240
 
 
 def make_tiled_mma(
-    dtype, a_major: str, b_major: str, tile_n: int, a_in_regs: bool = False, num_warpgroups: int = 1
+    dtype,
+    a_major: str,
+    b_major: str,
+    tile_n: int,
+    a_in_regs: bool = False,
+    num_warpgroups: int = 1,
+    warpgroups_along_n: bool = False,
 ) -> cute.TiledMma:
-    """64 x ``tile_n`` wgmma atoms, one per warpgroup stacked along M; majors are "K" or "MN"."""
+    """64 x ``tile_n`` wgmma atoms, one per warpgroup, stacked along M (or side by side along N with
+    ``warpgroups_along_n``: each warpgroup owns ``tile_n`` columns of the same 64 rows); majors are "K" or "MN"."""
     mode = {"K": cute.nvgpu.OperandMajorMode.K, "MN": cute.nvgpu.OperandMajorMode.MN}
     return sm90_utils.make_trivial_tiled_mma(
         dtype,
@@ -36,7 +43,7 @@ def make_tiled_mma(
         mode[a_major],
         mode[b_major],
         Float32,
-        atom_layout_mnk=(num_warpgroups, 1, 1),
+        atom_layout_mnk=(1, num_warpgroups, 1) if warpgroups_along_n else (num_warpgroups, 1, 1),
         tiler_mn=(64, tile_n),
         a_source=warpgroup.OperandSource.RMEM if a_in_regs else warpgroup.OperandSource.SMEM,
     )

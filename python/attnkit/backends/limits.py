@@ -20,7 +20,6 @@ class Limits:
     attention_value_dims: frozenset[int]
     bias_ranks: range
     lightning_dims: frozenset[int]
-    attention_bwd_head_dims: frozenset[int] | None = None  # q/k and v each in it (None: whatever the forward takes)
     positive_scale_only: bool = False
 
 
@@ -40,7 +39,6 @@ LIMITS = {
         attention_value_dims=frozenset({64, 96, 128, 192, 256}),
         bias_ranks=range(1, 65),
         lightning_dims=frozenset(),
-        attention_bwd_head_dims=frozenset({64, 96, 128}),  # dK and dV of wider heads do not fit in registers
         positive_scale_only=True,  # the forward's running max is taken on q·k before scaling
     ),
 }
@@ -58,16 +56,13 @@ def _check_dtypes(backend: str, lim: Limits, device: torch.device, **tensors) ->
             )
 
 
-def validate_attention(backend: str, q, k, v, bias, softmax_scale: float = 1.0, needs_grad: bool = False) -> None:
+def validate_attention(backend: str, q, k, v, bias, softmax_scale: float = 1.0) -> None:
     lim = LIMITS.get(backend)
     if lim is None:
         return
     _check_dtypes(backend, lim, q.device, q=q, k=k, v=v)
     check_head_dim(backend, "head dim of q/k", q.shape[3], lim.attention_head_dims)
     check_head_dim(backend, "head dim of v", v.shape[3], lim.attention_value_dims)
-    if needs_grad and lim.attention_bwd_head_dims is not None:
-        check_head_dim(backend, "head dim of q/k (backward)", q.shape[3], lim.attention_bwd_head_dims)
-        check_head_dim(backend, "head dim of v (backward)", v.shape[3], lim.attention_bwd_head_dims)
     if lim.positive_scale_only and not softmax_scale > 0:
         raise ValueError(f"softmax_scale must be > 0 for backend={backend!r}, got {softmax_scale}")
     if bias is not None:

@@ -48,7 +48,9 @@ SEQ_PAD = 128
 # head_dim -> Q/dO pipeline stages. Not measured on an H100 yet: two stages let the producer load
 # query block m+1 while block m is consumed; a bias at d = 128 needs the smem of the second stage
 # for the float32 factors and dS (choose_config drops to one stage when the config does not fit).
-_TILES = {64: 2, 96: 2, 128: 2}
+# Above d = 128 the key block is 64 rows (dK / dV split along d, P^T and dS^T through smem); at d = 256 the
+# second stage fits with one P^T / dS^T buffer (choose_config gives up the second buffer first).
+_TILES = {64: 2, 96: 2, 128: 2, 192: 2, 256: 2}
 
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -79,6 +81,9 @@ class BwdConfig:
     # the query heads of a K/V head split over several CTAs (their count is a runtime argument), dK / dV
     # added in float32: for grids of fewer CTAs than SMs (MQA, small batch)
     split_heads: bool = False
+    # key rows per CTA: 128 up to d = 128, 64 above (sm90_bwd.key_tile); P^T / dS^T smem buffers
+    tile_n: int = 128
+    ds_stages: int = 2
     arch: str = "sm_90a"
 
     def make_kernel(self):
@@ -96,6 +101,8 @@ class BwdConfig:
             deterministic=self.deterministic,
             split_heads=self.split_heads,
             bias_mma=self.bias_mma,
+            tile_n=self.tile_n,
+            ds_stages=self.ds_stages,
         )
 
 
@@ -129,6 +136,9 @@ def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
     if bias_mma and head_dim == 128 and padded == 48:
         # three k16 bias slices at d = 128 spill registers (at one stage or two); four do not
         padded = 64
+    if bias_mma and head_dim > 128 and padded in (16, 48):
+        # likewise one or three slices at d = 256 (a few spilled registers); two and four do not
+        padded += 16
     return padded
 
 
@@ -148,7 +158,7 @@ def choose_config(
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
     warpgroup and query block, as FA3 does, instead of d * 64 scalar atomics) unless deterministic or its
-    float32 staging buffer would cost a pipeline stage (a bias at d = 128)."""
+    float32 staging buffer would cost a pipeline stage (a bias at d = 128) or a P^T / dS^T buffer (d > 128)."""
     if dq_tma_reduce is None:
         args = (dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch)
         flags = dict(deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma)
@@ -159,7 +169,8 @@ def choose_config(
             reduce = choose_config(*args, dq_tma_reduce=True, **flags)
         except ValueError:  # its staging buffer does not fit at all
             return atomics
-        return reduce if reduce.num_stages >= atomics.num_stages else atomics
+        costs_nothing = reduce.num_stages >= atomics.num_stages and reduce.ds_stages >= atomics.ds_stages
+        return reduce if costs_nothing else atomics
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention backward supports fp16/bf16, got {dtype}")
     if head_dim not in _TILES or head_dim_v not in _TILES:
@@ -178,10 +189,18 @@ def choose_config(
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
         split_heads=split_heads,
+        tile_n=key_tile_n(head_dim, head_dim_v),
         arch=arch,
     )
-    while cfg.num_stages > 1 and cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
-        cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1)
+    # what does not fit gives up, in this order, the second P^T / dS^T buffer (an extra barrier per query
+    # block) and then the second Q / dO stage (the loads no longer overlap the compute)
+    while cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
+        if cfg.ds_stages > 1 and cfg.tile_n == 64:
+            cfg = dataclasses.replace(cfg, ds_stages=1)
+        elif cfg.num_stages > 1:
+            cfg = dataclasses.replace(cfg, num_stages=cfg.num_stages - 1, ds_stages=2)
+        else:
+            break
     if cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
         raise ValueError(f"no backward config fits shared memory for {cfg}")
     return cfg
@@ -198,6 +217,12 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, arch=arch, dq_tma_reduce=False))
     configs.append(choose_config(torch.bfloat16, 96, 96, False, False, arch=arch))
+    # wide heads: 64-row key blocks, dK / dV split along d
+    for head_dim in (192, 256):
+        for causal in (False, True):
+            configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch))
+    configs.append(choose_config(torch.float16, 256, 256, False, True, arch=arch))
+    configs.append(choose_config(torch.bfloat16, 256, 256, False, True, bias_rank=8, arch=arch))
     # v narrower or wider than q / k
     configs.append(choose_config(torch.bfloat16, 128, 64, False, True, arch=arch))
     configs.append(choose_config(torch.bfloat16, 64, 128, False, True, arch=arch))
@@ -212,7 +237,7 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     for causal in (False, True):
         configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, arch=arch, split_heads=True))
     for name in ("bf16", "fp16"):
-        for head_dim in (64, 96, 128):
+        for head_dim in (64, 96, 128, 192, 256):
             configs.append(BwdPreprocessConfig(name, head_dim, arch))
             configs.append(BwdPostprocessConfig(name, head_dim, arch))
     return configs
@@ -332,7 +357,7 @@ def config_for(
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
     group = num_heads // num_heads_kv
-    n_blocks = -(-seqlen_k // main_tile_n())
+    n_blocks = -(-seqlen_k // key_tile_n(head_dim, head_dim_v))
     splits = 1 if sm_count is None else head_splits(group, n_blocks * num_heads_kv * batch, sm_count, deterministic)
     cfg = choose_config(
         dtype,
@@ -356,10 +381,11 @@ def main_tile_m() -> int:
     return AttentionBwdSm90.tile_m
 
 
-def main_tile_n() -> int:
-    from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
+def key_tile_n(head_dim: int, head_dim_v: int) -> int:
+    """Key rows per CTA of the main kernel for these head dims."""
+    from attnkit.kernels.cute.attention.sm90_bwd import key_tile
 
-    return AttentionBwdSm90.tile_n
+    return key_tile(head_dim, head_dim_v)
 
 
 def _round_up(x: int, m: int) -> int:
