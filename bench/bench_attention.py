@@ -1,6 +1,7 @@
 """Softmax attention, bf16, forward and backward: attnkit ('triton', 'cute') against cuDNN (torch SDPA), FA4
 (`flash_attn.cute`), FA2 (torch SDPA) and FlexAttention (compiled), on the shapes of BASELINES.md:
-B·N = 16384 tokens, H·D = 2048, D ∈ {64, 128}, N ∈ {1024, 4096, 8192, 16384}, causal and not.
+B·N = 16384 tokens, H·D = 2048, D ∈ {64, 128}, N ∈ {1024, 4096, 8192, 16384}, causal and not (``--d`` also takes
+96, 192 and 256: H = 2048 // D).
 
 The forward is timed with inputs that require grad (the training forward, the same graph the backward uses);
 the backward is `torch.autograd.grad` of that one forward with retain_graph. FLOPs from attnkit.perf (exact
@@ -204,7 +205,7 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"only {QUICK} as (D, N, causal)")
-    p.add_argument("--d", type=int, nargs="+", choices=HEAD_DIMS, help="head dims (default: 128 and 64)")
+    p.add_argument("--d", type=int, nargs="+", choices=(64, 96, 128, 192, 256), help="head dims (default: 128 and 64)")
     p.add_argument("--n", type=int, nargs="+", help="sequence lengths (default: 1024 4096 8192 16384)")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
     p.add_argument("--methods", nargs="+", choices=(*OURS, *PEERS), default=[*OURS, *PEERS])
