@@ -210,9 +210,11 @@ GROUPS = {
     # wide heads: 64-row key blocks both warpgroups share, P^T / dS^T through smem (a group of its own, so that a
     # failure here leaves only tests/test_cute_sm90_bwd_wide.py out)
     "cute-bwd-wide": {
-        "d256 full, one P/dS buffer": cute_bwd_case(1, 300, 300, 2, 2, 256, -1, -1, 0),
-        "d192 causal gqa, two P/dS buffers": cute_bwd_case(2, 300, 300, 4, 2, 192, -1, 0, 0),
-        "d192 causal dq tma reduce": cute_bwd_case(1, 333, 500, 2, 2, 192, -1, 0, 0, dq_mode="tma_reduce"),
+        "d256 full": cute_bwd_case(1, 300, 300, 2, 2, 256, -1, -1, 0),
+        "d192 causal gqa, dq tma reduce": cute_bwd_case(2, 300, 300, 4, 2, 192, -1, 0, 0),
+        "d256 dv128 causal dq tma reduce, one P/dS buffer": cute_bwd_case(
+            1, 333, 500, 2, 2, 256, -1, 0, 0, dq_mode="tma_reduce", dv=128
+        ),
         "d256 window deterministic": cute_bwd_case(1, 500, 500, 2, 2, 256, 64, 16, 0, dq_mode="deterministic"),
         "d256 float32 bias r8 causal, one Q/dO stage": cute_bwd_case(1, 300, 400, 2, 2, 256, -1, 0, 8),
         "d128 dv256 causal": cute_bwd_case(1, 300, 400, 4, 2, 128, -1, 0, 0, dv=256),

@@ -59,16 +59,20 @@ DQ_FLAGS = {
 # through smem), in tests/test_cute_sm90_bwd_wide.py so that gpu_check can leave them out alone:
 # (b, sq, sk, h, hkv, d, dv, window_left, window_right, rank, dtype, dQ mode); "default" = the launcher's choice
 WIDE_BWD_CASES = [
-    (2, 300, 300, 2, 1, 256, 256, -1, -1, 0, torch.bfloat16, "default"),  # one P^T / dS^T buffer
+    (2, 300, 300, 2, 1, 256, 256, -1, -1, 0, torch.bfloat16, "default"),  # dQ atomics
     (2, 300, 300, 2, 1, 256, 256, -1, -1, 0, torch.float16, "deterministic"),
-    (1, 333, 1000, 4, 2, 192, 192, -1, 0, 0, torch.bfloat16, "default"),  # two buffers, dQ atomics
-    (1, 333, 1000, 4, 2, 192, 192, -1, 0, 0, torch.bfloat16, "tma_reduce"),  # one buffer
+    (1, 333, 1000, 4, 2, 192, 192, -1, 0, 0, torch.bfloat16, "default"),  # dQ TMA reduce-add
+    (1, 333, 1000, 4, 2, 192, 192, -1, 0, 0, torch.bfloat16, "atomics"),
+    (1, 300, 500, 2, 2, 256, 128, -1, 0, 0, torch.bfloat16, "tma_reduce"),  # one P^T / dS^T buffer
+    (1, 300, 300, 2, 2, 192, 192, -1, -1, 64, torch.bfloat16, "default"),  # one buffer, with a bias
     (1, 500, 700, 2, 2, 256, 256, 64, 16, 8, torch.bfloat16, "default"),  # float32 factors, one Q / dO stage
     (1, 500, 700, 2, 2, 256, 256, 64, 16, 8, torch.bfloat16, "deterministic"),
     (1, 77, 300, 2, 2, 256, 256, -1, 0, -16, torch.bfloat16, "default"),  # tensor-core bias
     (1, 512, 512, 8, 1, 256, 256, -1, 0, 0, torch.bfloat16, "default"),  # MQA: query heads split over CTAs
     (2, 333, 500, 4, 2, 128, 256, -1, 0, 0, torch.bfloat16, "default"),
     (2, 333, 500, 4, 2, 192, 128, -1, -1, 0, torch.bfloat16, "default"),
+    (2, 333, 500, 4, 2, 256, 64, -1, 0, 0, torch.bfloat16, "default"),
+    (2, 333, 500, 4, 2, 96, 256, -1, -1, 0, torch.bfloat16, "default"),
 ]
 
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE

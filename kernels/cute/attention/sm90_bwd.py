@@ -299,16 +299,34 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.dtype if self.bias_mma else Float32
 
     def smem_bytes(self) -> int:
+        """The size of ``SharedStorage`` (what the launch asks for): its members' bytes and alignments, in order.
+        A CPU test compares it with the compiled struct's size."""
         elem = self.dtype.width // 8
-        kv = self.tile_n * (self.head_dim + self.head_dim_v) * elem
-        q_do = self.num_stages * self.tile_m * (self.head_dim + self.head_dim_v) * elem
-        # dS^T, and P^T when it goes through smem
-        ds = self.ds_stages * self.tile_m * self.tile_n * elem * (2 if self.dkv_split_d else 1)
-        bias = self.bias_dtype.width // 8 * self.bias_rank * (self.num_stages * self.tile_m + self.tile_n)
-        stats = 2 * 4 * self.num_stages * self.tile_m
-        ds_f32 = 4 * self.tile_n * (self.tile_m + 4) if self.has_bias else 0
-        dq = 4 * self.tile_m * self.head_dim if self.dq_tma_reduce else 0
-        return kv + q_do + ds + stats + bias + ds_f32 + dq + 1024 * 8
+        tm, tn, d, dv, stages = self.tile_m, self.tile_n, self.head_dim, self.head_dim_v, self.num_stages
+        ds = self.ds_stages * tn * tm * elem
+        rank = max(self.bias_rank, 4)
+        bias_elem = self.bias_dtype.width // 8
+        members = [
+            (8 * 2, 8),  # mbar_kv
+            (8 * 2 * stages, 8),  # mbar_q
+            (8 * 2, 8),  # mbar_kf
+            (tn * d * elem, 1024),  # sK
+            (tn * dv * elem, 1024),  # sV
+            (stages * tm * d * elem, 1024),  # sQ
+            (stages * tm * dv * elem, 1024),  # sdO
+            (ds, 1024),  # sdS
+            (ds if self.dkv_split_d else 0, 1024),  # sP
+            (4 * tm * stages, 128),  # sLSE2
+            (4 * tm * stages, 128),  # sDpsum
+            (bias_elem * stages * tm * rank if self.has_bias else 0, 1024),  # sQf
+            (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
+            (4 * (tn * (tm + 4) - 4) if self.has_bias else 0, 128),  # sdSf: (tn, tm) rows padded by 4
+            (4 * tm * d if self.dq_tma_reduce else 0, 128),  # sdQ
+        ]
+        offset = 0
+        for size, align in members:
+            offset = -(-offset // align) * align + size
+        return -(-offset // 1024) * 1024
 
     @cute.jit
     def __call__(
@@ -888,8 +906,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                 tile = (row_start, key_start, seqlen_q, seqlen_k, window_left, window_right)
                 if self.tile_needs_mask(*tile):
                     self.zero_invisible(acc_S, tScS, *tile)
-                if const_expr(self.ds_stages == 1):
-                    # one buffer: both warpgroups' wgmmas of the previous query block are done with it
+                if const_expr(self.ds_stages == 1 and not (self.has_bias or self.deterministic)):
+                    # one buffer: both warpgroups' wgmmas of the previous query block must be done with it (with a
+                    # bias or in deterministic mode, BiasGradsDone / DqTurn after every wait_group(0) see to that)
                     barrier_sync(BwdBarrier.PdSEmpty, self.num_mma_threads)
                 if const_expr(self.dkv_split_d):
                     rP = cute.make_rmem_tensor_like(acc_S, self.dtype)
