@@ -1,6 +1,7 @@
 """What each switch of the CuTe sm90 attention kernels is worth, bf16, D = 128, 16,384 tokens, H = 16: the forward
 with each FA-style technique turned off (or on) against the default config, the backward with each way dQ reaches
-its float32 buffer, and for causal shapes the L2-sectioned tile order against one section of every head. With
+its float32 buffer (also at D = 64, H = 32, with 64 query rows per step against the default 128), and for causal
+shapes the L2-sectioned tile order against one section of every head. With
 8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at full
 length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding), where
 it does.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from functools import partial
 
 import common
 import torch
@@ -33,11 +35,18 @@ GROUP = 8
 SHORT_Q = 64
 
 
-def _inputs(batch: int, seqlen: int, kv_heads: int = HEADS, seqlen_q: int | None = None):
+def _inputs(
+    batch: int,
+    seqlen: int,
+    kv_heads: int = HEADS,
+    seqlen_q: int | None = None,
+    head_dim: int = HEAD_DIM,
+    heads: int = HEADS,
+):
     def one(n, h):
-        return torch.randn(batch, n, h, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+        return torch.randn(batch, n, h, head_dim, device="cuda", dtype=torch.bfloat16)
 
-    return one(seqlen_q or seqlen, HEADS), one(seqlen, kv_heads), one(seqlen, kv_heads)
+    return one(seqlen_q or seqlen, heads), one(seqlen, kv_heads), one(seqlen, kv_heads)
 
 
 def _with_sections(fn: Callable[[], object], nbytes: int) -> Callable[[], object]:
@@ -78,7 +87,8 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import attention_fwd as fwd
 
-    kw = dict(softmax_scale=1.0 / math.sqrt(HEAD_DIM), window_left=-1, window_right=0 if causal else -1)
+    head_dim = q.shape[3]
+    kw = dict(softmax_scale=1.0 / math.sqrt(head_dim), window_left=-1, window_right=0 if causal else -1)
     out, lse = fwd.attention_fwd(q, k, v, None, None, **kw)
     dout = torch.randn_like(out)
     flags = {
@@ -87,7 +97,9 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
         "TMA reduce-add": {"dq_tma_reduce": True},
         "deterministic": {"deterministic": True},
     }
-    assert set(flags) == set(bwd.variant_configs(causal, HEAD_DIM)), "bench and launcher variants disagree"
+    if head_dim <= 64:
+        flags["64 query rows per step"] = {"tile_m": 64}
+    assert set(flags) == set(bwd.variant_configs(causal, head_dim)), "bench and launcher variants disagree"
     calls = {
         name: (lambda f=f: bwd.attention_bwd(dout, q, k, v, out, lse, None, None, **kw, **f))
         for name, f in flags.items()
@@ -95,6 +107,24 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     if causal:
         calls["one L2 section"] = _with_sections(calls["default"], ONE_SECTION)
     return calls
+
+
+def _time_variants(table: common.Table, shape: str, make: Callable[[], dict], flops: float, ceilings, budget) -> None:
+    """One row per variant ``make()`` returns, each against the default; one error row if the kernel fails."""
+    try:
+        calls = make()
+    except Exception as e:  # the kernel itself fails: one row says why
+        table.add(shape, "cute", True, common.Result(note=f"error: {common.short_error(e)}"))
+        return
+    for name, fn in calls.items():
+        table.add(
+            shape,
+            name,
+            name != "default",  # the default is the column every variant is compared with
+            common.measure(fn, budget),
+            rate=lambda ms, w=flops: perf.tflops(w, ms),
+            pct=lambda ms, w=flops: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
+        )
 
 
 def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.Table]:
@@ -105,48 +135,36 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
     for n in QUICK if args.quick else SEQLENS:
         for causal in (False, True):
             b = max(1, TOKENS // n)
-            shape = f"B{b} H{HEADS} N{n} D{HEAD_DIM}{' causal' if causal else ''}"
+            tag = " causal" if causal else ""
             q, k, v = _inputs(b, n)
             dims = (b, HEADS, n, n, HEAD_DIM)
-            for table, make, flops, default in (
-                (fwd_table, forward_variants, perf.attention_fwd_flops(*dims, causal=causal), "default"),
-                (bwd_table, backward_variants, perf.attention_bwd_flops(*dims, causal=causal), "default"),
-            ):
-                try:
-                    calls = make(q, k, v, causal)
-                except Exception as e:  # the kernel itself fails: one row says why
-                    table.add(shape, "cute", True, common.Result(note=f"error: {common.short_error(e)}"))
-                    continue
-                for name, fn in calls.items():
-                    table.add(
-                        shape,
-                        name,
-                        name != default,  # the default is the column every variant is compared with
-                        common.measure(fn, budget),
-                        rate=lambda ms, w=flops: perf.tflops(w, ms),
-                        pct=lambda ms, w=flops: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
-                    )
+            shape = f"B{b} H{HEADS} N{n} D{HEAD_DIM}{tag}"
+            flops = perf.attention_fwd_flops(*dims, causal=causal)
+            _time_variants(fwd_table, shape, partial(forward_variants, q, k, v, causal), flops, ceilings, budget)
+            flops = perf.attention_bwd_flops(*dims, causal=causal)
+            _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
             del q, k, v
             common.release()
             for seqlen_q in (n, SHORT_Q):
                 kv_heads = HEADS // GROUP
-                shape = f"B{b} H{HEADS} Hkv{kv_heads} Nq{seqlen_q} Nk{n} D{HEAD_DIM}{' causal' if causal else ''}"
+                shape = f"B{b} H{HEADS} Hkv{kv_heads} Nq{seqlen_q} Nk{n} D{HEAD_DIM}{tag}"
                 flops = perf.attention_fwd_flops(b, HEADS, seqlen_q, n, HEAD_DIM, causal=causal)
                 q, k, v = _inputs(b, n, kv_heads, seqlen_q)
-                for name, fn in forward_variants(q, k, v, causal).items():
-                    fwd_table.add(
-                        shape,
-                        name,
-                        name != "default",
-                        common.measure(fn, budget),
-                        rate=lambda ms, w=flops: perf.tflops(w, ms),
-                        pct=lambda ms, w=flops: perf.percent_of(perf.tflops(w, ms), ceilings.matmul_tflops),
-                    )
+                _time_variants(fwd_table, shape, partial(forward_variants, q, k, v, causal), flops, ceilings, budget)
                 del q, k, v
                 common.release()
+            # D = 64 (H = 32, the same hidden size): the backward's query rows per step
+            heads = HEADS * HEAD_DIM // 64
+            q, k, v = _inputs(b, n, heads, head_dim=64, heads=heads)
+            flops = perf.attention_bwd_flops(b, heads, n, n, 64, causal=causal)
+            shape = f"B{b} H{heads} N{n} D64{tag}"
+            _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
+            del q, k, v
+            common.release()
     bwd_table.notes.append(
         "backward: the main kernel with its preprocess and postprocess, lse and O given; the default dQ mode is "
-        "the TMA reduce-add where it costs no pipeline stage (attention_bwd.choose_config)."
+        "the TMA reduce-add where it costs no pipeline stage, and at D = 64 the default takes 128 query rows per "
+        "step (attention_bwd.choose_config)."
     )
     return [fwd_table, bwd_table]
 

@@ -193,7 +193,10 @@ GROUPS = {
         "d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
         "d128 causal sq<sk": cute_bwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0),
         "d96 full mqa": cute_bwd_case(1, 300, 300, 4, 1, 96, -1, -1, 0),
-        "d64 window": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
+        "d64 window (128 query rows per step)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
+        "d64 causal dq atomics (64 query rows per step)": cute_bwd_case(
+            1, 333, 1000, 4, 2, 64, -1, 0, 0, dq_mode="atomics"
+        ),
         "d128 float32 bias r8 causal": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, 8),
         "d128 bf16 bias r8 causal (wgmma)": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, -8),
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),

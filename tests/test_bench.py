@@ -50,9 +50,9 @@ def test_attention_table_has_the_cute_over_triton_ratio(monkeypatch, fake_gpu):
 def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake_gpu):
     import bench_variants
 
-    def inputs(batch, seqlen, kv_heads=bench_variants.HEADS, seqlen_q=None):
-        q = torch.zeros(1, seqlen_q or seqlen, bench_variants.HEADS, 8)
-        kv = torch.zeros(1, seqlen, kv_heads, 8)
+    def inputs(batch, seqlen, kv_heads=bench_variants.HEADS, seqlen_q=None, head_dim=8, heads=bench_variants.HEADS):
+        q = torch.zeros(1, seqlen_q or seqlen, heads, head_dim)
+        kv = torch.zeros(1, seqlen, kv_heads, head_dim)
         return q, kv, kv
 
     calls = []
@@ -82,3 +82,5 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
         (bench_variants.SHORT_Q, 8, True, ["default", "one head per tile"]),
     ]
     assert "vs default" in fwd.markdown() and "| 2.00× |" in bwd.markdown()
+    # the backward also at D = 64 (H = 32)
+    assert f"H16 N{n} D128 causal" in bwd.markdown() and f"H32 N{n} D64 causal" in bwd.markdown()

@@ -182,6 +182,26 @@ def test_config_choice():
         bwd.choose_config(torch.float32, 64, 64, False, False)
 
 
+def test_query_rows_per_step():
+    """128 query rows per step at d <= 64 (FA3's 128 x 128 tile) where S^T, dP^T, dK and dV fit in registers
+    (the shipped-config compile test checks no spills): bf16, no bias, dQ by TMA reduce-add; everything else 64."""
+    wide = bwd.choose_config(torch.bfloat16, 64, 64, False, True)
+    assert (wide.tile_m, wide.num_stages, wide.dq_tma_reduce) == (128, 2, True)
+    assert bwd.choose_config(torch.bfloat16, 64, 64, False, True, tile_m=64).tile_m == 64
+    for kw in (dict(bias_rank=8), dict(deterministic=True), dict(dq_tma_reduce=False)):
+        assert bwd.choose_config(torch.bfloat16, 64, 64, False, True, **kw).tile_m == 64, kw
+    assert bwd.choose_config(torch.float16, 64, 64, False, True).tile_m == 64
+    for d in (96, 128, 256):
+        assert bwd.choose_config(torch.bfloat16, d, d, False, True).tile_m == 64
+    with pytest.raises(ValueError, match="tile_m = 128"):
+        bwd.choose_config(torch.bfloat16, 64, 64, False, True, dq_tma_reduce=False, tile_m=128)
+    with pytest.raises(ValueError, match="tile_m"):
+        AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, True, tile_m=128)
+    variants = bwd.variant_configs(True, 64)
+    assert variants["default"].tile_m == 128 and variants["64 query rows per step"].tile_m == 64
+    assert "64 query rows per step" not in bwd.variant_configs(True, 128)
+
+
 def test_configs_are_distinct_cache_keys():
     configs = bwd.shipped_configs("sm_90a")
     assert len(set(configs)) == len(configs)
@@ -274,16 +294,17 @@ def _bwd_mask_probe(kernel):
 _BWD_MASK_PROBES = {}
 
 
-@pytest.mark.parametrize("head_dim", [64, 256])  # 128-row key blocks; 64-row ones shared by both warpgroups
+# (head_dim, tile_m): 64 x 128 tiles; 128 x 128 (d <= 64); 64-row key blocks shared by both warpgroups (d > 128)
+@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (64, 128), (256, 64)])
 @pytest.mark.parametrize("sq, sk", [(1, 300), (77, 300), (300, 77), (200, 200), (129, 257), (65, 1)])
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0), (200, 3)])
-def test_backward_visibility_logic_matches_the_rule(head_dim, sq, sk, wl, wr):
+def test_backward_visibility_logic_matches_the_rule(head_dim, tile_m, sq, sk, wl, wr):
     from attnkit.reference.attention import visible_mask
     from cutlass.cute.runtime import from_dlpack
 
-    key = (head_dim, wl >= 0, wr >= 0)
+    key = (head_dim, tile_m, wl >= 0, wr >= 0)
     if key not in _BWD_MASK_PROBES:
-        kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, *key[1:])
+        kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, *key[2:], tile_m=tile_m)
         _BWD_MASK_PROBES[key] = (kernel, _bwd_mask_probe(kernel), {})
     kernel, probe, compiled = _BWD_MASK_PROBES[key]
     tm, tn = kernel.tile_m, kernel.tile_n
@@ -361,13 +382,13 @@ def _operand_probe(kernel):
     return probe
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_p_and_ds_stay_in_registers_with_the_dv_and_dk_operand_layouts(head_dim):
+@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (128, 64), (64, 128)])
+def test_p_and_ds_stay_in_registers_with_the_dv_and_dk_operand_layouts(head_dim, tile_m):
     """P^T and dS^T leave the S^T / dP^T wgmma as accumulators and enter dV += P^T dO and dK += dS^T Q as
     register A operands: thread t's element i must be the same (key, query) on both sides."""
     from cutlass.cute.runtime import from_dlpack
 
-    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True)
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True, tile_m=tile_m)
     out = torch.zeros(256, kernel.tile_n * kernel.tile_m // 256, 6, dtype=torch.int32)
     cute.compile(_operand_probe(kernel), from_dlpack(out), options="--gpu-arch sm_90a")(from_dlpack(out))
     assert torch.equal(out[..., :2], out[..., 2:4]), "P^T element != dV A-operand element"

@@ -34,8 +34,9 @@ def test_variants_extend_the_shipped_configs():
         shipped = precompile.configs_of(mod, "sm_90a")
         both = precompile.configs_of(mod, "sm_90a", variants=True)
         assert both[: len(shipped)] == shipped and len(set(both)) == len(both)
-        for causal in (False, True):
-            assert set(mod.variant_configs(causal).values()) <= set(both)
+        for head_dim in getattr(mod, "VARIANT_HEAD_DIMS", (128,)):
+            for causal in (False, True):
+                assert set(mod.variant_configs(causal, head_dim).values()) <= set(both)
 
 
 def test_gpu_test_cases_map_to_configs_that_fit():

@@ -89,8 +89,9 @@ def configs_of(mod, arch: str, variants: bool = False, cases: str | None = None)
     configs = list(mod.shipped_configs(arch))
     extra = []
     if variants and hasattr(mod, "variant_configs"):
-        for causal in (False, True):
-            extra += mod.variant_configs(causal, arch=arch).values()
+        for head_dim in getattr(mod, "VARIANT_HEAD_DIMS", (128,)):
+            for causal in (False, True):
+                extra += mod.variant_configs(causal, head_dim, arch=arch).values()
     extra += [cfg for cfg in case_configs(cases, arch) if type(cfg).__module__ == mod.__name__]
     for cfg in extra:
         if cfg not in configs:

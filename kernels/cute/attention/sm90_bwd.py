@@ -29,7 +29,8 @@ CTA layout of the main kernel (3 warpgroups):
     WG0      producer: warp 0 issues the TMA loads of K, V (once), the key bias factors (once
              per query head) and Q, dO, lse2, D (+ query bias factors) per query block into a
              ``num_stages`` pipeline; the warpgroup gives registers back.
-    WG1, WG2 consumers: 64 key rows each of the 128-row key block.
+    WG1, WG2 consumers: 64 key rows each of the 128-row key block, 64 query rows per step (128 for bf16 at
+             d <= 64 without a bias, as FA3 does: S^T / dP^T of 64 x 128 still fit in registers there).
 
 Wide heads (max(d, dv) > 128; ``tile_n = 64``): a warpgroup cannot hold dK and dV of 64 key rows in
 registers, so both consumer warpgroups share one 64-row key block. S^T and dP^T are split along the
@@ -206,8 +207,6 @@ class AttentionBwdPostprocessSm90(AttentionBwdBase):
 class AttentionBwdSm90(AttentionBwdBase):
     """Main backward kernel: dK, dV of a key block in registers; dQ and the bias factor grads added to float32."""
 
-    tile_m = 64
-
     def __init__(
         self,
         dtype: type[cutlass.Numeric],
@@ -223,14 +222,21 @@ class AttentionBwdSm90(AttentionBwdBase):
         bias_mma: bool = False,
         tile_n: int | None = None,
         ds_stages: int = 2,
+        tile_m: int = 64,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
+        # query rows per step: 64, or 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half the steps)
+        self.tile_m = tile_m
+        if tile_m not in (64, 128):
+            raise ValueError(f"tile_m must be 64 or 128, got {tile_m}")
         # key rows per CTA: 128 (a warpgroup per 64 rows) up to d = 128; 64 (shared, dK / dV split along d) above
         self.tile_n = key_tile(head_dim, head_dim_v) if tile_n is None else tile_n
         if self.tile_n not in (64, 64 * NUM_MMA_WARPGROUPS):
             raise ValueError(f"tile_n must be 64 or {64 * NUM_MMA_WARPGROUPS}, got {self.tile_n}")
         if self.tile_n > 64 and max(head_dim, head_dim_v) > NARROW_HEAD_DIM:
             raise ValueError(f"dK and dV of d > {NARROW_HEAD_DIM} need tile_n = 64 (they do not fit in registers)")
+        if tile_m == 128 and (self.tile_n == 64 or max(head_dim, head_dim_v) > 64):
+            raise ValueError("tile_m = 128 takes tile_n = 128 and head dims <= 64 (S^T, dP^T, dK, dV in registers)")
         # P^T / dS^T smem buffers: two let a warpgroup write the next ones while the other still reads these
         if ds_stages not in (1, 2):
             raise ValueError(f"ds_stages must be 1 or 2, got {ds_stages}")

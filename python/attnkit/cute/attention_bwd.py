@@ -84,6 +84,8 @@ class BwdConfig:
     # key rows per CTA: 128 up to d = 128, 64 above (sm90_bwd.key_tile); P^T / dS^T smem buffers
     tile_n: int = 128
     ds_stages: int = 2
+    # query rows per step of the key block's loop
+    tile_m: int = 64
     arch: str = "sm_90a"
 
     def make_kernel(self):
@@ -103,6 +105,7 @@ class BwdConfig:
             bias_mma=self.bias_mma,
             tile_n=self.tile_n,
             ds_stages=self.ds_stages,
+            tile_m=self.tile_m,
         )
 
 
@@ -155,13 +158,16 @@ def choose_config(
     deterministic: bool = False,
     split_heads: bool = False,
     bias_mma: bool = False,
+    tile_m: int | None = None,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
     warpgroup and query block, as FA3 does, instead of d * 64 scalar atomics) unless deterministic or its
-    float32 staging buffer would cost a pipeline stage (a bias at d = 128) or a P^T / dS^T buffer (d > 128)."""
+    float32 staging buffer would cost a pipeline stage (a bias at d = 128) or a P^T / dS^T buffer (d > 128).
+    ``tile_m=None``: 128 query rows per step where FA3 takes them (d <= 64) and they fit in registers (bf16, no
+    bias, dQ by TMA reduce-add: fp16 and dQ atomics spill a few registers at 128), else 64."""
     if dq_tma_reduce is None:
         args = (dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch)
-        flags = dict(deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma)
+        flags = dict(deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma, tile_m=tile_m)
         atomics = choose_config(*args, dq_tma_reduce=False, **flags)
         if deterministic:
             return atomics
@@ -177,6 +183,15 @@ def choose_config(
         raise ValueError(f"unsupported backward head dims ({head_dim}, {head_dim_v}); supported: {sorted(_TILES)}")
     if not 0 <= bias_rank <= 64:
         raise ValueError(f"bias rank must be in [0, 64], got {bias_rank}")
+    wide_m = dtype == torch.bfloat16 and max(head_dim, head_dim_v) <= 64 and bias_rank == 0 and dq_tma_reduce
+    wide_m = wide_m and not deterministic
+    if tile_m is None:
+        tile_m = 128 if wide_m else 64
+    elif tile_m not in (64, 128) or (tile_m == 128 and not wide_m):
+        raise ValueError(
+            f"tile_m = {tile_m}: the backward takes 64, or 128 for bf16 at head dims <= 64 without a bias with dQ "
+            "by TMA reduce-add (not deterministic)"
+        )
     cfg = BwdConfig(
         _DTYPES[dtype],
         head_dim,
@@ -190,6 +205,7 @@ def choose_config(
         deterministic=deterministic,
         split_heads=split_heads,
         tile_n=key_tile_n(head_dim, head_dim_v),
+        tile_m=tile_m,
         arch=arch,
     )
     # what does not fit gives up, in this order, the second P^T / dS^T buffer (an extra barrier per query
@@ -243,16 +259,23 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     return configs
 
 
+# the head dims bench/bench_variants.py times the backward variants at
+VARIANT_HEAD_DIMS = (128, 64)
+
+
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
     """The default and the three ways dQ reaches its float32 buffer, bf16, for ``bench/bench_variants.py`` (and
     ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
-    return {
+    variants = {
         "default": choose_config(*args, arch=arch),
         "atomics": choose_config(*args, arch=arch, dq_tma_reduce=False),
         "TMA reduce-add": choose_config(*args, arch=arch, dq_tma_reduce=True),
         "deterministic": choose_config(*args, arch=arch, deterministic=True),
     }
+    if variants["default"].tile_m == 128:
+        variants["64 query rows per step"] = choose_config(*args, arch=arch, tile_m=64)
+    return variants
 
 
 def _fake_args(cfg):
@@ -353,6 +376,7 @@ def config_for(
     sm_count: int | None = None,
     dq_tma_reduce: bool | None = None,
     deterministic: bool = False,
+    tile_m: int | None = None,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
@@ -368,17 +392,12 @@ def config_for(
         bias_rank=bias_rank,
         dq_tma_reduce=dq_tma_reduce,
         deterministic=deterministic,
+        tile_m=tile_m,
         split_heads=splits > 1,
         # learned factors in q's dtype go on the tensor cores (as in the forward); others in float32
         bias_mma=bias_rank > 0 and factors_in_input_dtype,
     )
     return cfg, splits
-
-
-def main_tile_m() -> int:
-    from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
-
-    return AttentionBwdSm90.tile_m
 
 
 def key_tile_n(head_dim: int, head_dim_v: int) -> int:
@@ -407,11 +426,12 @@ def attention_bwd(
     window_right: int,
     dq_tma_reduce: bool | None = None,
     deterministic: bool = False,
+    tile_m: int | None = None,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
 
     ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer (None: ``choose_config``'s default);
-    ``deterministic`` orders them (see ``BwdConfig``).
+    ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default).
     """
     import cuda.bindings.driver as cuda
 
@@ -444,6 +464,7 @@ def attention_bwd(
         _sm_count(q.device) if q.is_cuda else None,
         dq_tma_reduce,
         deterministic,
+        tile_m,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -480,7 +501,7 @@ def attention_bwd(
         dqf_accum, dkf_accum = _to_cute(dqf_buf), _to_cute(dkf_buf)
     sem = None
     if deterministic:
-        num_m_blocks = -(-seqlen_q // main_tile_m())
+        num_m_blocks = -(-seqlen_q // cfg.tile_m)
         sem = _to_cute(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
     dk_out, dv_out = dk, dv
     if splits > 1:
