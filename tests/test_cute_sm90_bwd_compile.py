@@ -195,6 +195,9 @@ def test_query_rows_per_step():
         assert bwd.choose_config(torch.bfloat16, d, d, False, True).tile_m == 64
     with pytest.raises(ValueError, match="tile_m = 128"):
         bwd.choose_config(torch.bfloat16, 64, 64, False, True, dq_tma_reduce=False, tile_m=128)
+    # asking for 128 rows with the default dQ mode gets the TMA reduce-add that 128 rows need
+    assert bwd.choose_config(torch.bfloat16, 64, 64, False, True, tile_m=128) == wide
+    assert bwd.config_for(torch.bfloat16, 1, 1000, 4, 2, 64, 64, -1, 0, tile_m=128)[0].tile_m == 128
     with pytest.raises(ValueError, match="tile_m"):
         AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, True, tile_m=128)
     variants = bwd.variant_configs(True, 64)

@@ -168,6 +168,8 @@ def choose_config(
     if dq_tma_reduce is None:
         args = (dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch)
         flags = dict(deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma, tile_m=tile_m)
+        if tile_m == 128:  # only with the TMA reduce-add (dQ atomics spill at 128 rows)
+            return choose_config(*args, dq_tma_reduce=True, **flags)
         atomics = choose_config(*args, dq_tma_reduce=False, **flags)
         if deterministic:
             return atomics
@@ -487,6 +489,8 @@ def attention_bwd(
     dev = q.device
     q, k, v, dout, out = (tma_ready(t) for t in (q, k, v, dout, out))
     lse = lse.float().contiguous()
+    # the main kernel reads lse2 / D and adds dQ and the factor gradients in whole tiles of the padded buffers
+    assert SEQ_PAD % cfg.tile_m == 0 and SEQ_PAD % cfg.tile_n == 0, cfg
     sq_pad, sk_pad = _round_up(seqlen_q, SEQ_PAD), _round_up(seqlen_k, SEQ_PAD)
     lse2 = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
     dpsum = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
