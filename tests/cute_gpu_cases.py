@@ -83,6 +83,21 @@ DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
 DV_SHAPE = (2, 333, 500, 4, 2)
 
 
+def make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype) -> tuple:
+    """q, k, v and the bias factors (None without a bias) on the GPU; rank < 0: factors in the input dtype (the
+    tensor-core bias), rank > 0: float32 factors. The query factor broadcasts over heads, the key one over batch."""
+    dev = "cuda"
+    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
+    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
+    v = torch.randn(b, sk, hkv, dv, device=dev, dtype=dtype)
+    qf = kf = None
+    if rank:
+        factor_dtype = dtype if rank < 0 else torch.float32
+        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
+        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
+    return q, k, v, qf, kf
+
+
 def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode) -> None:
     """The CuTe backward on one case against the float64 reference (the 2x rule), every gradient, outputs
     allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias)."""
@@ -93,15 +108,8 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode) -> No
     from numerics import assert_2x
 
     dev = "cuda"
-    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
-    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
-    v = torch.randn(b, sk, hkv, dv, device=dev, dtype=dtype)
+    q, k, v, qf, kf = make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype)
     dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
-    qf = kf = None
-    if rank:
-        factor_dtype = dtype if rank < 0 else torch.float32
-        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
-        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
     kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
     inputs = [q, k, v, qf, kf]
     ins64 = [None if x is None else x.double() for x in inputs]

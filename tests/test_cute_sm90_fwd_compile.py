@@ -196,15 +196,7 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype):
     from numerics import assert_2x
 
     dev = "cuda"
-    q = torch.randn(b, sq, h, d, device=dev, dtype=dtype)
-    k = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
-    v = torch.randn(b, sk, hkv, d, device=dev, dtype=dtype)
-    qf = kf = None
-    if rank:
-        # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
-        factor_dtype = dtype if rank < 0 else torch.float32
-        qf = (torch.randn(b, sq, 1, abs(rank), device=dev) * 0.5).to(factor_dtype)
-        kf = (torch.randn(1, sk, h, abs(rank), device=dev) * 0.5).to(factor_dtype)
+    q, k, v, qf, kf = cute_gpu_cases.make_inputs(b, sq, sk, h, hkv, d, d, rank, dtype)
     scale = 1.0 / math.sqrt(d)
     kw = dict(softmax_scale=scale, window_left=wl, window_right=wr)
     # poison: the outputs are allocated from the caching allocator's freed NaN blocks
