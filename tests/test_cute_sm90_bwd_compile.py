@@ -6,6 +6,7 @@ H100 and runs under the gpu/sm90 markers."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -37,6 +38,8 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
         assert ("UTMAREDG" in sass) == cfg.dq_tma_reduce
         atomics = not cfg.dq_tma_reduce or cfg.bias_rank > 0 or cfg.split_heads
         assert ("REDG.E.ADD.F32" in sass) == atomics
+        # two adjacent columns per atomic (red.global.add.v2.f32), never one
+        assert re.search(r"REDG\.E\.ADD\.F32\.", sass) is None, "scalar float32 atomics"
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
 
 

@@ -52,7 +52,7 @@ from cutlass.tensor_utils import LayoutEnum
 from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
-from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_f32
+from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_acc_f32, red_add_f32
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
 from ..common.tile_scheduler import PersistentTileScheduler
@@ -985,8 +985,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 else:
                     gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
                     tdQgdQ = thr_mma_dq.partition_C(gdQ)
-                    for i in cutlass.range(cute.size(acc_dQ), unroll_full=True):
-                        red_add_f32(tdQgdQ, i, acc_dQ[i])
+                    red_add_acc_f32(tdQgdQ, acc_dQ)
 
                 # 7. every thread is done with the float32 dS and the query factors: release Q's stage
                 if const_expr(self.has_bias):
@@ -1060,12 +1059,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         tdVgdV = thr_mma_dv.partition_C(gdV)
         tdKcdK = thr_mma_dk.partition_C(cute.make_identity_tensor((tn, self.head_dim)))
         tdVcdV = thr_mma_dv.partition_C(cute.make_identity_tensor((tn, self.head_dim_v)))
-        for i in cutlass.range(cute.size(acc_dK), unroll_full=True):
-            if key_start + tdKcdK[i][0] < seqlen_k:
-                red_add_f32(tdKgdK, i, acc_dK[i] * softmax_scale)
-        for i in cutlass.range(cute.size(acc_dV), unroll_full=True):
-            if key_start + tdVcdV[i][0] < seqlen_k:
-                red_add_f32(tdVgdV, i, acc_dV[i])
+        red_add_acc_f32(tdKgdK, acc_dK, softmax_scale, tdKcdK, seqlen_k - key_start)
+        red_add_acc_f32(tdVgdV, acc_dV, None, tdVcdV, seqlen_k - key_start)
 
     @cute.jit
     def first_n_block(self, row_start: Int32, seqlen_q: Int32, seqlen_k: Int32, window_left: Int32) -> Int32:
@@ -1274,6 +1269,11 @@ class AttentionBwdSm90(AttentionBwdBase):
                     v = v + cute.arch.shuffle_sync_bfly(v, offset=1 << step)
                 acc[i, j] = v
         if is_first_slice:
+            # a row's 4 rank columns are contiguous and 16-byte aligned (the rank is padded to a multiple of 4): two
+            # red.global.add.v2.f32 each (v4 needs four aligned registers, which spills at d = 256)
+            pair = cute.make_rmem_tensor((2,), Float32)
             for i in cutlass.range_constexpr(4):
-                for j in cutlass.range_constexpr(4):
-                    red_add_f32(gGrad, (row0 + i, col0 + j), acc[i, j])
+                for j in cutlass.range_constexpr(0, 4, 2):
+                    pair[0] = acc[i, j]
+                    pair[1] = acc[i, j + 1]
+                    red_add_f32(gGrad, (row0 + i, col0 + j), pair.load())

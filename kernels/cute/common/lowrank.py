@@ -9,7 +9,7 @@ import math
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32
+from cutlass import Float32, Int32, const_expr
 
 from .layouts import acc_view_mn
 
@@ -55,7 +55,31 @@ def add_lowrank_fma(
 
 
 @cute.jit
-def red_add_f32(t: cute.Tensor, crd, val: Float32) -> None:
-    """Atomic float32 add of ``val`` into element ``crd`` (index or coordinate) of the global tensor ``t``."""
+def red_add_f32(t: cute.Tensor, crd, val) -> None:
+    """Atomic float32 add of ``val`` into element ``crd`` (index or coordinate) of the global tensor ``t``. ``val``
+    may also be a 2- or 4-element register vector (``TensorSSA``) added to the consecutive elements from ``crd`` on
+    by one red.global.add.v2 / v4.f32: that address must then be 8- / 16-byte aligned."""
     ptr = t.iterator + cute.crd2idx(crd, t.layout)
     cute.arch.red(ptr, val, op="add", dtype=Float32, sem="relaxed", scope="gpu")
+
+
+@cute.jit
+def red_add_acc_f32(
+    tCgC: cute.Tensor,  # a wgmma C partition of a global float32 tensor whose columns are contiguous
+    acc: cute.Tensor,  # the matching float32 accumulator fragment
+    scale: Float32 | None = None,
+    tCcC: cute.Tensor | None = None,  # the C partition of an identity tensor: (row, col) of each element
+    num_rows: Int32 | None = None,  # with tCcC: elements of rows >= num_rows are not added
+) -> None:
+    """tCgC += [scale *] acc with float32 atomics, the two adjacent columns of each accumulator pair (the fragment's
+    innermost mode, contiguous in gmem, starting at an even column) in one red.global.add.v2.f32."""
+    assert const_expr(acc.layout.shape[0][0] == 2 and tCgC.layout.stride[0][0] == 1), "pairs must be contiguous"
+    pair = cute.make_rmem_tensor((2,), Float32)
+    for k in cutlass.range(cute.size(acc) // 2, unroll_full=True):
+        for j in cutlass.range_constexpr(2):
+            pair[j] = acc[2 * k + j] if const_expr(scale is None) else acc[2 * k + j] * scale
+        if const_expr(tCcC is None):
+            red_add_f32(tCgC, 2 * k, pair.load())
+        else:
+            if tCcC[2 * k][0] < num_rows:
+                red_add_f32(tCgC, 2 * k, pair.load())
