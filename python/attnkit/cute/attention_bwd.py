@@ -48,8 +48,8 @@ SEQ_PAD = 128
 # head_dim -> Q/dO pipeline stages. Not measured on an H100 yet: two stages let the producer load
 # query block m+1 while block m is consumed; a bias at d = 128 needs the smem of the second stage
 # for the float32 factors and dS (choose_config drops to one stage when the config does not fit).
-# Above d = 128 the key block is 64 rows (dK / dV split along d, P^T and dS^T through smem); at d = 256 the
-# second stage fits with one P^T / dS^T buffer (choose_config gives up the second buffer first).
+# Above d = 128 the key block is 64 rows (dK / dV split along d, P^T and dS^T through smem); where that does not
+# fit, choose_config gives up the second P^T / dS^T buffer before the second stage.
 _TILES = {64: 2, 96: 2, 128: 2, 192: 2, 256: 2}
 
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -161,7 +161,7 @@ def choose_config(
     tile_m: int | None = None,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
-    warpgroup and query block, as FA3 does, instead of d * 64 scalar atomics) unless deterministic or its
+    warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic or its
     float32 staging buffer would cost a pipeline stage (a bias at d = 128) or a P^T / dS^T buffer (d > 128).
     ``tile_m=None``: 128 query rows per step where FA3 takes them (d <= 64) and they fit in registers (bf16, no
     bias, dQ by TMA reduce-add: fp16 and dQ atomics spill a few registers at 128), else 64."""
@@ -266,8 +266,9 @@ VARIANT_HEAD_DIMS = (128, 64)
 
 
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
-    """The default and the three ways dQ reaches its float32 buffer, bf16, for ``bench/bench_variants.py`` (and
-    ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
+    """The default and the three ways dQ reaches its float32 buffer, bf16, and where the default takes 128 query
+    rows per step (d <= 64) 64 rows, for ``bench/bench_variants.py`` (and ``precompile --variants``);
+    ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
     variants = {
         "default": choose_config(*args, arch=arch),
