@@ -1,6 +1,7 @@
 """What each switch of the CuTe sm90 attention kernels is worth, bf16, D = 128, 16,384 tokens, H = 16: the forward
-with each FA-style technique turned off (or on) against the default config, the backward with each way dQ reaches
-its float32 buffer (also at D = 64, H = 32, with 64 query rows per step against the default 128), and for causal
+with each FA-style technique turned off (or on) against the default config (and at D = 64, H = 32, 128-row tiles
+against the default 192), the backward with each way dQ reaches its float32 buffer (also at D = 64, H = 32, with
+64 query rows per step against the default 128), and for causal
 shapes the L2-sectioned tile order against one section of every head. With
 8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at full
 length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding), where
@@ -64,10 +65,12 @@ def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     """MHA inputs: every switch; GQA inputs (8 query heads per K/V head): packed against one head per tile."""
     from attnkit.cute import attention_fwd as fwd
 
-    kw = dict(softmax_scale=1.0 / math.sqrt(HEAD_DIM), window_left=-1, window_right=0 if causal else -1)
-    variants = fwd.variant_configs(causal, HEAD_DIM)
+    head_dim = q.shape[3]
+    kw = dict(softmax_scale=1.0 / math.sqrt(head_dim), window_left=-1, window_right=0 if causal else -1)
+    variants = fwd.variant_configs(causal, head_dim)
     if q.shape[2] == k.shape[2]:
-        names = [n for n in variants if not n.startswith("pack GQA")] + (["one L2 section"] if causal else [])
+        sections = ["one L2 section"] if causal and head_dim == HEAD_DIM else []
+        names = [n for n in variants if not n.startswith("pack GQA")] + sections
     else:
         # whichever the launcher picks for this shape is the default; the other one is the variant
         packs = fwd.pack_gqa_for(q.shape[2] // k.shape[2], q.shape[1], 0) > 1
@@ -153,14 +156,20 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
                 _time_variants(fwd_table, shape, partial(forward_variants, q, k, v, causal), flops, ceilings, budget)
                 del q, k, v
                 common.release()
-            # D = 64 (H = 32, the same hidden size): the backward's query rows per step
+            # D = 64 (H = 32, the same hidden size): the forward's tile rows, the backward's query rows per step
             heads = HEADS * HEAD_DIM // 64
             q, k, v = _inputs(b, n, heads, head_dim=64, heads=heads)
-            flops = perf.attention_bwd_flops(b, heads, n, n, 64, causal=causal)
             shape = f"B{b} H{heads} N{n} D64{tag}"
+            flops = perf.attention_fwd_flops(b, heads, n, n, 64, causal=causal)
+            _time_variants(fwd_table, shape, partial(forward_variants, q, k, v, causal), flops, ceilings, budget)
+            flops = perf.attention_bwd_flops(b, heads, n, n, 64, causal=causal)
             _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
             del q, k, v
             common.release()
+    fwd_table.notes.append(
+        "forward at D = 64: the default takes 192-row tiles (three consumer warpgroups, "
+        "attention_fwd.wide_tile_fits), the variant 128."
+    )
     bwd_table.notes.append(
         "backward: the main kernel with its preprocess and postprocess, lse and O given; the default dQ mode is "
         "the TMA reduce-add where it costs no pipeline stage, and at D = 64 the default takes 128 query rows per "

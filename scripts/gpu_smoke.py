@@ -1,10 +1,13 @@
 """One run of each kernel on small shapes, judged against the float64 reference, with a diagnosis.
 
-    python scripts/gpu_smoke.py cute-fwd|cute-bwd|cute-bwd-wide|triton [--case SUBSTRING]
+    python scripts/gpu_smoke.py cute-fwd|cute-fwd-192|cute-bwd|cute-bwd-wide|triton [--case SUBSTRING]
 
 ``scripts/gpu_check.sh`` runs each group in its own process under a timeout before the test suite, so a
 kernel that hangs costs one group's timeout instead of the whole device call, and the suite can leave
-that group out. Each case prints ``start`` before it runs (the last one printed is the one that hung) and
+that group out. ``cute-fwd`` runs every forward with 128-row tiles (two consumer warpgroups) and
+``cute-fwd-192`` the head-dim-64 inputs that take 192 rows by default, so that a fault in the three-warpgroup
+kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_SM90_FWD_192_ROWS=0``). Each
+case prints ``start`` before it runs (the last one printed is the one that hung) and
 then ``ok`` or ``WRONG`` per output, where WRONG names the worst element, the NaN count and the 64-row
 query (or key) blocks whose error breaks the acceptance rule of ``tests/numerics.py`` (2x the error of
 the same computation at the kernel's precision, plus a rounding floor). Exit status 1 if any case is
@@ -188,6 +191,14 @@ GROUPS = {
         "d64 short causal, 4 heads packed": cute_fwd_case(1, 50, 300, 8, 2, 64, -1, 0, 0),
         "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0),
     },
+    # d = 64 without a left window or float32 factors: 192-row tiles, three consumer warpgroups in round robin
+    "cute-fwd-192": {
+        "d64 full": cute_fwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
+        "d64 causal sq<sk gqa": cute_fwd_case(1, 77, 1000, 4, 2, 64, -1, 0, 0),
+        "d64 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 64, -1, 0, 0),
+        "d64 fp16 causal persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 64, -1, 0, 0, dtype=torch.float16),
+        "d64 bf16 bias r16 causal (wgmma)": cute_fwd_case(1, 500, 500, 2, 2, 64, -1, 0, -16),
+    },
     "cute-bwd": {
         "d64 full": cute_bwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
         "d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
@@ -234,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("group", choices=sorted(GROUPS))
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
+    if args.group == "cute-fwd":
+        from attnkit.cute.attention_fwd import WIDE_TILE_ENV
+
+        os.environ[WIDE_TILE_ENV] = "0"
     if not torch.cuda.is_available():
         print("gpu_smoke: no CUDA device", flush=True)
         return 2

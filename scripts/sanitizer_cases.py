@@ -68,7 +68,8 @@ SHAPES = [
     (100, 100, 2, 2, 128, False, (-1, -1), 8),
     (70, 90, 2, 1, 256, True, (-1, -1), 0),  # wide heads: the backward's 64-row key blocks
 ]
-TINY = [(130, 130, 1, 1, 64, True, (-1, -1), 0)]
+# racecheck: d = 64 takes the forward's 192-row tiles (three consumer warpgroups), d = 128 its 128-row ones
+TINY = [(130, 130, 1, 1, 64, True, (-1, -1), 0), (70, 70, 1, 1, 128, True, (-1, -1), 0)]
 
 
 def main() -> int:

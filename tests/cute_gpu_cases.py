@@ -22,8 +22,23 @@ FWD_CASES = [
     (1, 50, 300, 8, 2, 64, -1, 0, 0),
     (1, 60, 333, 16, 1, 128, 64, 16, 0),
     (1, 33, 200, 4, 2, 256, -1, -1, 0),
+    # d = 64 without a left window: 192-row tiles (three consumer warpgroups, round-robin ping-pong)
+    (1, 4097, 4097, 2, 1, 64, -1, -1, 0),
 ]
 FWD_DTYPES = [torch.bfloat16, torch.float16]
+# d = 64 cases whose default takes three consumer warpgroups, run with two (bench_variants' other tile), bf16
+FWD_TWO_WG_CASES = [
+    (2, 77, 1000, 4, 2, 64, -1, 0, 0),
+    (1, 4097, 4097, 2, 1, 64, -1, -1, 0),
+]
+
+
+def two_warpgroups(cfg):
+    """A forward config with 128-row tiles (two consumer warpgroups) in place of its 192."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, num_mma_warpgroups=2)
+
 
 BWD_CASES = [
     (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
@@ -140,7 +155,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
     found = []
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_CASES:
         for dtype in FWD_DTYPES:
-            found.append(fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
+            cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+            # and its 128-row twin: FWD_TWO_WG_CASES, and every case under gpu_check's ATTNKIT_SM90_FWD_192_ROWS=0
+            found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
     for b, _sq, sk, h, hkv, d, wl, wr, rank in BWD_CASES:
         for dtype, mode in BWD_MODES:
             flags = DQ_FLAGS[mode]

@@ -50,16 +50,17 @@ def test_attention_table_has_the_cute_over_triton_ratio(monkeypatch, fake_gpu):
 def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake_gpu):
     import bench_variants
 
-    def inputs(batch, seqlen, kv_heads=bench_variants.HEADS, seqlen_q=None, head_dim=8, heads=bench_variants.HEADS):
-        q = torch.zeros(1, seqlen_q or seqlen, heads, head_dim)
-        kv = torch.zeros(1, seqlen, kv_heads, head_dim)
+    def inputs(batch, seqlen, kv_heads=bench_variants.HEADS, seqlen_q=None, head_dim=128, heads=bench_variants.HEADS):
+        # the shapes only (no kernel runs): one element per row, broadcast over the head dim
+        q = torch.zeros(1, seqlen_q or seqlen, heads, 1).expand(-1, -1, -1, head_dim)
+        kv = torch.zeros(1, seqlen, kv_heads, 1).expand(-1, -1, -1, head_dim)
         return q, kv, kv
 
     calls = []
 
     def fake_forward(q, k, v, causal):
         variants = real_forward(q, k, v, causal)
-        calls.append((q.shape[1], q.shape[2] // k.shape[2], causal, list(variants)))
+        calls.append((q.shape[1], q.shape[2] // k.shape[2], causal, q.shape[3], list(variants)))
         return {name: (lambda i=i: 1.0 + 0.1 * i) for i, name in enumerate(variants)}
 
     real_forward = bench_variants.forward_variants
@@ -73,14 +74,18 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     fwd, bwd = bench_variants.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
     n = bench_variants.QUICK[0]
     switches = ["default", "rescale every block", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
+    tiles = ["default", "128 query rows per tile"]  # D = 64: the default takes 192
     assert calls == [
-        (n, 1, False, switches),
-        (n, 8, False, ["default", "pack GQA (8 heads)"]),
-        (bench_variants.SHORT_Q, 8, False, ["default", "one head per tile"]),
-        (n, 1, True, [*switches, "one L2 section"]),
-        (n, 8, True, ["default", "pack GQA (8 heads)"]),
-        (bench_variants.SHORT_Q, 8, True, ["default", "one head per tile"]),
+        (n, 1, False, 128, switches),
+        (n, 8, False, 128, ["default", "pack GQA (8 heads)"]),
+        (bench_variants.SHORT_Q, 8, False, 128, ["default", "one head per tile"]),
+        (n, 1, False, 64, tiles),
+        (n, 1, True, 128, [*switches, "one L2 section"]),
+        (n, 8, True, 128, ["default", "pack GQA (8 heads)"]),
+        (bench_variants.SHORT_Q, 8, True, 128, ["default", "one head per tile"]),
+        (n, 1, True, 64, tiles),
     ]
     assert "vs default" in fwd.markdown() and "| 2.00× |" in bwd.markdown()
     # the backward also at D = 64 (H = 32)
     assert f"H16 N{n} D128 causal" in bwd.markdown() and f"H32 N{n} D64 causal" in bwd.markdown()
+    assert f"H32 N{n} D64 causal" in fwd.markdown()

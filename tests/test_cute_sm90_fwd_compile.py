@@ -7,6 +7,7 @@ code against brute-force references. The numerics test at the end needs an H100 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
@@ -119,6 +120,59 @@ def test_cache_key_rejects_mutable_configs():
         compile_cache.CompileCache("x").get({"not": "frozen"}, lambda options: None, arch="sm_90a")
 
 
+def test_three_consumer_warpgroups_where_their_registers_hold():
+    """192-row tiles at head dim 64 without a left window bound or float32 factors, one head per tile."""
+    for dtype in (torch.bfloat16, torch.float16):
+        for causal in (False, True):
+            assert fwd.choose_config(dtype, 64, 64, False, causal).num_mma_warpgroups == 3
+    assert fwd.choose_config(torch.bfloat16, 64, 64, False, True, bias_rank=8, bias_mma=True).tile_m == 192
+    two = [
+        fwd.choose_config(torch.bfloat16, 64, 64, True, True),  # sliding window: spilled with 160 registers
+        fwd.choose_config(torch.bfloat16, 64, 64, False, True, bias_rank=8),  # float32 factors: spilled
+        fwd.choose_config(torch.bfloat16, 64, 64, False, True, pack_gqa=8),
+        fwd.choose_config(torch.bfloat16, 96, 96, False, False),  # spilled
+        fwd.choose_config(torch.bfloat16, 64, 128, False, False),
+        fwd.choose_config(torch.bfloat16, 128, 128, False, False),
+    ]
+    assert all(cfg.num_mma_warpgroups == 2 and cfg.tile_m == 128 for cfg in two), two
+    with pytest.raises(ValueError, match="num_mma_warpgroups"):
+        AttentionFwdSm90(cutlass.BFloat16, 64, 64, 128, 2, False, False, num_mma_warpgroups=4)
+
+
+def test_192_row_tiles_can_be_switched_off(monkeypatch):
+    """gpu_check's fallback when the three-warpgroup forward fails its smoke test."""
+    fwd.choose_config.cache_clear()
+    monkeypatch.setenv(fwd.WIDE_TILE_ENV, "0")
+    try:
+        assert fwd.choose_config(torch.bfloat16, 64, 64, False, False).num_mma_warpgroups == 2
+    finally:
+        fwd.choose_config.cache_clear()
+    monkeypatch.undo()
+    assert fwd.choose_config(torch.bfloat16, 64, 64, False, False).num_mma_warpgroups == 3
+
+
+# every kind of input the launcher gives three consumer warpgroups, and their 128-row twins
+_WIDE_TILE_CONFIGS = [
+    cfg
+    for dtype in (torch.bfloat16, torch.float16)
+    for wr in (False, True)
+    for rank, bias_mma in ((0, False), (16, True), (48, True), (64, True))
+    for cfg in [fwd.choose_config(dtype, 64, 64, False, wr, bias_rank=rank, bias_mma=bias_mma)]
+]
+
+
+@pytest.mark.parametrize("cfg", _WIDE_TILE_CONFIGS, ids=precompile.config_name)
+def test_three_consumer_warpgroups_compile_without_spills(cache_dir, cfg):
+    assert cfg.num_mma_warpgroups == 3
+    fwd.compile_fwd(cfg)
+    sass = _sass(cfg)
+    counts = precompile.sass_summary(sass)
+    assert counts["HGMMA"] > 0 and counts["UTMASTG"] > 0, counts
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    # the producer gives registers back to 32, the consumers take 160 (0xa0): 128 * 32 + 384 * 160 = 65536
+    assert "USETMAXREG.DEALLOC.CTAPOOL 0x20" in sass and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xa0" in sass
+
+
 def test_config_choice():
     cfg = fwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=5)
     assert cfg.bias_rank == 8  # zero-padded to a multiple of 4
@@ -192,6 +246,24 @@ def test_exp2_polynomials_meet_their_error_bound():
 @pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_CASES)
 @pytest.mark.parametrize("dtype", cute_gpu_cases.FWD_DTYPES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype):
+    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_TWO_WG_CASES)
+def test_numerics_with_two_consumer_warpgroups_where_the_default_takes_three(b, sq, sk, h, hkv, d, wl, wr, rank):
+    """The 128-row variant bench_variants times against the default 192-row tile at head dim 64."""
+    cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+    if os.environ.get(fwd.WIDE_TILE_ENV) == "0":
+        pytest.skip(f"{fwd.WIDE_TILE_ENV}=0: every forward already takes two consumer warpgroups")
+    assert cfg.num_mma_warpgroups == 3
+    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.two_warpgroups(cfg))
+
+
+def _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, config=None):
+    """The CuTe forward on one case against the float64 reference (the 2x rule), out and lse, outputs allocated
+    over NaN-poisoned memory, rows with no visible key zero with lse = -inf."""
     from attnkit.reference.attention import attention_forward
     from numerics import assert_2x
 
@@ -205,7 +277,7 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype):
         torch.full((b, h, sq), float("nan"), device=dev),
     ]
     del poison
-    out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw)
+    out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw, config=config)
     torch.cuda.synchronize()
     out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
     out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
@@ -229,9 +301,9 @@ _COMPILED_MASK_PROBES = {}
 
 @cute.jit
 def mask_probe(
-    vals: cute.Tensor,  # (256, n_elem) float32: 0 or -inf after masking
-    coords: cute.Tensor,  # (256, n_elem, 2) int32: (row, col) within the tile
-    info: cute.Tensor,  # (4,) int32: n_min, n_max, needs_mask(WG1), needs_mask(WG2)
+    vals: cute.Tensor,  # (threads, n_elem) float32: 0 or -inf after masking
+    coords: cute.Tensor,  # (threads, n_elem, 2) int32: (row, col) within the tile
+    info: cute.Tensor,  # (2 + warpgroups,) int32: n_min, n_max, needs_mask(WG1), needs_mask(WG2), ...
     seqlen_q: Int32,
     seqlen_k: Int32,
     window_left: Int32,
@@ -241,18 +313,20 @@ def mask_probe(
     has_left: cutlass.Constexpr,
     has_right: cutlass.Constexpr,
     pack: cutlass.Constexpr,
+    tile_m: cutlass.Constexpr,  # 64 rows per consumer warpgroup, as in the kernel
 ):
-    tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", _TILE_N, num_warpgroups=2)
+    nwg = tile_m // 64
+    tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", _TILE_N, num_warpgroups=nwg)
     mask = AttentionMask(seqlen_q, seqlen_k, window_left, window_right, has_left, has_right, _TILE_N, pack)
-    row_start = m_block * _TILE_M
-    n_min, n_max = mask.n_block_range(row_start, row_start + _TILE_M)
+    row_start = m_block * tile_m
+    n_min, n_max = mask.n_block_range(row_start, row_start + tile_m)
     info[0] = n_min
     info[1] = n_max
-    info[2] = Int32(mask.tile_needs_mask(row_start, row_start + 64, n_block))
-    info[3] = Int32(mask.tile_needs_mask(row_start + 64, row_start + 128, n_block))
-    acc_shape = tiled_mma.get_slice(0).partition_shape_C((_TILE_M, _TILE_N))
-    for t in cutlass.range(256):
-        tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((_TILE_M, _TILE_N)))
+    for wg in cutlass.range_constexpr(nwg):
+        info[2 + wg] = Int32(mask.tile_needs_mask(row_start + 64 * wg, row_start + 64 * (wg + 1), n_block))
+    acc_shape = tiled_mma.get_slice(0).partition_shape_C((tile_m, _TILE_N))
+    for t in cutlass.range(128 * nwg):
+        tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((tile_m, _TILE_N)))
         acc = cute.make_tensor(vals[t, None].iterator, cute.make_layout(acc_shape))
         for i in cutlass.range_constexpr(cute.size(acc)):
             acc[i] = Float32(0.0)
@@ -262,13 +336,13 @@ def mask_probe(
 
 
 @cute.jit
-def operand_probe(out: cute.Tensor, tile_n: cutlass.Constexpr):  # (256, n_elem, 4) int32
-    mma_qk = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tile_n, num_warpgroups=2)
-    mma_pv = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", 128, a_in_regs=True, num_warpgroups=2)
-    for t in cutlass.range(256):
-        cS = mma_qk.get_slice(t).partition_C(cute.make_identity_tensor((128, tile_n)))
+def operand_probe(out: cute.Tensor, tile_n: cutlass.Constexpr, nwg: cutlass.Constexpr):  # (threads, n_elem, 4)
+    mma_qk = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tile_n, num_warpgroups=nwg)
+    mma_pv = sm90.make_tiled_mma(cutlass.BFloat16, "K", "MN", 128, a_in_regs=True, num_warpgroups=nwg)
+    for t in cutlass.range(128 * nwg):
+        cS = mma_qk.get_slice(t).partition_C(cute.make_identity_tensor((64 * nwg, tile_n)))
         cS_as_A = acc_view_as_operand_a(cS)
-        cA = mma_pv.get_slice(t).partition_A(cute.make_identity_tensor((128, tile_n)))
+        cA = mma_pv.get_slice(t).partition_A(cute.make_identity_tensor((64 * nwg, tile_n)))
         for i in cutlass.range_constexpr(cute.size(cA)):
             out[t, i, 0] = cS_as_A[i][0]
             out[t, i, 1] = cS_as_A[i][1]
@@ -354,58 +428,80 @@ def probes():
     return mask_probe, operand_probe, schedule_probe
 
 
+_MASK_SHAPES = [(1, 1000), (77, 1000), (1000, 77), (300, 300), (129, 257)]
+_MASK_WINDOWS = [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0)]
+
+
 @pytest.mark.parametrize("pack", [1, 4])
-@pytest.mark.parametrize("sq, sk", [(1, 1000), (77, 1000), (1000, 77), (300, 300), (129, 257)])
-@pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0)])
+@pytest.mark.parametrize("sq, sk", _MASK_SHAPES)
+@pytest.mark.parametrize("wl, wr", _MASK_WINDOWS)
 def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr, pack):
     """pack = G: tile row r is query position r // G (the G heads of a GQA group packed per tile)."""
+    _check_mask(probes[0], sq, sk, wl, wr, pack, _TILE_M)
+
+
+@pytest.mark.parametrize("sq, sk", _MASK_SHAPES)
+@pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (0, 0)])
+def test_mask_and_block_range_with_192_row_tiles(probes, sq, sk, wl, wr):
+    """Three consumer warpgroups: the tile's key blocks and each warpgroup's boundary test over 192 rows."""
+    _check_mask(probes[0], sq, sk, wl, wr, 1, 192)
+
+
+def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m):
     from cutlass.cute.runtime import from_dlpack
 
-    mask_probe = probes[0]
-    n_elem = _TILE_M * _TILE_N // 256
-    vals = torch.zeros(256, n_elem)
-    coords = torch.zeros(256, n_elem, 2, dtype=torch.int32)
-    info = torch.zeros(4, dtype=torch.int32)
+    nwg = tile_m // 64
+    threads = 128 * nwg
+    n_elem = tile_m * _TILE_N // threads
+    vals = torch.zeros(threads, n_elem)
+    coords = torch.zeros(threads, n_elem, 2, dtype=torch.int32)
+    info = torch.zeros(2 + nwg, dtype=torch.int32)
 
     def args(m, n):
         return (from_dlpack(vals), from_dlpack(coords), from_dlpack(info), sq, sk, max(wl, 0), max(wr, 0), m, n)
 
-    key = (wl >= 0, wr >= 0, pack)
+    key = (wl >= 0, wr >= 0, pack, tile_m)
     if key not in _COMPILED_MASK_PROBES:
         _COMPILED_MASK_PROBES[key] = cute.compile(mask_probe, *args(0, 0), *key, options=_HOPPER)
     run = _COMPILED_MASK_PROBES[key]
     # one row per (position, head of the group), head fastest
     vis = visible_mask(sq, sk, wl, wr, "cpu").repeat_interleave(pack, dim=0)
     num_key_blocks = math.ceil(sk / _TILE_N)
-    for m in range(math.ceil(pack * sq / _TILE_M)):
+    for m in range(math.ceil(pack * sq / tile_m)):
         run(*args(m, 0))
         n_min, n_max = int(info[0]), int(info[1])
         assert 0 <= n_min and n_max <= num_key_blocks
-        seen = vis[m * _TILE_M : (m + 1) * _TILE_M].any(0).nonzero()
+        seen = vis[m * tile_m : (m + 1) * tile_m].any(0).nonzero()
         if len(seen):
             assert n_min <= int(seen.min()) // _TILE_N and n_max > int(seen.max()) // _TILE_N
         for n in range(n_min, n_max):
             run(*args(m, n))
-            rows = coords[..., 0].long() + m * _TILE_M
+            rows = coords[..., 0].long() + m * tile_m
             cols = coords[..., 1].long() + n * _TILE_N
             live = rows < pack * sq
             expect = torch.zeros_like(live)
             inside = live & (cols < sk)
             expect[inside] = vis[rows[inside], cols[inside]]
             assert torch.equal((vals == 0) & live, expect), f"m_block {m}, n_block {n}"
-            for wg in range(2):
+            for wg in range(nwg):
                 part = slice(128 * wg, 128 * (wg + 1))
+                # warpgroup wg's threads hold rows 64 wg .. 64 wg + 63 of the tile
+                assert ((rows[part] - m * tile_m) // 64 == wg).all()
                 if (live[part] & ~expect[part]).any():
                     assert info[2 + wg], f"boundary tile (m {m}, n {n}, warpgroup {wg}) left unmasked"
 
 
-@pytest.mark.parametrize("tile_n", [64, 128])
-def test_p_stays_in_registers_with_the_pv_operand_layout(probes, tile_n):
+@pytest.mark.parametrize("tile_n, nwg", [(64, 2), (128, 2), (128, 3)])
+def test_p_stays_in_registers_with_the_pv_operand_layout(probes, tile_n, nwg):
     from cutlass.cute.runtime import from_dlpack
 
-    out = torch.zeros(256, 128 * tile_n // 256, 4, dtype=torch.int32)
-    cute.compile(probes[1], from_dlpack(out), tile_n, options=_HOPPER)(from_dlpack(out))
+    out = torch.zeros(128 * nwg, 64 * tile_n // 128, 4, dtype=torch.int32)
+    cute.compile(probes[1], from_dlpack(out), tile_n, nwg, options=_HOPPER)(from_dlpack(out))
     assert torch.equal(out[..., :2], out[..., 2:]), "softmax output element != P·V A-operand element"
+    # each warpgroup's threads own 64 rows of the tile, every (row, col) once
+    rows, cols = out[..., 0].long(), out[..., 1].long()
+    assert torch.equal(rows // 64, torch.arange(128 * nwg).unsqueeze(1).expand_as(rows) // 128)
+    assert torch.equal((rows * tile_n + cols).flatten().sort()[0], torch.arange(64 * nwg * tile_n))
 
 
 @pytest.mark.parametrize("longest_first", [False, True])

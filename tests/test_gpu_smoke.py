@@ -38,5 +38,14 @@ def test_wrong_rows_are_located_by_query_block(capsys, poison):
 
 
 def test_every_group_has_cases():
-    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-bwd", "cute-bwd-wide", "triton"}
+    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-fwd-192", "cute-bwd", "cute-bwd-wide", "triton"}
     assert all(gpu_smoke.GROUPS.values())
+
+
+def test_gpu_check_smokes_every_group():
+    import pathlib
+    import re
+
+    script = (pathlib.Path(gpu_smoke.ROOT) / "scripts" / "gpu_check.sh").read_text()
+    loop = re.search(r"^for group in (.*); do$", script, re.M)
+    assert loop and loop.group(1).split() == list(gpu_smoke.GROUPS)

@@ -4,25 +4,27 @@ Supported: fp16/bf16; head dims 64, 96, 128, 192, 256 (q/k and v may differ); an
 (TMA zero-fills and clips the tails); causal (bottom-right) and sliding windows, masked only on
 boundary tiles; GQA/MQA by indexing the K/V head (no copies; heads of a group run on neighbouring
 CTAs and share K/V through L2) or, with ``pack_gqa`` = G, by packing the G query heads of a K/V head
-into each 128-row tile (rows: head fastest, then position), so K/V are read once per group and short
-query sequences fill the tile (the launcher packs where G divides 128, there is no bias and an
+into each tile (rows: head fastest, then position), so K/V are read once per group and short
+query sequences fill the tile (the launcher packs where G divides the tile, there is no bias and an
 unpacked tile would be mostly empty); a low-rank logit bias ``qf @ kf.T`` whose factors are TMA-loaded
 with Q and K: float32 factors in float32 FMAs, factors in the input dtype as extra wgmma k16
 slices; natural-log lse.
 Not supported: varlen, paged KV, dropout, fp8, K/V multicast across a cluster, a bias with pack_gqa.
 
-CTA layout (3 warpgroups):
+CTA layout (1 + ``num_mma_warpgroups`` warpgroups):
     WG0      producer: warp 0 issues every TMA load; the warpgroup gives registers back.
-    WG1, WG2 consumers: 64 query rows each of a 128-row tile; S = Q K^T with both operands in smem,
-             online softmax in registers, O += P V with P taken from registers.
+    WG1..    consumers, two (a 128-row tile, 240 registers each) or three (a 192-row tile, 160
+             registers each: FA3's and FA4's tile at head dim 64, where the 64 x 128 score tile and
+             its P leave room): 64 query rows each; S = Q K^T with both operands in smem, online
+             softmax in registers, O += P V with P taken from registers.
 
 Shared-memory pipelines (mbarrier full/empty pairs): Q (1 stage, Q and its bias factor rows),
 K (+ key bias factors) and V (``num_stages`` each, advanced together). The producer loads a tile's
 first K block before its Q, and with ``intra_wg_overlap`` the consumers release Q after their last
 S = Q K^T, so the next tile's first loads run under this tile's last P V and epilogue. The
 persistent schedule runs causal tiles longest first in sections of heads whose K/V fit in L2
-(``common/tile_scheduler.py``). With ``pingpong`` the two consumers take turns issuing wgmma
-through two named barriers, so one warpgroup's softmax runs under the other's GEMMs; with
+(``common/tile_scheduler.py``). With ``pingpong`` the consumers take turns issuing wgmma (round
+robin, one named barrier each), so one warpgroup's softmax runs under the others' GEMMs; with
 ``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and O += P(n+1) V(n+1) back to back and
 computes softmax(n) while the latter is in flight.
 """
@@ -39,10 +41,12 @@ from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierFwd, barrier_arrive, barrier_sync
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
-from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
+from ..common.sm90 import REGISTER_BUDGETS, WARP_ROLES
 from .base import AttentionFwdBase
 
 LN2 = math.log(2.0)
+# a ping-pong barrier joins the warpgroup waiting for its turn and the one handing it over
+PINGPONG_THREADS = 2 * WARPGROUP_THREADS
 
 
 class AttentionFwdSm90(AttentionFwdBase):
@@ -63,12 +67,15 @@ class AttentionFwdSm90(AttentionFwdBase):
         o_aliases_q: bool = False,
         bias_mma: bool = False,
         pack_gqa: int = 1,
+        num_mma_warpgroups: int = 2,
     ):
+        if num_mma_warpgroups not in REGISTER_BUDGETS:
+            raise ValueError(f"num_mma_warpgroups must be one of {sorted(REGISTER_BUDGETS)}, got {num_mma_warpgroups}")
         super().__init__(
             dtype,
             head_dim,
             head_dim_v,
-            64 * NUM_MMA_WARPGROUPS,
+            64 * num_mma_warpgroups,
             tile_n,
             num_stages,
             has_window_left,
@@ -85,8 +92,10 @@ class AttentionFwdSm90(AttentionFwdBase):
         if o_aliases_q and head_dim_v > head_dim:
             raise ValueError("O can only reuse Q's shared memory when head_dim_v <= head_dim")
         self.o_aliases_q = o_aliases_q
-        self.num_threads = WARPGROUP_THREADS * (1 + NUM_MMA_WARPGROUPS)
-        self.num_mma_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
+        self.num_mma_warpgroups = num_mma_warpgroups
+        self.num_threads = WARPGROUP_THREADS * (1 + num_mma_warpgroups)
+        self.num_mma_threads = WARPGROUP_THREADS * num_mma_warpgroups
+        self.producer_regs, self.mma_regs = REGISTER_BUDGETS[num_mma_warpgroups]
 
     def smem_bytes(self) -> int:
         """Shared memory the kernel needs, for config validation on the host."""
@@ -121,10 +130,9 @@ class AttentionFwdSm90(AttentionFwdBase):
         mK, mV = [self.to_sdhb(t) for t in (mK, mV)]
         mLSE = self.lse_view(mLSE)
 
-        tiled_mma_qk = sm90.make_tiled_mma(self.dtype, "K", "K", self.tile_n, num_warpgroups=NUM_MMA_WARPGROUPS)
-        tiled_mma_pv = sm90.make_tiled_mma(
-            self.dtype, "K", "MN", self.head_dim_v, a_in_regs=True, num_warpgroups=NUM_MMA_WARPGROUPS
-        )
+        nwg = self.num_mma_warpgroups
+        tiled_mma_qk = sm90.make_tiled_mma(self.dtype, "K", "K", self.tile_n, num_warpgroups=nwg)
+        tiled_mma_pv = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim_v, a_in_regs=True, num_warpgroups=nwg)
         sQ_layout = sm90.make_smem_layout(self.dtype, self.tile_m, self.head_dim)
         sK_layout = sm90.make_smem_layout(self.dtype, self.tile_n, self.head_dim, self.num_stages)
         sV_layout = sm90.make_smem_layout(self.dtype, self.tile_n, self.head_dim_v, self.num_stages)
@@ -290,7 +298,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         qhead_per_kvhead = num_heads // mK.shape[2]
 
         if warp_idx < WARP_ROLES.mma_wg1[0]:
-            cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            cute.arch.setmaxregister_decrease(self.producer_regs)
             if warp_idx == WARP_ROLES.load[0]:
                 self.load(
                     mQ, mK, mV, mQf, mKf, sQ, sK, sV, sQf, sKf,
@@ -298,7 +306,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                     pipeline_q, pipeline_k, pipeline_v, scheduler, mask, qhead_per_kvhead,
                 )  # fmt: skip
         else:
-            cute.arch.setmaxregister_increase(MMA_REGS)
+            cute.arch.setmaxregister_increase(self.mma_regs)
             self.mma(
                 tidx - WARPGROUP_THREADS,
                 mO, mLSE, sQ, sK, sV, sO, sQf, sKf, tma_atom_O,
@@ -470,7 +478,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         num_rows = cute.size(acc_view_mn(tScS), mode=[0])
         softmax = self.make_softmax(softmax_scale_log2, num_rows)
         # rows of this warpgroup, for the per-warpgroup boundary-tile test
-        wg_row_offset = wg_idx * (self.tile_m // NUM_MMA_WARPGROUPS)
+        wg_row_offset = wg_idx * (self.tile_m // self.num_mma_warpgroups)
 
         # stmatrix: one 16x16 block per instruction instead of one swizzled address per 2 elements
         smem_copy_O = cute.make_copy_atom(warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
@@ -483,7 +491,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         if const_expr(self.pingpong):
             # the first warpgroup may issue first
             if wg_idx == 0:
-                barrier_arrive(NamedBarrierFwd.WarpSchedulerWG1, self.num_mma_threads)
+                barrier_arrive(NamedBarrierFwd.WarpSchedulerWG1, PINGPONG_THREADS)
 
         tile = scheduler.first_tile()
         num_tiles = scheduler.num_tiles()
@@ -493,7 +501,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             n_min, n_max = mask.n_block_range(row_start, row_start + self.tile_m)
             num_blocks = cutlass.max(n_max - n_min, 0)
             wg_row_start = row_start + wg_row_offset
-            wg_row_end = wg_row_start + self.tile_m // NUM_MMA_WARPGROUPS
+            wg_row_end = wg_row_start + self.tile_m // self.num_mma_warpgroups
             softmax.reset()
             acc_O.fill(0.0)
 
@@ -719,10 +727,16 @@ class AttentionFwdSm90(AttentionFwdBase):
     def scheduler_sync(self, wg_idx: Int32) -> None:
         """Ping-pong: wait for this warpgroup's turn to issue wgmma."""
         if const_expr(self.pingpong):
-            barrier_sync(NamedBarrierFwd.WarpSchedulerWG1 + wg_idx, self.num_mma_threads)
+            barrier_sync(NamedBarrierFwd.WarpSchedulerWG1 + wg_idx, PINGPONG_THREADS)
 
     @cute.jit
     def scheduler_arrive(self, wg_idx: Int32) -> None:
-        """Ping-pong: hand the tensor cores to the other warpgroup."""
+        """Ping-pong: hand the tensor cores to the next warpgroup (round robin with three)."""
         if const_expr(self.pingpong):
-            barrier_arrive(NamedBarrierFwd.WarpSchedulerWG1 + (1 - wg_idx), self.num_mma_threads)
+            if const_expr(self.num_mma_warpgroups == 2):
+                next_wg = 1 - wg_idx
+            else:
+                next_wg = wg_idx + 1
+                if wg_idx == self.num_mma_warpgroups - 1:
+                    next_wg = Int32(0)
+            barrier_arrive(NamedBarrierFwd.WarpSchedulerWG1 + next_wg, PINGPONG_THREADS)

@@ -16,13 +16,15 @@ class WarpRoles(NamedTuple):
     load: tuple = (0, 1, 2, 3)
     mma_wg1: tuple = (4, 5, 6, 7)
     mma_wg2: tuple = (8, 9, 10, 11)
+    mma_wg3: tuple = (12, 13, 14, 15)  # the forward's third consumer (192-row tiles)
 
 
 WARP_ROLES = WarpRoles()
 NUM_MMA_WARPGROUPS = 2
-# setmaxnreg budgets: 128 * 24 + 256 * 240 = 64512 <= 65536 registers per SM
-PRODUCER_REGS = 24
-MMA_REGS = 240
+# setmaxnreg budgets (producer, consumer) per number of consumer warpgroups, multiples of 8 within the
+# 65536 registers of an SM: 128 * 24 + 256 * 240 = 64512; 128 * 32 + 384 * 160 = 65536
+REGISTER_BUDGETS = {2: (24, 240), 3: (32, 160)}
+PRODUCER_REGS, MMA_REGS = REGISTER_BUDGETS[NUM_MMA_WARPGROUPS]
 
 
 def make_tiled_mma(

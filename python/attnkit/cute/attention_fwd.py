@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ __all__ = [
 _CACHE = CompileCache("attention_fwd_sm90")
 
 SMEM_CAPACITY = 227 * 1024
-TILE_M = 128  # query rows per tile: two consumer warpgroups of 64
+TILE_M = 128  # query rows per tile: two consumer warpgroups of 64 (three where wide_tile_fits)
 
 # head_dim -> (tile_n, num_stages, o_aliases_q). Not yet measured on an H100: sized so that
 # Q + stages * (K + V) + O fits the 227 KiB of shared memory and acc_S + P + acc_O fit the 240
@@ -71,7 +72,13 @@ class FwdConfig:
     intra_wg_overlap: bool = True
     # query heads per K/V head packed into one tile (1: one head per tile); see sm90_fwd.py
     pack_gqa: int = 1
+    # consumer warpgroups of 64 query rows: 2 (128-row tiles, 240 registers) or 3 (192 rows, 160)
+    num_mma_warpgroups: int = 2
     arch: str = "sm_90a"
+
+    @property
+    def tile_m(self) -> int:
+        return 64 * self.num_mma_warpgroups
 
     def make_kernel(self):
         import cutlass
@@ -94,7 +101,24 @@ class FwdConfig:
             o_aliases_q=self.o_aliases_q,
             bias_mma=self.bias_mma,
             pack_gqa=self.pack_gqa,
+            num_mma_warpgroups=self.num_mma_warpgroups,
         )
+
+
+# "0": every forward takes two consumer warpgroups (scripts/gpu_check.sh sets it for the rest of its run
+# when the 192-row tiles fail their smoke test, so that the forward is still tested and measured)
+WIDE_TILE_ENV = "ATTNKIT_SM90_FWD_192_ROWS"
+
+
+def wide_tile_fits(widest_head_dim: int, window_left: bool, bias_rank: int, bias_mma: bool, pack_gqa: int) -> bool:
+    """Whether the forward takes three consumer warpgroups (192-row tiles, 160 registers each) instead of
+    two: FA3's and FA4's sm90 tile at head dim 64, where a warpgroup's 64 x 128 scores, their P and its
+    64 x 64 O fit the smaller budget. Where they did not fit (SASS: local-memory spills) it keeps two: a
+    left window bound and float32 bias factors need more per-row state, head dim 96 more accumulator.
+    Packed GQA tiles serve short query sequences, where a 128-row tile wastes fewer rows."""
+    if os.environ.get(WIDE_TILE_ENV, "1") == "0":
+        return False
+    return widest_head_dim <= 64 and not window_left and not (bias_rank > 0 and not bias_mma) and pack_gqa == 1
 
 
 def _padded_rank(rank: int, bias_mma: bool) -> int:
@@ -134,6 +158,7 @@ def choose_config(
         num_stages=stages,
         o_aliases_q=o_aliases_q,
         pack_gqa=pack_gqa,
+        num_mma_warpgroups=3 if wide_tile_fits(widest, window_left, bias_rank, bias_mma, pack_gqa) else 2,
         arch=arch,
     )
     # the bias factors take smem too: give up the separate O buffer, then halve the key tile
@@ -204,10 +229,20 @@ def config_for(
     )
 
 
+# head dims bench_variants times the forward at (precompile --variants builds their variants)
+VARIANT_HEAD_DIMS = (128, 64)
+
+
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, FwdConfig]:
     """The default bf16 config and one variant per on/off switch, for ``bench/bench_variants.py`` (and
-    ``precompile --variants``): what each FA-style technique is worth is measured, not assumed."""
+    ``precompile --variants``): what each FA-style technique is worth is measured, not assumed. At another head
+    dim than 128: the default against 128-row tiles, where the default takes 192 (three consumer warpgroups)."""
     base = choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch)
+    if head_dim != 128:
+        variants = {"default": base}
+        if base.num_mma_warpgroups == 3:
+            variants["128 query rows per tile"] = dataclasses.replace(base, num_mma_warpgroups=2)
+        return variants
     return {
         "default": base,
         "rescale every block": dataclasses.replace(base, rescale_threshold=0.0),
