@@ -24,6 +24,9 @@ FWD_CASES = [
     (1, 33, 200, 4, 2, 256, -1, -1, 0),
     # d = 64 without a left window: 192-row tiles (three consumer warpgroups, round-robin ping-pong)
     (1, 4097, 4097, 2, 1, 64, -1, -1, 0),
+    # key tiles of 112 (d = 192) and, with a left window bound, 64 (d = 256)
+    (1, 333, 1000, 2, 1, 192, -1, 0, 0),
+    (1, 500, 700, 2, 2, 256, 64, 16, 0),
 ]
 FWD_DTYPES = [torch.bfloat16, torch.float16]
 # d = 64 cases whose default takes three consumer warpgroups, run with two (bench_variants' other tile), bf16
@@ -95,6 +98,8 @@ WIDE_BWD_CASES = [
 
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE
 DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
+# the forward's: O over Q with 128 keys (d = 192, dv = 128), a separate O with 80 (d = 128, dv = 256)
+FWD_DV_CASES = [*DV_CASES, (192, 128, -1), (128, 256, 0), (256, 64, -1)]
 DV_SHAPE = (2, 333, 500, 4, 2)
 
 
@@ -158,6 +163,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
             # and its 128-row twin: FWD_TWO_WG_CASES, and every case under gpu_check's ATTNKIT_SM90_FWD_192_ROWS=0
             found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
+    _b, sq, _sk, h, hkv = DV_SHAPE
+    for d, dv, wr in FWD_DV_CASES:
+        found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, dv, -1, wr))
     for b, _sq, sk, h, hkv, d, wl, wr, rank in BWD_CASES:
         for dtype, mode in BWD_MODES:
             flags = DQ_FLAGS[mode]

@@ -173,6 +173,57 @@ def test_three_consumer_warpgroups_compile_without_spills(cache_dir, cfg):
     assert "USETMAXREG.DEALLOC.CTAPOOL 0x20" in sass and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xa0" in sass
 
 
+# head dims above 128: FA4's key tiles (80, 96, 112, 128) with O over Q where it can be, every window kind
+_WIDE_HEAD_CONFIGS = [
+    fwd.choose_config(torch.bfloat16, d, dv, wl, wr)
+    for d, dv in ((192, 192), (192, 128), (256, 256), (256, 128), (128, 256), (192, 256), (64, 192))
+    for wl, wr in ((False, False), (False, True), (True, True))
+] + [
+    fwd.choose_config(torch.float16, 256, 256, False, True),
+    fwd.choose_config(torch.float16, 192, 192, False, True),
+    fwd.choose_config(torch.bfloat16, 192, 192, False, True, bias_rank=8),
+    fwd.choose_config(torch.bfloat16, 256, 256, False, True, bias_rank=16, bias_mma=True),
+    fwd.choose_config(torch.bfloat16, 128, 64, False, True, bias_rank=64),  # 128 keys, O over Q
+]
+
+
+@pytest.mark.parametrize("cfg", _WIDE_HEAD_CONFIGS, ids=precompile.config_name)
+def test_wide_head_configs_compile_without_spills(cache_dir, cfg):
+    assert cfg.make_kernel().smem_bytes() <= fwd.SMEM_CAPACITY and cfg.tile_n % 16 == 0
+    fwd.compile_fwd(cfg)
+    counts = precompile.sass_summary(_sass(cfg))
+    assert counts["HGMMA"] > 0 and counts["UTMASTG"] > 0, counts
+    assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+
+
+def test_key_tiles_above_head_dim_128():
+    def tile(d, dv, wl=False, **kw):
+        cfg = fwd.choose_config(torch.bfloat16, d, dv, wl, True, **kw)
+        return cfg.tile_n, cfg.o_aliases_q
+
+    assert tile(192, 192) == (112, True) and tile(192, 128) == (128, True) and tile(192, 192, True) == (96, True)
+    assert tile(256, 256) == (80, True) and tile(256, 256, True) == (64, True)
+    # O cannot go over a narrower Q: a separate O buffer, with the key tile that leaves room for it
+    assert tile(128, 256) == (80, False) and tile(64, 192) == (112, False) and tile(192, 256) == (64, False)
+    # the bias factors take the rest: 64-row, then 32-row key tiles
+    assert tile(256, 256, bias_rank=64) == (32, True)
+
+
+def test_smem_model_matches_the_compiled_struct():
+    """choose_config fits configs to the 227 KiB by smem_bytes(): it must be the size the launch asks for."""
+    for cfg in (
+        fwd.choose_config(torch.bfloat16, 128, 128, False, True),
+        fwd.choose_config(torch.bfloat16, 64, 64, False, True, bias_rank=8),
+        fwd.choose_config(torch.bfloat16, 64, 64, False, False, bias_rank=64, bias_mma=True),
+        fwd.choose_config(torch.bfloat16, 256, 256, False, False),
+        fwd.choose_config(torch.bfloat16, 192, 192, False, True),
+        fwd.choose_config(torch.bfloat16, 128, 256, False, True, bias_rank=8),
+    ):
+        kernel = cfg.make_kernel()
+        cute.compile(kernel, *fwd._fake_args(cfg), options="--gpu-arch sm_90a")
+        assert kernel.shared_storage.size_in_bytes() == kernel.smem_bytes() <= fwd.SMEM_CAPACITY, cfg
+
+
 def test_config_choice():
     cfg = fwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=5)
     assert cfg.bias_rank == 8  # zero-padded to a multiple of 4
@@ -261,19 +312,28 @@ def test_numerics_with_two_consumer_warpgroups_where_the_default_takes_three(b, 
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.two_warpgroups(cfg))
 
 
-def _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, config=None):
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("d, dv, wr", cute_gpu_cases.FWD_DV_CASES)
+def test_numerics_with_dv_other_than_d(d, dv, wr):
+    b, sq, sk, h, hkv = cute_gpu_cases.DV_SHAPE
+    _check_forward(b, sq, sk, h, hkv, d, -1, wr, 0, torch.bfloat16, dv=dv)
+
+
+def _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, config=None, dv=None):
     """The CuTe forward on one case against the float64 reference (the 2x rule), out and lse, outputs allocated
     over NaN-poisoned memory, rows with no visible key zero with lse = -inf."""
     from attnkit.reference.attention import attention_forward
     from numerics import assert_2x
 
     dev = "cuda"
-    q, k, v, qf, kf = cute_gpu_cases.make_inputs(b, sq, sk, h, hkv, d, d, rank, dtype)
+    dv = dv or d
+    q, k, v, qf, kf = cute_gpu_cases.make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype)
     scale = 1.0 / math.sqrt(d)
     kw = dict(softmax_scale=scale, window_left=wl, window_right=wr)
     # poison: the outputs are allocated from the caching allocator's freed NaN blocks
     poison = [
-        torch.full((b, sq, h, d), float("nan"), device=dev, dtype=dtype),
+        torch.full((b, sq, h, dv), float("nan"), device=dev, dtype=dtype),
         torch.full((b, h, sq), float("nan"), device=dev),
     ]
     del poison
@@ -314,19 +374,20 @@ def mask_probe(
     has_right: cutlass.Constexpr,
     pack: cutlass.Constexpr,
     tile_m: cutlass.Constexpr,  # 64 rows per consumer warpgroup, as in the kernel
+    tile_n: cutlass.Constexpr,
 ):
     nwg = tile_m // 64
-    tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", _TILE_N, num_warpgroups=nwg)
-    mask = AttentionMask(seqlen_q, seqlen_k, window_left, window_right, has_left, has_right, _TILE_N, pack)
+    tiled_mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", tile_n, num_warpgroups=nwg)
+    mask = AttentionMask(seqlen_q, seqlen_k, window_left, window_right, has_left, has_right, tile_n, pack)
     row_start = m_block * tile_m
     n_min, n_max = mask.n_block_range(row_start, row_start + tile_m)
     info[0] = n_min
     info[1] = n_max
     for wg in cutlass.range_constexpr(nwg):
         info[2 + wg] = Int32(mask.tile_needs_mask(row_start + 64 * wg, row_start + 64 * (wg + 1), n_block))
-    acc_shape = tiled_mma.get_slice(0).partition_shape_C((tile_m, _TILE_N))
+    acc_shape = tiled_mma.get_slice(0).partition_shape_C((tile_m, tile_n))
     for t in cutlass.range(128 * nwg):
-        tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((tile_m, _TILE_N)))
+        tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((tile_m, tile_n)))
         acc = cute.make_tensor(vals[t, None].iterator, cute.make_layout(acc_shape))
         for i in cutlass.range_constexpr(cute.size(acc)):
             acc[i] = Float32(0.0)
@@ -437,22 +498,30 @@ _MASK_WINDOWS = [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0)]
 @pytest.mark.parametrize("wl, wr", _MASK_WINDOWS)
 def test_mask_and_block_range_match_the_visibility_rule(probes, sq, sk, wl, wr, pack):
     """pack = G: tile row r is query position r // G (the G heads of a GQA group packed per tile)."""
-    _check_mask(probes[0], sq, sk, wl, wr, pack, _TILE_M)
+    _check_mask(probes[0], sq, sk, wl, wr, pack, _TILE_M, _TILE_N)
 
 
 @pytest.mark.parametrize("sq, sk", _MASK_SHAPES)
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (0, 0)])
 def test_mask_and_block_range_with_192_row_tiles(probes, sq, sk, wl, wr):
     """Three consumer warpgroups: the tile's key blocks and each warpgroup's boundary test over 192 rows."""
-    _check_mask(probes[0], sq, sk, wl, wr, 1, 192)
+    _check_mask(probes[0], sq, sk, wl, wr, 1, 192, _TILE_N)
 
 
-def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m):
+@pytest.mark.parametrize("tile_n", [80, 96, 112])
+@pytest.mark.parametrize("sq, sk", [(77, 1000), (1000, 77), (129, 257)])
+@pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (64, 16)])
+def test_mask_and_block_range_with_key_tiles_above_head_dim_128(probes, sq, sk, wl, wr, tile_n):
+    """Key tiles that are not powers of two (head dims 192 and 256): block ranges and masks by division."""
+    _check_mask(probes[0], sq, sk, wl, wr, 1, _TILE_M, tile_n)
+
+
+def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m, tile_n):
     from cutlass.cute.runtime import from_dlpack
 
     nwg = tile_m // 64
     threads = 128 * nwg
-    n_elem = tile_m * _TILE_N // threads
+    n_elem = tile_m * tile_n // threads
     vals = torch.zeros(threads, n_elem)
     coords = torch.zeros(threads, n_elem, 2, dtype=torch.int32)
     info = torch.zeros(2 + nwg, dtype=torch.int32)
@@ -460,24 +529,24 @@ def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m):
     def args(m, n):
         return (from_dlpack(vals), from_dlpack(coords), from_dlpack(info), sq, sk, max(wl, 0), max(wr, 0), m, n)
 
-    key = (wl >= 0, wr >= 0, pack, tile_m)
+    key = (wl >= 0, wr >= 0, pack, tile_m, tile_n)
     if key not in _COMPILED_MASK_PROBES:
         _COMPILED_MASK_PROBES[key] = cute.compile(mask_probe, *args(0, 0), *key, options=_HOPPER)
     run = _COMPILED_MASK_PROBES[key]
     # one row per (position, head of the group), head fastest
     vis = visible_mask(sq, sk, wl, wr, "cpu").repeat_interleave(pack, dim=0)
-    num_key_blocks = math.ceil(sk / _TILE_N)
+    num_key_blocks = math.ceil(sk / tile_n)
     for m in range(math.ceil(pack * sq / tile_m)):
         run(*args(m, 0))
         n_min, n_max = int(info[0]), int(info[1])
         assert 0 <= n_min and n_max <= num_key_blocks
         seen = vis[m * tile_m : (m + 1) * tile_m].any(0).nonzero()
         if len(seen):
-            assert n_min <= int(seen.min()) // _TILE_N and n_max > int(seen.max()) // _TILE_N
+            assert n_min <= int(seen.min()) // tile_n and n_max > int(seen.max()) // tile_n
         for n in range(n_min, n_max):
             run(*args(m, n))
             rows = coords[..., 0].long() + m * tile_m
-            cols = coords[..., 1].long() + n * _TILE_N
+            cols = coords[..., 1].long() + n * tile_n
             live = rows < pack * sq
             expect = torch.zeros_like(live)
             inside = live & (cols < sk)
@@ -491,7 +560,7 @@ def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m):
                     assert info[2 + wg], f"boundary tile (m {m}, n {n}, warpgroup {wg}) left unmasked"
 
 
-@pytest.mark.parametrize("tile_n, nwg", [(64, 2), (128, 2), (128, 3)])
+@pytest.mark.parametrize("tile_n, nwg", [(64, 2), (80, 2), (112, 2), (128, 2), (128, 3)])
 def test_p_stays_in_registers_with_the_pv_operand_layout(probes, tile_n, nwg):
     from cutlass.cute.runtime import from_dlpack
 

@@ -98,14 +98,26 @@ class AttentionFwdSm90(AttentionFwdBase):
         self.producer_regs, self.mma_regs = REGISTER_BUDGETS[num_mma_warpgroups]
 
     def smem_bytes(self) -> int:
-        """Shared memory the kernel needs, for config validation on the host."""
+        """The size of ``SharedStorage`` (what the launch asks for): its members' bytes and alignments, in order.
+        A CPU test compares it with the compiled struct's size."""
         elem = self.dtype.width // 8
-        q = self.tile_m * self.head_dim * elem
-        kv = self.num_stages * self.tile_n * (self.head_dim + self.head_dim_v) * elem
-        o = 0 if self.o_aliases_q else self.tile_m * self.head_dim_v * elem
-        bias_elem = elem if self.bias_mma else 4
-        bias = bias_elem * self.bias_rank * (self.tile_m + self.num_stages * self.tile_n)
-        return q + kv + o + bias + 1024 * 6
+        tm, tn, stages = self.tile_m, self.tile_n, self.num_stages
+        bias_elem = self.bias_dtype.width // 8
+        members = [
+            (8 * 2, 8),  # mbar_q
+            (8 * 2 * stages, 8),  # mbar_k
+            (8 * 2 * stages, 8),  # mbar_v
+            (tm * self.head_dim * elem, 1024),  # sQ
+            (stages * tn * self.head_dim * elem, 1024),  # sK
+            (stages * tn * self.head_dim_v * elem, 1024),  # sV
+            (0 if self.o_aliases_q else tm * self.head_dim_v * elem, 1024),  # sO
+            (bias_elem * tm * self.bias_rank, 1024),  # sQf
+            (bias_elem * stages * tn * self.bias_rank, 1024),  # sKf
+        ]
+        offset = 0
+        for size, align in members:
+            offset = -(-offset // align) * align + size
+        return -(-offset // 1024) * 1024
 
     @cute.jit
     def __call__(

@@ -37,16 +37,18 @@ _CACHE = CompileCache("attention_fwd_sm90")
 SMEM_CAPACITY = 227 * 1024
 TILE_M = 128  # query rows per tile: two consumer warpgroups of 64 (three where wide_tile_fits)
 
-# head_dim -> (tile_n, num_stages, o_aliases_q). Not yet measured on an H100: sized so that
+# widest head dim -> (tile_n, num_stages, o_aliases_q). Not yet measured on an H100: sized so that
 # Q + stages * (K + V) + O fits the 227 KiB of shared memory and acc_S + P + acc_O fit the 240
-# registers of a consumer thread. 256 writes O over Q (no room for both).
+# registers of a consumer thread. Above 128 the key tiles are FA4's sm90 ones (192: 112, 128 where
+# dv <= 128; 256: 80; with a left window bound 96 and 64) and O goes over Q (no room for both).
 _TILES = {
     64: (128, 3, False),
     96: (128, 2, False),
     128: (128, 2, False),
-    192: (64, 2, False),
-    256: (64, 2, True),
+    192: (112, 2, True),
+    256: (80, 2, True),
 }
+_WINDOWED_TILE_N = {192: 96, 256: 64}
 
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -144,6 +146,10 @@ def choose_config(
     if widest not in _TILES or head_dim not in _TILES or head_dim_v not in _TILES:
         raise ValueError(f"unsupported head dims ({head_dim}, {head_dim_v}); supported: {sorted(_TILES)}")
     tile_n, stages, o_aliases_q = _TILES[widest]
+    if window_left:
+        tile_n = _WINDOWED_TILE_N.get(widest, tile_n)
+    elif widest == 192 and head_dim_v <= 128:
+        tile_n = 128
     can_alias = head_dim_v <= head_dim
     o_aliases_q = o_aliases_q and can_alias
     cfg = FwdConfig(
@@ -161,8 +167,10 @@ def choose_config(
         num_mma_warpgroups=3 if wide_tile_fits(widest, window_left, bias_rank, bias_mma, pack_gqa) else 2,
         arch=arch,
     )
-    # the bias factors take smem too: give up the separate O buffer, then halve the key tile
-    for change in ({"o_aliases_q": can_alias}, {"tile_n": cfg.tile_n // 2}):
+    # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
+    # then take 64-row key tiles, then 32
+    short = min(cfg.tile_n, 64)
+    for change in ({"o_aliases_q": can_alias}, {"tile_n": short}, {"tile_n": short // 2}):
         if cfg.make_kernel().smem_bytes() <= SMEM_CAPACITY:
             break
         cfg = dataclasses.replace(cfg, **change)
