@@ -57,7 +57,7 @@ pytest_ignore=()
 skip_backends=()
 sanitizer_flags=()
 : >"$out/smoke.log"
-for group in cute-fwd cute-fwd-192 cute-bwd cute-bwd-wide triton; do
+for group in cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd cute-bwd-wide triton; do
   echo "gpu_check: smoke $group (limit ${smoke_s} s)"
   timeout -k 5 "$smoke_s" "$py" scripts/gpu_smoke.py "$group" 2>&1 | tee -a "$out/smoke.log"
   rc=${PIPESTATUS[0]}
@@ -77,7 +77,7 @@ for group in cute-fwd cute-fwd-192 cute-bwd cute-bwd-wide triton; do
     # on 128-row ones)
     case $group in
       triton) skip_backends+=(triton) ;;
-      cute-bwd-wide) sanitizer_flags+=(--no-wide) ;;
+      cute-bwd-wide | cute-fwd-wide) sanitizer_flags+=(--no-wide) ;;
       cute-fwd-192) export ATTNKIT_SM90_FWD_192_ROWS=0 ;;
       *) skip_backends+=(cute) ;;
     esac

@@ -58,6 +58,8 @@ BWD_CASES = [
     (1, 256, 256, 2, 2, 64, -1, -1, 64),
     # a small grid: the 16 query heads of the one K/V head split over CTAs (not in deterministic mode)
     (1, 512, 512, 16, 1, 128, -1, 0, 0),
+    # float32 factors with the GQA group's query heads split over CTAs
+    (1, 300, 300, 8, 2, 64, -1, -1, 8),
     # factors in the input dtype: the bias slices of S^T on the tensor cores
     (2, 500, 700, 4, 4, 128, -1, 0, -8),
     (1, 333, 1000, 4, 2, 64, 64, 16, -24),
@@ -88,6 +90,7 @@ WIDE_BWD_CASES = [
     (1, 300, 300, 2, 2, 192, 192, -1, -1, 64, torch.bfloat16, "default"),  # one buffer, with a bias
     (1, 500, 700, 2, 2, 256, 256, 64, 16, 8, torch.bfloat16, "default"),  # float32 factors, one Q / dO stage
     (1, 500, 700, 2, 2, 256, 256, 64, 16, 8, torch.bfloat16, "deterministic"),
+    (1, 500, 500, 2, 2, 256, 256, 64, 16, 0, torch.bfloat16, "deterministic"),
     (1, 77, 300, 2, 2, 256, 256, -1, 0, -16, torch.bfloat16, "default"),  # tensor-core bias
     (1, 512, 512, 8, 1, 256, 256, -1, 0, 0, torch.bfloat16, "default"),  # MQA: query heads split over CTAs
     (2, 333, 500, 4, 2, 128, 256, -1, 0, 0, torch.bfloat16, "default"),

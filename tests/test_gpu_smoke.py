@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import pathlib
 
 import pytest
 import torch
@@ -38,12 +39,30 @@ def test_wrong_rows_are_located_by_query_block(capsys, poison):
 
 
 def test_every_group_has_cases():
-    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-fwd-192", "cute-bwd", "cute-bwd-wide", "triton"}
+    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-wide", "triton"}
     assert all(gpu_smoke.GROUPS.values())
 
 
+@pytest.mark.parametrize("group", ["cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-wide"])
+def test_smoke_configs_are_precompiled(monkeypatch, group):
+    """gpu_check compiles on every core before the smoke runs; a case outside that set compiles serially there."""
+    pytest.importorskip("cutlass")
+    from attnkit import precompile
+    from attnkit.cute import attention_bwd, attention_fwd
+
+    cases = str(pathlib.Path(gpu_smoke.ROOT) / "tests" / "cute_gpu_cases.py")
+    mod = attention_fwd if group.startswith("cute-fwd") else attention_bwd
+    built = precompile.configs_of(mod, "sm_90a", variants=True, cases=cases)
+    if group == "cute-fwd":
+        monkeypatch.setenv(attention_fwd.WIDE_TILE_ENV, "0")
+    for name, run in gpu_smoke.GROUPS[group].items():
+        cfg = run.config()
+        assert cfg in built, f"{group}: {name}: {cfg}"
+        if group == "cute-fwd-192":
+            assert cfg.num_mma_warpgroups == 3, name
+
+
 def test_gpu_check_smokes_every_group():
-    import pathlib
     import re
 
     script = (pathlib.Path(gpu_smoke.ROOT) / "scripts" / "gpu_check.sh").read_text()

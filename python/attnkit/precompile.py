@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -163,6 +164,18 @@ def sass_of(cubin: bytes) -> str:
         f.write(cubin)
         f.flush()
         return subprocess.run([cuobjdump(), "-sass", f.name], check=True, capture_output=True, text=True).stdout
+
+
+def registers_of(cubin: bytes) -> int:
+    """The kernel's register count at launch (cuobjdump's resource usage), per thread."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([cuobjdump(), "-res-usage", f.name], check=True, capture_output=True, text=True).stdout
+    counts = [int(n) for n in re.findall(r"\bREG:(\d+)", usage)]
+    if len(counts) != 1:
+        raise ValueError(f"expected one kernel's resource usage, got {counts}")
+    return counts[0]
 
 
 def sass_summary(sass: str) -> dict[str, int]:

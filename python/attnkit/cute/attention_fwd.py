@@ -118,8 +118,6 @@ def wide_tile_fits(widest_head_dim: int, window_left: bool, bias_rank: int, bias
     64 x 64 O fit the smaller budget. Where they did not fit (SASS: local-memory spills) it keeps two: a
     left window bound and float32 bias factors need more per-row state, head dim 96 more accumulator.
     Packed GQA tiles serve short query sequences, where a 128-row tile wastes fewer rows."""
-    if os.environ.get(WIDE_TILE_ENV, "1") == "0":
-        return False
     return widest_head_dim <= 64 and not window_left and not (bias_rank > 0 and not bias_mma) and pack_gqa == 1
 
 
@@ -128,7 +126,6 @@ def _padded_rank(rank: int, bias_mma: bool) -> int:
     return 0 if rank == 0 else step * math.ceil(rank / step)
 
 
-@functools.lru_cache(maxsize=256)
 def choose_config(
     dtype: torch.dtype,
     head_dim: int,
@@ -139,6 +136,26 @@ def choose_config(
     bias_mma: bool = False,
     arch: str = "sm_90a",
     pack_gqa: int = 1,
+) -> FwdConfig:
+    """The forward config for inputs of this kind (``ATTNKIT_SM90_FWD_192_ROWS=0``: 128-row tiles only)."""
+    wide_tiles = os.environ.get(WIDE_TILE_ENV, "1") != "0"
+    return _choose_config(
+        dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, arch, pack_gqa, wide_tiles
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _choose_config(
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: bool,
+    window_right: bool,
+    bias_rank: int,
+    bias_mma: bool,
+    arch: str,
+    pack_gqa: int,
+    wide_tiles: bool,
 ) -> FwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention supports fp16/bf16, got {dtype}")
@@ -152,6 +169,7 @@ def choose_config(
         tile_n = 128
     can_alias = head_dim_v <= head_dim
     o_aliases_q = o_aliases_q and can_alias
+    wide = wide_tiles and wide_tile_fits(widest, window_left, bias_rank, bias_mma, pack_gqa)
     cfg = FwdConfig(
         _DTYPES[dtype],
         head_dim,
@@ -164,7 +182,7 @@ def choose_config(
         num_stages=stages,
         o_aliases_q=o_aliases_q,
         pack_gqa=pack_gqa,
-        num_mma_warpgroups=3 if wide_tile_fits(widest, window_left, bias_rank, bias_mma, pack_gqa) else 2,
+        num_mma_warpgroups=3 if wide else 2,
         arch=arch,
     )
     # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
