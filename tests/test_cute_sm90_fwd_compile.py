@@ -581,6 +581,26 @@ def test_p_stays_in_registers_with_the_pv_operand_layout(probes, tile_n, nwg):
     assert torch.equal((rows * tile_n + cols).flatten().sort()[0], torch.arange(64 * nwg * tile_n))
 
 
+@cute.jit
+def first_warp_probe(out: cute.Tensor, group_threads: cutlass.Constexpr):  # (threads,) int32
+    for t in cutlass.range(cute.size(out)):
+        out[t] = Int32(sm90.in_first_warp(t, group_threads))
+
+
+@pytest.mark.parametrize("threads, group", [(256, 256), (384, 384), (256, 128)])
+def test_tma_store_guards_take_whole_warps(threads, group):
+    """The O store (group: every consumer thread) and the dQ reduce-add (group: a warpgroup) are issued under
+    sm90.in_first_warp: exactly the first warp of each group, all 32 lanes (cute.copy elects one itself)."""
+    from cutlass.cute.runtime import from_dlpack
+
+    out = torch.zeros(threads, dtype=torch.int32)
+    cute.compile(first_warp_probe, from_dlpack(out), group, options=_HOPPER)(from_dlpack(out))
+    lanes = torch.arange(threads)
+    assert torch.equal(out.bool(), lanes % group < 32)
+    warps = out.view(-1, 32)
+    assert torch.equal(warps.all(1), warps.any(1)), "a warp split by the guard"
+
+
 @pytest.mark.parametrize("longest_first", [False, True])
 @pytest.mark.parametrize("heads_per_section", [1, 2, 4, 6, 100])
 def test_persistent_schedule_covers_every_tile_once(probes, longest_first, heads_per_section):

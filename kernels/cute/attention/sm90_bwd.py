@@ -813,6 +813,8 @@ class AttentionBwdSm90(AttentionBwdBase):
     ):
         tm, tn, d, dv = self.tile_m, self.tile_n, self.head_dim, self.head_dim_v
         wg_idx = cute.arch.make_warp_uniform(tidx // WARPGROUP_THREADS)
+        # the warp of each warpgroup that issues its dQ reduce-add (a whole warp: see sm90.in_first_warp)
+        is_dq_warp = sm90.in_first_warp(tidx, WARPGROUP_THREADS)
         # smem operand descriptors are per warpgroup; C partitions per thread
         wg_mma_sdp = tiled_mma_sdp.get_slice(wg_idx * WARPGROUP_THREADS)
         wg_mma_dv = tiled_mma_dv.get_slice(wg_idx * WARPGROUP_THREADS)
@@ -981,7 +983,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                     )
                 # 6. dQaccum += dQ
                 if const_expr(self.dq_tma_reduce):
-                    self.store_dq_tma(acc_dQ, sdQ, thr_mma_dq, tma_atom_dQ, mdQaccum, wg_idx, m_block, head, batch)
+                    self.store_dq_tma(
+                        acc_dQ, sdQ, thr_mma_dq, tma_atom_dQ, mdQaccum, wg_idx, is_dq_warp, m_block, head, batch
+                    )
                 else:
                     gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
                     tdQgdQ = thr_mma_dq.partition_C(gdQ)
@@ -1008,7 +1012,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 kf_state = kf_state
         pipeline_kv.consumer_release(kv_state)
         if const_expr(self.dq_tma_reduce):
-            if tidx % WARPGROUP_THREADS == 0:
+            if is_dq_warp:
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
 
         # 8. epilogue: dK * softmax_scale and dV to the input dtype, rows past seqlen_k dropped; with
@@ -1096,12 +1100,12 @@ class AttentionBwdSm90(AttentionBwdBase):
         tma_atom_dQ: cute.CopyAtom,
         mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) TMA coordinates
         wg_idx: Int32,
+        is_leader: cutlass.Boolean,  # this thread is in the warpgroup's first warp: it issues the reduce-add
         m_block: Int32,
         head: Int32,
         batch: Int32,
     ) -> None:
         """This warpgroup's dQ columns -> its smem buffer -> TMA reduce-add into dQaccum."""
-        is_leader = cute.arch.thread_idx()[0] % WARPGROUP_THREADS == 0
         barrier = NamedBarrierBwd.EpilogueWG1 + wg_idx
         if is_leader:
             # the previous reduce must have finished reading the buffer

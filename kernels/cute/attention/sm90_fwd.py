@@ -499,7 +499,8 @@ class AttentionFwdSm90(AttentionFwdBase):
 
         q_state = consumer_state(1)
         kv_state = consumer_state(self.num_stages)
-        is_store_thread = tidx == 0
+        # the first consumer warp issues the O store (a whole warp: see sm90.in_first_warp)
+        is_store_warp = sm90.in_first_warp(tidx, self.num_mma_threads)
         if const_expr(self.pingpong):
             # the first warpgroup may issue first
             if wg_idx == 0:
@@ -565,7 +566,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                 o_mn[r, None].store(o_mn[r, None].load() * out_scale[r])
             self.store_lse(lse, tOcO, mLSE[batch, head, None], row_start, mask.seqlen_q * self.pack_gqa)
 
-            if is_store_thread:
+            if is_store_warp:
                 # the previous tile's store must have finished reading sO
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
             barrier_sync(NamedBarrierFwd.EpilogueWG1, self.num_mma_threads)
@@ -575,7 +576,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             # generic-proxy smem writes must be visible to the TMA (async proxy) store
             cute.arch.fence_proxy("async.shared", space="cta")
             barrier_sync(NamedBarrierFwd.EpilogueWG1, self.num_mma_threads)
-            if is_store_thread:
+            if is_store_warp:
                 gO = cute.local_tile(mO[None, None, head, batch], (self.tile_m, self.head_dim_v), (m_block, 0))
                 tOsO, tOgO = cpasync.tma_partition(
                     tma_atom_O, 0, cute.make_layout(1), cute.group_modes(sO, 0, 2), cute.group_modes(gO, 0, 2)
@@ -583,14 +584,14 @@ class AttentionFwdSm90(AttentionFwdBase):
                 cute.copy(tma_atom_O, tOsO, tOgO)
                 cute.arch.cp_async_bulk_commit_group()
             if const_expr(self.o_aliases_q):
-                if is_store_thread:
+                if is_store_warp:
                     cute.arch.cp_async_bulk_wait_group(0, read=True)
                 barrier_sync(NamedBarrierFwd.EpilogueWG1, self.num_mma_threads)
                 pipeline_q.consumer_release(q_state)
             q_state.advance()
             tile = scheduler.next_tile(tile)
 
-        if is_store_thread:
+        if is_store_warp:
             cute.arch.cp_async_bulk_wait_group(0, read=False)
 
     @cute.jit

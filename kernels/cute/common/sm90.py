@@ -5,7 +5,7 @@ from typing import NamedTuple
 import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass import Float32, const_expr
+from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import warpgroup
 from cutlass.tensor_utils import LayoutEnum
 
@@ -56,6 +56,14 @@ def make_smem_layout(dtype, rows: int, cols: int, stages: int | None = None):
     atom = warpgroup.make_smem_layout_atom(sm90_utils.get_smem_layout_atom(LayoutEnum.ROW_MAJOR, dtype, cols), dtype)
     shape = (rows, cols) if stages is None else (rows, cols, stages)
     return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
+
+
+@cute.jit
+def in_first_warp(tidx: Int32, group_threads: cutlass.Constexpr[int]) -> cutlass.Boolean:
+    """Whether thread ``tidx`` is in the first warp of its group of ``group_threads`` threads: the guard of a TMA
+    store or reduce-add. ``cute.copy`` elects the issuing lane itself (elect.sync), which needs every lane of the
+    warp; a guard that lets one thread through (``tidx == 0``) leaves that election short."""
+    return tidx % group_threads < 32
 
 
 @cute.jit
