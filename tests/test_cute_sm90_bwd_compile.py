@@ -19,7 +19,7 @@ import cutlass.cute as cute  # noqa: E402
 from attnkit import precompile  # noqa: E402
 from attnkit.cute import attention_bwd as bwd  # noqa: E402
 from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90  # noqa: E402
-from cutlass import Int32  # noqa: E402
+from cutlass import Float32, Int32  # noqa: E402
 
 
 @pytest.mark.parametrize("cfg", bwd.shipped_configs("sm_90a"), ids=precompile.config_name)
@@ -400,3 +400,63 @@ def test_p_and_ds_stay_in_registers_with_the_dv_and_dk_operand_layouts(head_dim,
     assert torch.equal(out[..., :2], out[..., 2:4]), "P^T element != dV A-operand element"
     assert torch.equal(out[..., :2], out[..., 4:6]), "dS^T element != dK A-operand element"
     assert len({tuple(x) for x in out[..., :2].reshape(-1, 2).tolist()}) == kernel.tile_n * kernel.tile_m
+
+
+def _dq_staging_probe(kernel):
+    from attnkit.kernels.cute.common.layouts import pair_address, swizzle_params
+
+    @cute.jit
+    def probe(out: cute.Tensor):  # (256, pairs, 3) int32: row, column and smem byte address of each pair
+        tiled_mma_dq = kernel.make_tiled_mmas()[3]
+        layout = kernel.sdq_layout()
+        swizzle = swizzle_params(layout.inner)
+        plain = cute.make_tensor(cute.make_ptr(Float32, 0, cute.AddressSpace.smem, assumed_align=1024), layout.outer)
+        shape = (kernel.tile_m, kernel.head_dim)
+        for t in cutlass.range(256):
+            thr = tiled_mma_dq.get_slice(t)
+            tCsC = thr.partition_C(plain)
+            tCcC = thr.partition_C(cute.make_identity_tensor(shape))
+            for k in cutlass.range_constexpr(cute.size(tCcC) // 2):
+                out[t, k, 0] = tCcC[2 * k][0]
+                out[t, k, 1] = tCcC[2 * k][1]
+                out[t, k, 2] = pair_address(tCsC, k, swizzle)
+
+    return probe
+
+
+def _wavefronts(addresses: torch.Tensor) -> int:
+    """Shared-memory wavefronts one warp's 8-byte stores to these byte addresses take: the most distinct 4-byte words
+    any bank serves (the floor for 32 x 8 bytes is 2)."""
+    words = torch.cat([addresses // 4, addresses // 4 + 1])
+    return max(len(set(words[(words % 32) == bank].tolist())) for bank in range(32))
+
+
+@pytest.mark.parametrize("d, tile_m", [(64, 64), (64, 128), (96, 64), (128, 64), (192, 64), (256, 64)])
+def test_dq_staging_lands_where_the_swizzled_tma_reduce_reads_without_bank_conflicts(d, tile_m):
+    """Each accumulator pair of dQ goes to the byte address a TMA box with 128- (64-) byte swizzle reads its (row,
+    column) from: the warpgroup's half after the other's, boxes of 32 (16) columns one after the other, 16-byte
+    chunks XORed with the row. Every pair once, and each warp's store takes the minimum two wavefronts (without the
+    swizzle: 8)."""
+    from cutlass.cute.runtime import from_dlpack
+
+    cfg = bwd.choose_config(torch.bfloat16, d, d, False, True, dq_tma_reduce=True, tile_m=tile_m)
+    kernel = cfg.make_kernel()
+    assert kernel.dq_tma_reduce and kernel.tile_m == tile_m
+    pairs = tile_m * d // 2 // 256
+    out = torch.zeros(256, pairs, 3, dtype=torch.int32)
+    cute.compile(_dq_staging_probe(kernel), from_dlpack(out), options="--gpu-arch sm_90a")(from_dlpack(out))
+    row, col, addr = out[..., 0].long(), out[..., 1].long(), out[..., 2].long()
+    assert (col % 2 == 0).all() and (addr % 8 == 0).all()
+    half = d // 2
+    box = 32 if (half * 4) % 128 == 0 else 16  # floats per swizzled row: 128- or 64-byte swizzle
+    bits = 3 if box == 32 else 2
+    wg, c = col // half, col % half
+    plain = wg * tile_m * half * 4 + (c // box) * tile_m * box * 4 + row * box * 4 + (c % box) * 4
+    expected = plain ^ (((plain >> 7) & ((1 << bits) - 1)) << 4)
+    assert torch.equal(addr, expected)
+    assert len(set(addr.flatten().tolist())) == tile_m * d // 2
+    for warp in range(8):
+        lanes = slice(32 * warp, 32 * (warp + 1))
+        for k in range(pairs):
+            assert _wavefronts(addr[lanes, k]) == 2, (warp, k)
+            assert _wavefronts(plain[lanes, k]) >= 4  # what the swizzle is for

@@ -51,7 +51,7 @@ from cutlass.tensor_utils import LayoutEnum
 
 from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
-from ..common.layouts import acc_view_as_operand_a, acc_view_mn
+from ..common.layouts import acc_view_as_operand_a, acc_view_mn, store_acc_pairs_swizzled, swizzle_params
 from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_acc_f32, red_add_f32
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
@@ -327,7 +327,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             (bias_elem * stages * tm * rank if self.has_bias else 0, 1024),  # sQf
             (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
             (4 * (tn * (tm + 4) - 4) if self.has_bias else 0, 128),  # sdSf: (tn, tm) rows padded by 4
-            (4 * tm * d if self.dq_tma_reduce else 0, 128),  # sdQ
+            (4 * tm * d if self.dq_tma_reduce else 0, 1024),  # sdQ
         ]
         offset = 0
         for size, align in members:
@@ -415,20 +415,18 @@ class AttentionBwdSm90(AttentionBwdBase):
 
         # (b, h, s, d) -> (s, d, h, b)
         mdQaccum = cute.make_tensor(mdQaccum.iterator, cute.select(mdQaccum.layout, mode=[2, 3, 1, 0]))
-        # one float32 (tile_m, d / 2) buffer per warpgroup, seen as (tile_m, d) by the dQ MMA's C partition
-        sdQ_layout = cute.make_layout(
-            (tm, (self.dq_cols, NUM_MMA_WARPGROUPS)), stride=(self.dq_cols, (1, tm * self.dq_cols))
-        )
+        sdQ_layout = self.sdq_layout()
         tma_atom_dQ = None
         dq_elems = 0
         if const_expr(self.dq_tma_reduce):
             tma_atom_dQ, mdQaccum = cpasync.make_tiled_tma_atom(
                 cpasync.CopyReduceBulkTensorTileS2GOp(),
                 mdQaccum,
-                cute.make_layout((tm, self.dq_cols), stride=(self.dq_cols, 1)),
+                _smem_layout(Float32, tm, self.dq_cols, None, self.dq_cols),
                 (tm, self.dq_cols),
             )
             dq_elems = cute.cosize(sdQ_layout)
+            self.sdq_swizzle = swizzle_params(sdQ_layout.inner)
         bias_elems_q = cute.cosize(sQf_layout) if const_expr(self.has_bias) else 0
         bias_elems_k = cute.cosize(sKf_layout) if const_expr(self.has_bias) else 0
         ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.has_bias) else 0
@@ -450,7 +448,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sQf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_q], 1024]
             sKf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_k], 1024]
             sdSf: cute.struct.Align[cute.struct.MemRange[Float32, ds_f32_elems], 128]
-            sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 128]
+            sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 1024]
 
         self.shared_storage = SharedStorage
         if const_expr(self.has_bias):
@@ -512,7 +510,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sKf_layout: cute.Layout | cute.ComposedLayout,
         sdSf_layout: cute.Layout,
         sStat_layout: cute.Layout,
-        sdQ_layout: cute.Layout,
+        sdQ_layout: cute.ComposedLayout,
         softmax_scale_log2: Float32,
         softmax_scale: Float32,
         window_left: Int32,
@@ -561,7 +559,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sdSf = storage.sdSf.get_tensor(sdSf_layout)
         sdQ = None
         if const_expr(self.dq_tma_reduce):
-            sdQ = storage.sdQ.get_tensor(sdQ_layout)
+            sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
 
         schedule = self.make_schedule(mK.shape[0], mK.shape[2] * head_splits, mK.shape[3], heads_per_section)
         n_block, split_head, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
@@ -593,6 +591,13 @@ class AttentionBwdSm90(AttentionBwdBase):
                 n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
             )  # fmt: skip
+
+    def sdq_layout(self) -> cute.ComposedLayout:
+        """The dQ staging buffer of the TMA reduce-add, float32 (tile_m, d): the warpgroups' (tile_m, d / 2) halves
+        one after the other, swizzled like the MMA operands (16-byte chunks of a row XORed with the row) so that
+        the 8 rows of an accumulator store instruction land on different banks (unswizzled, their 128- or
+        256-byte row stride put all 8 on the same ones). The TMA descriptor takes the swizzle."""
+        return _smem_layout(Float32, self.tile_m, self.head_dim, None, self.dq_cols)
 
     def make_tiled_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma, cute.TiledMma, cute.TiledMma]:
         """The wgmmas of S^T / dP^T, dV, dK and dQ, with the warpgroups' share of each."""
@@ -787,7 +792,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sdSf: cute.Tensor | None,
         sLSE2: cute.Tensor,  # (tile_m, stages) float32
         sDpsum: cute.Tensor,  # (tile_m, stages) float32
-        sdQ: cute.Tensor | None,  # (tile_m, d) float32, one (tile_m, d / 2) buffer per warpgroup
+        sdQ: cute.Tensor | None,  # (tile_m, d / 2, warpgroups) float32, swizzled
         tma_atom_dQ: cute.CopyAtom | None,
         tiled_mma_sdp: cute.TiledMma,
         tiled_mma_dv: cute.TiledMma,
@@ -984,7 +989,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 # 6. dQaccum += dQ
                 if const_expr(self.dq_tma_reduce):
                     self.store_dq_tma(
-                        acc_dQ, sdQ, thr_mma_dq, tma_atom_dQ, mdQaccum, wg_idx, is_dq_warp, m_block, head, batch
+                        acc_dQ, sdQ, tiled_mma_dq, tidx, tma_atom_dQ, mdQaccum, wg_idx, is_dq_warp, m_block, head, batch
                     )
                 else:
                     gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
@@ -1095,8 +1100,9 @@ class AttentionBwdSm90(AttentionBwdBase):
     def store_dq_tma(
         self,
         acc_dQ: cute.Tensor,
-        sdQ: cute.Tensor,  # (tile_m, d) float32
-        thr_mma_dq: cute.ThrMma,
+        sdQ: cute.Tensor,  # (tile_m, d / 2, warpgroups) float32, swizzled
+        tiled_mma_dq: cute.TiledMma,
+        tidx: Int32,
         tma_atom_dQ: cute.CopyAtom,
         mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) TMA coordinates
         wg_idx: Int32,
@@ -1111,15 +1117,16 @@ class AttentionBwdSm90(AttentionBwdBase):
             # the previous reduce must have finished reading the buffer
             cute.arch.cp_async_bulk_wait_group(0, read=True)
         barrier_sync(barrier, WARPGROUP_THREADS)
-        cute.autovec_copy(acc_dQ, thr_mma_dq.partition_C(sdQ))
+        # two adjacent columns per 8-byte st.shared at their swizzled address (the offsets from an unswizzled view)
+        plain = cute.make_tensor(
+            cute.make_ptr(Float32, sdQ.iterator.toint(), cute.AddressSpace.smem, assumed_align=1024), sdQ.layout
+        )
+        store_acc_pairs_swizzled(acc_dQ, tiled_mma_dq.get_slice(tidx).partition_C(plain), self.sdq_swizzle)
         # generic-proxy smem writes must be visible to the TMA (async proxy)
         cute.arch.fence_view_async_shared()
         barrier_sync(barrier, WARPGROUP_THREADS)
         if is_leader:
-            sdQ_wg = cute.make_tensor(
-                sdQ.iterator + wg_idx * self.tile_m * self.dq_cols,
-                cute.make_layout((self.tile_m, self.dq_cols), stride=(self.dq_cols, 1)),
-            )
+            sdQ_wg = cute.local_tile(sdQ, (self.tile_m, self.dq_cols), (0, wg_idx))
             gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (self.tile_m, self.dq_cols), (m_block, wg_idx))
             tdQsdQ, tdQgdQ = cpasync.tma_partition(
                 tma_atom_dQ, 0, cute.make_layout(1), cute.group_modes(sdQ_wg, 0, 2), cute.group_modes(gdQ, 0, 2)
