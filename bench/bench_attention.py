@@ -138,6 +138,8 @@ def bench_method(
         failed = common.Result(note=f"{prefix}: {common.short_error(e)}")
         return failed, failed
     fwd_result = common.measure(fwd, budget, error_prefix=prefix)
+    if backward and ours and common.backward_skipped(name):
+        return fwd_result, common.Result(note=common.BACKWARD_SKIPPED)
     if not backward or not fwd_result.ok:
         return fwd_result, fwd_result
     inputs = getattr(fwd, "grad_inputs", (q, k, v))

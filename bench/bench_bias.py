@@ -188,7 +188,8 @@ def bench_case(
     fwd_flops = perf.attention_fwd_flops(*dims, causal=causal)
     both_flops = fwd_flops + perf.attention_bwd_flops(*dims, causal=causal)
     for name, (ours, setup) in methods.items():
-        fwd_result, both_result, memory = bench_method(c, setup, "error" if ours else "n/a", budget)
+        backward = not (name.startswith("attnkit ") and common.backward_skipped(name.split()[1]))
+        fwd_result, both_result, memory = bench_method(c, setup, "error" if ours else "n/a", budget, backward)
         for table, result, work, extras in (
             (tables[0], fwd_result, fwd_flops, {}),
             (tables[1], both_result, both_flops, {"peak extra MiB": memory}),
@@ -204,14 +205,14 @@ def bench_case(
             )
 
 
-def bench_method(c: Case, setup: Setup, prefix: str, budget: common.Budget):
-    """(forward, forward+backward, peak extra MiB) for one method on one case."""
-    fwd_result, both_result = time_method(c, setup, prefix, budget)
+def bench_method(c: Case, setup: Setup, prefix: str, budget: common.Budget, backward: bool = True):
+    """(forward, forward+backward, peak extra MiB) for one method on one case; ``backward=False``: forward only."""
+    fwd_result, both_result = time_method(c, setup, prefix, budget, backward)
     common.release()  # the timing's tensors are gone before the memory is measured
     return fwd_result, both_result, peak_memory(c, setup) if both_result.ok else ""
 
 
-def time_method(c: Case, setup: Setup, prefix: str, budget: common.Budget):
+def time_method(c: Case, setup: Setup, prefix: str, budget: common.Budget, backward: bool = True):
     if budget.expired():
         skipped = common.Result(note="skipped (time budget)")
         return skipped, skipped
@@ -221,6 +222,8 @@ def time_method(c: Case, setup: Setup, prefix: str, budget: common.Budget):
         failed = common.Result(note=f"{prefix}: {common.short_error(e)}")
         return failed, failed
     fwd_result = common.measure(fwd, budget, error_prefix=prefix)
+    if not backward:
+        return fwd_result, common.Result(note=common.BACKWARD_SKIPPED)
     if not fwd_result.ok:
         return fwd_result, fwd_result
     dout = torch.randn_like(fwd())

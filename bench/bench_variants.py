@@ -145,7 +145,8 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
             flops = perf.attention_fwd_flops(*dims, causal=causal)
             _time_variants(fwd_table, shape, partial(forward_variants, q, k, v, causal), flops, ceilings, budget)
             flops = perf.attention_bwd_flops(*dims, causal=causal)
-            _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
+            if not common.backward_skipped("cute"):
+                _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
             del q, k, v
             common.release()
             for seqlen_q in (n, SHORT_Q):
@@ -163,7 +164,8 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
             flops = perf.attention_fwd_flops(b, heads, n, n, 64, causal=causal)
             _time_variants(fwd_table, shape, partial(forward_variants, q, k, v, causal), flops, ceilings, budget)
             flops = perf.attention_bwd_flops(b, heads, n, n, 64, causal=causal)
-            _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
+            if not common.backward_skipped("cute"):
+                _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
             del q, k, v
             common.release()
     fwd_table.notes.append(

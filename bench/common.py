@@ -55,6 +55,15 @@ def our_backends(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in names if n not in skip)
 
 
+def backward_skipped(backend: str) -> bool:
+    """Whether $ATTNKIT_BENCH_SKIP names ``<backend>-bwd``: scripts/gpu_check.sh found only that backend's backward
+    hanging or wrong, so its forward is still timed."""
+    return f"{backend}-bwd" in {s.strip() for s in os.environ.get("ATTNKIT_BENCH_SKIP", "").split(",")}
+
+
+BACKWARD_SKIPPED = "skipped: its backward failed the smoke test"
+
+
 def short_error(e: BaseException) -> str:
     """One line for a table cell: the exception type and the start of its first line."""
     if isinstance(e, torch.cuda.OutOfMemoryError):

@@ -57,7 +57,7 @@ pytest_ignore=()
 skip_backends=()
 sanitizer_flags=()
 : >"$out/smoke.log"
-for group in cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd cute-bwd-wide triton; do
+for group in cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd-reduce cute-bwd cute-bwd-wide triton; do
   echo "gpu_check: smoke $group (limit ${smoke_s} s)"
   timeout -k 5 "$smoke_s" "$py" scripts/gpu_smoke.py "$group" 2>&1 | tee -a "$out/smoke.log"
   rc=${PIPESTATUS[0]}
@@ -72,13 +72,18 @@ for group in cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd cute-bwd-wide triton; 
       cute-bwd) pytest_ignore+=(--ignore tests/test_cute_sm90_bwd_compile.py) ;;
       cute-bwd-wide) pytest_ignore+=(--ignore tests/test_cute_sm90_bwd_wide.py) ;;
     esac
-    # a wrong or hanging CuTe kernel: no timing of it, no sanitizer run through it (the wide-head backward is
-    # not benchmarked: only its sanitizer case goes; without the 192-row forward tiles everything else runs
-    # on 128-row ones)
+    # a wrong or hanging CuTe kernel: no timing of it, no sanitizer run through it (the wide heads are not
+    # benchmarked: only their sanitizer cases go; a failing backward leaves the forward timed; without the 192-row
+    # forward tiles or the dQ reduce-add the rest runs on 128-row tiles and dQ atomics)
     case $group in
       triton) skip_backends+=(triton) ;;
       cute-bwd-wide | cute-fwd-wide) sanitizer_flags+=(--no-wide) ;;
       cute-fwd-192) export ATTNKIT_SM90_FWD_192_ROWS=0 ;;
+      cute-bwd-reduce) export ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 ;;
+      cute-bwd)
+        skip_backends+=(cute-bwd)
+        sanitizer_flags+=(--no-cute-bwd)
+        ;;
       *) skip_backends+=(cute) ;;
     esac
   fi
@@ -131,7 +136,7 @@ else
   sanitize memcheck "$sanitizer_s" --backends "$sanitize_backends" "${sanitizer_flags[@]}"
   if [[ ",$sanitize_backends," == *,cute,* ]]; then
     # shared-memory hazards between the warp roles of the CuTe kernels (TMA, mbarriers, named barriers)
-    sanitize racecheck "$racecheck_s" --backends cute --tiny
+    sanitize racecheck "$racecheck_s" --backends cute --tiny "${sanitizer_flags[@]}"
   fi
 fi
 

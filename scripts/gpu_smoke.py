@@ -1,12 +1,14 @@
 """One run of each kernel on small shapes, judged against the float64 reference, with a diagnosis.
 
-    python scripts/gpu_smoke.py cute-fwd|cute-fwd-wide|cute-fwd-192|cute-bwd|cute-bwd-wide|triton [--case SUBSTRING]
+    python scripts/gpu_smoke.py GROUP [--case SUBSTRING]   (GROUP: a key of GROUPS below)
 
 ``scripts/gpu_check.sh`` runs each group in its own process under a timeout before the test suite, so a
 kernel that hangs costs one group's timeout instead of the whole device call, and the suite can leave
 that group out. ``cute-fwd`` runs every forward with 128-row tiles (two consumer warpgroups) and
 ``cute-fwd-192`` the head-dim-64 inputs that take 192 rows by default, so that a fault in the three-warpgroup
-kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_SM90_FWD_192_ROWS=0``). Each
+kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_SM90_FWD_192_ROWS=0``); likewise
+``cute-bwd`` (dQ by atomics) and ``cute-bwd-reduce`` (the default TMA reduce-add, ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``
+after a failure), and a failing backward leaves the forward in the benchmark. Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
 then ``ok`` or ``WRONG`` per output, where WRONG names the worst element, the NaN count and the 64-row
 query (or key) blocks whose error breaks the acceptance rule of ``tests/numerics.py`` (2x the error of
@@ -210,18 +212,27 @@ GROUPS = {
         "d64 fp16 causal persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 64, -1, 0, 0, dtype=torch.float16),
         "d64 bf16 bias r24 (wgmma)": cute_fwd_case(1, 333, 1000, 2, 2, 64, -1, -1, -24),
     },
+    # the launcher's default dQ mode, the TMA reduce-add (and d = 64's 128 query rows per step): a group of its own,
+    # so that its failure leaves the backward in the run with dQ by atomics (ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0)
+    "cute-bwd-reduce": {
+        "d64 full (128 query rows per step)": cute_bwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
+        "d64 window (128 query rows per step)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
+        "d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
+        "d96 full mqa": cute_bwd_case(1, 300, 300, 4, 1, 96, -1, -1, 0),
+        "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
+    },
+    # every other backward case with dQ by atomics where the default would take the TMA reduce-add
     "cute-bwd": {
         "d64 full": cute_bwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
         "d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
         "d128 causal sq<sk": cute_bwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0),
         "d96 full mqa": cute_bwd_case(1, 300, 300, 4, 1, 96, -1, -1, 0),
-        "d64 window (128 query rows per step)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
+        "d64 window": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0),
         "d64 causal dq atomics (64 query rows per step)": cute_bwd_case(
             1, 333, 1000, 4, 2, 64, -1, 0, 0, dq_mode="atomics"
         ),
         "d128 float32 bias r8 causal": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, 8),
         "d128 bf16 bias r8 causal (wgmma)": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, -8),
-        "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
         "d128 causal dq atomics": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="atomics"),
         "d128 causal deterministic": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic"),
         "d128 fp16 full": cute_bwd_case(1, 333, 333, 2, 2, 128, -1, -1, 0, dtype=torch.float16),
@@ -256,12 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("group", choices=sorted(GROUPS))
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
+    from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV
     from attnkit.cute.attention_fwd import WIDE_TILE_ENV
 
-    if args.group == "cute-fwd":
-        os.environ[WIDE_TILE_ENV] = "0"
-    elif args.group == "cute-fwd-192":
-        os.environ.pop(WIDE_TILE_ENV, None)  # even after gpu_check's fallback: this group is the 192-row kernel
+    # each group runs its own kernels, whatever gpu_check's fallbacks have set
+    env = {"cute-fwd": (WIDE_TILE_ENV, "0"), "cute-fwd-192": (WIDE_TILE_ENV, None)}
+    env |= {"cute-bwd": (DQ_TMA_REDUCE_ENV, "0"), "cute-bwd-reduce": (DQ_TMA_REDUCE_ENV, None)}
+    if args.group in env:
+        name, value = env[args.group]
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     if not torch.cuda.is_available():
         print("gpu_smoke: no CUDA device", flush=True)
         return 2

@@ -29,7 +29,7 @@ def case(name, fn):
         failures.append(name)
 
 
-def attention(backend, sq, sk, h, hkv, d, causal, window, rank):
+def attention(backend, sq, sk, h, hkv, d, causal, window, rank, backward=True):
     def run():
         def leaf(*shape):
             return torch.randn(*shape, device="cuda", dtype=torch.bfloat16).requires_grad_()
@@ -37,7 +37,8 @@ def attention(backend, sq, sk, h, hkv, d, causal, window, rank):
         q, k, v = leaf(2, sq, h, d), leaf(2, sk, hkv, d), leaf(2, sk, hkv, d)
         bias = attnkit.LowRankBias(leaf(2, sq, h, rank), leaf(2, sk, h, rank)) if rank else None
         out = attnkit.attention(q, k, v, causal=causal, window=window, bias=bias, backend=backend)
-        out.backward(torch.randn_like(out))
+        if backward:
+            out.backward(torch.randn_like(out))
 
     return run
 
@@ -77,13 +78,15 @@ def main() -> int:
     p.add_argument("--backends", default="triton,cute")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--no-wide", action="store_true")
+    p.add_argument("--no-cute-bwd", action="store_true", help="the CuTe attention forward only")
     args = p.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     for backend in backends:
         for s in TINY if args.tiny else SHAPES:
             if args.no_wide and s[4] > 128:
                 continue
-            case(f"attention {backend} {s}", attention(backend, *s))
+            backward = not (args.no_cute_bwd and backend == "cute")
+            case(f"attention {backend} {s}", attention(backend, *s, backward=backward))
     if "triton" in backends and not args.tiny:
         case("lightning triton", lightning("triton"))
     return 1 if failures else 0

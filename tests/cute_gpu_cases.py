@@ -173,12 +173,18 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for dtype, mode in BWD_MODES:
             flags = DQ_FLAGS[mode]
             found.append(bwd.config_for(dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0])
+    # the launcher's default dQ mode, and under gpu_check's ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 the atomics
+    default_modes = ("default", "atomics")
     for b, _sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, mode in WIDE_BWD_CASES:
-        flags = DQ_FLAGS[mode]
-        found.append(bwd.config_for(dtype, b, sk, h, hkv, d, dv, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0])
+        for m in default_modes if mode == "default" else (mode,):
+            flags = DQ_FLAGS[m]
+            cfg = bwd.config_for(dtype, b, sk, h, hkv, d, dv, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0]
+            found.append(cfg)
     b, _sq, sk, h, hkv = DV_SHAPE
     for d, dv, wr in DV_CASES:
-        found.append(bwd.config_for(torch.bfloat16, b, sk, h, hkv, d, dv, -1, wr, sm_count=sm_count)[0])
+        for m in default_modes:
+            cfg = bwd.config_for(torch.bfloat16, b, sk, h, hkv, d, dv, -1, wr, sm_count=sm_count, **DQ_FLAGS[m])[0]
+            found.append(cfg)
     unique = []
     for cfg in found:
         if cfg.arch == arch and cfg not in unique:

@@ -89,3 +89,19 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     # the backward also at D = 64 (H = 32)
     assert f"H16 N{n} D128 causal" in bwd.markdown() and f"H32 N{n} D64 causal" in bwd.markdown()
     assert f"H32 N{n} D64 causal" in fwd.markdown()
+
+
+def test_a_backward_that_failed_its_smoke_test_leaves_the_forward_timed(monkeypatch, fake_gpu):
+    """gpu_check puts ``cute-bwd`` in $ATTNKIT_BENCH_SKIP when only the CuTe backward is wrong."""
+    import bench_attention
+    import bench_bias
+
+    monkeypatch.setenv("ATTNKIT_BENCH_SKIP", "cute-bwd")
+    assert common.backward_skipped("cute") and not common.backward_skipped("triton")
+    assert "cute" in common.our_backends(("triton", "cute"))
+    calls = []
+    monkeypatch.setitem(bench_attention.METHODS, "cute", lambda *a: lambda: calls.append("fwd") or 1.0)
+    fwd_result, bwd_result = bench_attention.bench_method("cute", None, None, None, True, common.Budget(None), True)
+    assert fwd_result.ms == 1.0 and bwd_result.note == common.BACKWARD_SKIPPED and calls == ["fwd"]
+    fwd_result, both = bench_bias.time_method(None, lambda c: (lambda: 2.0, ()), "error", common.Budget(None), False)
+    assert fwd_result.ms == 2.0 and both.note == common.BACKWARD_SKIPPED

@@ -460,3 +460,13 @@ def test_dq_staging_lands_where_the_swizzled_tma_reduce_reads_without_bank_confl
         for k in range(pairs):
             assert _wavefronts(addr[lanes, k]) == 2, (warp, k)
             assert _wavefronts(plain[lanes, k]) >= 4  # what the swizzle is for
+
+
+def test_dq_reduce_add_can_be_switched_off(monkeypatch):
+    """gpu_check's fallback when the TMA reduce-add fails its smoke test: the default dQ mode becomes the atomics
+    (and d = 64 its 64 query rows per step); an explicit mode is kept."""
+    assert bwd.choose_config(torch.bfloat16, 64, 64, False, True).dq_tma_reduce
+    monkeypatch.setenv(bwd.DQ_TMA_REDUCE_ENV, "0")
+    cfg = bwd.choose_config(torch.bfloat16, 64, 64, False, True)
+    assert not cfg.dq_tma_reduce and cfg.tile_m == 64
+    assert bwd.choose_config(torch.bfloat16, 64, 64, False, True, dq_tma_reduce=True).dq_tma_reduce

@@ -39,11 +39,21 @@ def test_wrong_rows_are_located_by_query_block(capsys, poison):
 
 
 def test_every_group_has_cases():
-    assert set(gpu_smoke.GROUPS) == {"cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-wide", "triton"}
+    assert set(gpu_smoke.GROUPS) == {
+        "cute-fwd",
+        "cute-fwd-wide",
+        "cute-fwd-192",
+        "cute-bwd",
+        "cute-bwd-reduce",
+        "cute-bwd-wide",
+        "triton",
+    }
     assert all(gpu_smoke.GROUPS.values())
 
 
-@pytest.mark.parametrize("group", ["cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-wide"])
+@pytest.mark.parametrize(
+    "group", ["cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-reduce", "cute-bwd-wide"]
+)
 def test_smoke_configs_are_precompiled(monkeypatch, group):
     """gpu_check compiles on every core before the smoke runs; a case outside that set compiles serially there."""
     pytest.importorskip("cutlass")
@@ -55,11 +65,15 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
     built = precompile.configs_of(mod, "sm_90a", variants=True, cases=cases)
     if group == "cute-fwd":
         monkeypatch.setenv(attention_fwd.WIDE_TILE_ENV, "0")
+    if group == "cute-bwd":
+        monkeypatch.setenv(attention_bwd.DQ_TMA_REDUCE_ENV, "0")
     for name, run in gpu_smoke.GROUPS[group].items():
         cfg = run.config()
         assert cfg in built, f"{group}: {name}: {cfg}"
         if group == "cute-fwd-192":
             assert cfg.num_mma_warpgroups == 3, name
+        if group == "cute-bwd-reduce":
+            assert cfg.dq_tma_reduce, name
 
 
 def test_gpu_check_smokes_every_group():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -145,7 +146,11 @@ def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
     return padded
 
 
-@functools.lru_cache(maxsize=256)
+# "0": dQ by float32 atomics where the launcher would pick the TMA reduce-add (scripts/gpu_check.sh sets it for the
+# rest of its run when the reduce-add fails its smoke test, so that the backward is still tested and measured)
+DQ_TMA_REDUCE_ENV = "ATTNKIT_SM90_BWD_DQ_TMA_REDUCE"
+
+
 def choose_config(
     dtype: torch.dtype,
     head_dim: int,
@@ -159,6 +164,31 @@ def choose_config(
     split_heads: bool = False,
     bias_mma: bool = False,
     tile_m: int | None = None,
+) -> BwdConfig:
+    """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
+    dQ mode the atomics."""
+    if dq_tma_reduce is None and os.environ.get(DQ_TMA_REDUCE_ENV, "1") == "0":
+        dq_tma_reduce = False
+    return _choose_config(
+        dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch, dq_tma_reduce, deterministic,
+        split_heads, bias_mma, tile_m,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _choose_config(
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: bool,
+    window_right: bool,
+    bias_rank: int,
+    arch: str,
+    dq_tma_reduce: bool | None,
+    deterministic: bool,
+    split_heads: bool,
+    bias_mma: bool,
+    tile_m: int | None,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
     warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic or its
