@@ -2,7 +2,8 @@
 # The one call for a lent GPU, from the repo root (see ../shared/device/README.md):
 #   bash .device/gpu.sh bash scripts/gpu_check.sh
 # 1. versions and the CuTe precompile on every core; 2. smoke: each kernel group (scripts/gpu_smoke.py) on small
-# shapes in its own process under a timeout, so a hanging kernel costs one timeout and is left out of what follows;
+# shapes in its own process under a timeout, all at once, so a hanging kernel costs one timeout and is left out of
+# what follows;
 # 3. the GPU tests (pytest -m "gpu or sm90"); 4. compute-sanitizer memcheck on small shapes of every attnkit
 # backend, racecheck on the CuTe kernels; 5. the quick benchmark against the peers (bench/run.py --quick), its time
 # budget being what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop the later ones; the exit status is
@@ -53,18 +54,28 @@ timeout -k 10 150 "$py" -m attnkit.precompile --arch sm_90a --variants --cases t
 record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 
 # A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.
+# The groups run at once, each in its own process under its own timeout (small shapes: the GPU has room for all,
+# and a hung kernel only slows the others down); their logs are then read in this order.
+groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd-reduce cute-bwd cute-bwd-wide triton)
 pytest_ignore=()
 skip_backends=()
 sanitizer_flags=()
 : >"$out/smoke.log"
-for group in cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd-reduce cute-bwd cute-bwd-wide triton; do
-  echo "gpu_check: smoke $group (limit ${smoke_s} s)"
-  timeout -k 5 "$smoke_s" "$py" scripts/gpu_smoke.py "$group" 2>&1 | tee -a "$out/smoke.log"
-  rc=${PIPESTATUS[0]}
+echo "gpu_check: smoke, ${#groups[@]} groups at once (limit ${smoke_s} s each)"
+declare -A smoke_pid
+for group in "${groups[@]}"; do
+  timeout -k 5 "$smoke_s" "$py" scripts/gpu_smoke.py "$group" >"$out/smoke-$group.log" 2>&1 &
+  smoke_pid[$group]=$!
+done
+for group in "${groups[@]}"; do
+  wait "${smoke_pid[$group]}"
+  rc=$?
+  log=$out/smoke-$group.log
+  tee -a "$out/smoke.log" <"$log"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    record "smoke $group" "$rc" "hung in: $(grep "^start $group" "$out/smoke.log" | tail -n 1 | cut -d: -f2-)"
+    record "smoke $group" "$rc" "hung in: $(grep "^start $group" "$log" | tail -n 1 | cut -d: -f2-)"
   else
-    record "smoke $group" "$rc" "$(grep "^$group: " "$out/smoke.log" | tail -n 1)"
+    record "smoke $group" "$rc" "$(grep "^$group: " "$log" | tail -n 1)"
   fi
   if [ "$rc" -ne 0 ]; then
     case $group in

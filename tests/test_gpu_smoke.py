@@ -80,5 +80,5 @@ def test_gpu_check_smokes_every_group():
     import re
 
     script = (pathlib.Path(gpu_smoke.ROOT) / "scripts" / "gpu_check.sh").read_text()
-    loop = re.search(r"^for group in (.*); do$", script, re.M)
-    assert loop and loop.group(1).split() == list(gpu_smoke.GROUPS)
+    groups = re.search(r"^groups=\((.*)\)$", script, re.M)
+    assert groups and groups.group(1).split() == list(gpu_smoke.GROUPS)
