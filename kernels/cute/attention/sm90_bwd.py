@@ -792,7 +792,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sdSf: cute.Tensor | None,
         sLSE2: cute.Tensor,  # (tile_m, stages) float32
         sDpsum: cute.Tensor,  # (tile_m, stages) float32
-        sdQ: cute.Tensor | None,  # (tile_m, d / 2, warpgroups) float32, swizzled
+        sdQ: cute.Tensor | None,  # (tile_m, d) float32, swizzled: the warpgroups' halves one after the other
         tma_atom_dQ: cute.CopyAtom | None,
         tiled_mma_sdp: cute.TiledMma,
         tiled_mma_dv: cute.TiledMma,
@@ -1100,7 +1100,7 @@ class AttentionBwdSm90(AttentionBwdBase):
     def store_dq_tma(
         self,
         acc_dQ: cute.Tensor,
-        sdQ: cute.Tensor,  # (tile_m, d / 2, warpgroups) float32, swizzled
+        sdQ: cute.Tensor,  # (tile_m, d) float32, swizzled: the warpgroups' halves one after the other
         tiled_mma_dq: cute.TiledMma,
         tidx: Int32,
         tma_atom_dQ: cute.CopyAtom,
