@@ -100,9 +100,12 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
         "TMA reduce-add": {"dq_tma_reduce": True},
         "deterministic": {"deterministic": True},
     }
-    if "64 query rows per step" in bwd.variant_configs(causal, head_dim):
-        flags["64 query rows per step"] = {"tile_m": 64}
-    assert set(flags) == set(bwd.variant_configs(causal, head_dim)), "bench and launcher variants disagree"
+    flags["64 query rows per step"] = {"tile_m": 64}
+    variants = bwd.variant_configs(causal, head_dim)
+    assert set(variants) <= set(flags), "bench and launcher variants disagree"
+    # the launcher's variants for this shape (no 64-row one where the default takes 64; no reduce-add after it
+    # failed gpu_check's smoke test)
+    flags = {name: f for name, f in flags.items() if name in variants}
     calls = {
         name: (lambda f=f: bwd.attention_bwd(dout, q, k, v, out, lse, None, None, **kw, **f))
         for name, f in flags.items()

@@ -16,7 +16,7 @@ cd "$root"
 py=$(command -v python3 || command -v python)
 out=${OUT:-$root/bench/results/gpu_check}
 mkdir -p "$out"
-smoke_s=${GPU_CHECK_SMOKE_S:-75}
+smoke_s=${GPU_CHECK_SMOKE_S:-120}
 test_s=${GPU_CHECK_TEST_S:-180}
 sanitizer_s=${GPU_CHECK_SANITIZER_S:-75}
 racecheck_s=${GPU_CHECK_RACECHECK_S:-60}

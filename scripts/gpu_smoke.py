@@ -220,6 +220,10 @@ GROUPS = {
         "d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
         "d96 full mqa": cute_bwd_case(1, 300, 300, 4, 1, 96, -1, -1, 0),
         "d128 causal dq tma reduce": cute_bwd_case(1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="tma_reduce"),
+        "d192 causal gqa (wide)": cute_bwd_case(2, 300, 300, 4, 2, 192, -1, 0, 0),
+        "d256 dv128 causal dq tma reduce, one P/dS buffer (wide)": cute_bwd_case(
+            1, 333, 500, 2, 2, 256, -1, 0, 0, dq_mode="tma_reduce", dv=128
+        ),
     },
     # every other backward case with dQ by atomics where the default would take the TMA reduce-add
     "cute-bwd": {
@@ -247,10 +251,8 @@ GROUPS = {
     # failure here leaves only tests/test_cute_sm90_bwd_wide.py out)
     "cute-bwd-wide": {
         "d256 full": cute_bwd_case(1, 300, 300, 2, 2, 256, -1, -1, 0),
-        "d192 causal gqa, dq tma reduce": cute_bwd_case(2, 300, 300, 4, 2, 192, -1, 0, 0),
-        "d256 dv128 causal dq tma reduce, one P/dS buffer": cute_bwd_case(
-            1, 333, 500, 2, 2, 256, -1, 0, 0, dq_mode="tma_reduce", dv=128
-        ),
+        "d192 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 192, -1, 0, 0),
+        "d256 dv128 causal": cute_bwd_case(1, 300, 500, 2, 2, 256, -1, 0, 0, dv=128),
         "d256 window deterministic": cute_bwd_case(1, 500, 500, 2, 2, 256, 64, 16, 0, dq_mode="deterministic"),
         "d256 float32 bias r8 causal, one Q/dO stage": cute_bwd_case(1, 300, 400, 2, 2, 256, -1, 0, 8),
         "d128 dv256 causal": cute_bwd_case(1, 300, 400, 4, 2, 128, -1, 0, 0, dv=256),
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
     env = {"cute-fwd": (WIDE_TILE_ENV, "0"), "cute-fwd-192": (WIDE_TILE_ENV, None)}
-    env |= {"cute-bwd": (DQ_TMA_REDUCE_ENV, "0"), "cute-bwd-reduce": (DQ_TMA_REDUCE_ENV, None)}
+    env |= {"cute-bwd": (DQ_TMA_REDUCE_ENV, "0"), "cute-bwd-wide": (DQ_TMA_REDUCE_ENV, "0")}
+    env |= {"cute-bwd-reduce": (DQ_TMA_REDUCE_ENV, None)}
     if args.group in env:
         name, value = env[args.group]
         if value is None:

@@ -126,10 +126,13 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode) -> No
     allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias)."""
     import math
 
+    import pytest
     from attnkit.cute import attention_bwd as bwd
     from attnkit.reference.attention import attention_backward, attention_forward
     from numerics import assert_2x
 
+    if dq_mode == "tma_reduce" and not bwd.reduce_add_enabled():
+        pytest.skip(f"{bwd.DQ_TMA_REDUCE_ENV}=0: the reduce-add failed gpu_check's smoke test")
     dev = "cuda"
     q, k, v, qf, kf = make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype)
     dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
@@ -173,10 +176,11 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for dtype, mode in BWD_MODES:
             flags = DQ_FLAGS[mode]
             found.append(bwd.config_for(dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0])
-    # the launcher's default dQ mode, and under gpu_check's ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 the atomics
+    # the launcher's default dQ mode, and under gpu_check's ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 (and in the smoke groups
+    # that pin it) the atomics
     default_modes = ("default", "atomics")
     for b, _sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, mode in WIDE_BWD_CASES:
-        for m in default_modes if mode == "default" else (mode,):
+        for m in (mode, "atomics") if mode in ("default", "tma_reduce") else (mode,):
             flags = DQ_FLAGS[m]
             cfg = bwd.config_for(dtype, b, sk, h, hkv, d, dv, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0]
             found.append(cfg)

@@ -470,3 +470,42 @@ def test_dq_reduce_add_can_be_switched_off(monkeypatch):
     cfg = bwd.choose_config(torch.bfloat16, 64, 64, False, True)
     assert not cfg.dq_tma_reduce and cfg.tile_m == 64
     assert bwd.choose_config(torch.bfloat16, 64, 64, False, True, dq_tma_reduce=True).dq_tma_reduce
+    assert bwd.choose_config(torch.bfloat16, 64, 64, False, True, tile_m=128).dq_tma_reduce  # it needs the reduce
+    variants = bwd.variant_configs(True, 64)
+    assert "TMA reduce-add" not in variants and not any(c.dq_tma_reduce for c in variants.values() if c.tile_m == 64)
+
+
+@cute.jit
+def _pairs_probe(g: cute.Tensor, num_rows: Int32):  # (128, 128) bf16 standing in for dK
+    from attnkit.kernels.cute.common import sm90
+    from attnkit.kernels.cute.common.layouts import store_acc_pairs
+
+    mma = sm90.make_tiled_mma(cutlass.BFloat16, "K", "K", 128, num_warpgroups=2)
+    for t in cutlass.range(256):
+        thr = mma.get_slice(t)
+        tCcC = thr.partition_C(cute.make_identity_tensor((128, 128)))
+        frag = cute.make_rmem_tensor(thr.partition_shape_C((128, 128)), cutlass.BFloat16)
+        for i in cutlass.range_constexpr(cute.size(frag)):
+            frag[i] = (tCcC[i][0] * 128 + tCcC[i][1]).to(Float32).to(cutlass.BFloat16)
+        store_acc_pairs(frag, thr.partition_C(g), tCcC, num_rows)
+
+
+def test_dk_dv_epilogue_stores_column_pairs_and_drops_rows_past_the_keys():
+    """layouts.store_acc_pairs, the dK / dV epilogue (one 4-byte store per pair of columns): every element of a row
+    below num_rows lands at its (row, column), rows past it are left alone."""
+    from cutlass.cute.runtime import from_dlpack
+
+    g = torch.full((128, 128), -1.0, dtype=torch.bfloat16)
+    cute.compile(_pairs_probe, from_dlpack(g, assumed_align=16), 100, options="--gpu-arch sm_90a")(
+        from_dlpack(g, assumed_align=16), 100
+    )
+    expected = torch.arange(128 * 128, dtype=torch.float32).view(128, 128).to(torch.bfloat16)
+    assert torch.equal(g[:100], expected[:100])
+    assert (g[100:] == -1).all()
+
+
+def test_dk_dv_epilogue_stores_four_bytes_at_a_time(cache_dir):
+    cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, True)
+    bwd.compile_config(cfg)
+    sass = precompile.sass_of(bwd.cache().cubin(cfg))
+    assert "STG.E.U16" not in sass and re.search(r"STG\.E ", sass), "dK / dV stored 2 bytes at a time"

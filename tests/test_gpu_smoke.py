@@ -65,7 +65,7 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
     built = precompile.configs_of(mod, "sm_90a", variants=True, cases=cases)
     if group == "cute-fwd":
         monkeypatch.setenv(attention_fwd.WIDE_TILE_ENV, "0")
-    if group == "cute-bwd":
+    if group in ("cute-bwd", "cute-bwd-wide"):
         monkeypatch.setenv(attention_bwd.DQ_TMA_REDUCE_ENV, "0")
     for name, run in gpu_smoke.GROUPS[group].items():
         cfg = run.config()
@@ -74,6 +74,8 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.num_mma_warpgroups == 3, name
         if group == "cute-bwd-reduce":
             assert cfg.dq_tma_reduce, name
+        if group in ("cute-bwd", "cute-bwd-wide"):
+            assert not cfg.dq_tma_reduce, name
 
 
 def test_gpu_check_smokes_every_group():

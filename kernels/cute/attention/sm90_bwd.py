@@ -51,7 +51,13 @@ from cutlass.tensor_utils import LayoutEnum
 
 from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
-from ..common.layouts import acc_view_as_operand_a, acc_view_mn, store_acc_pairs_swizzled, swizzle_params
+from ..common.layouts import (
+    acc_view_as_operand_a,
+    acc_view_mn,
+    store_acc_pairs,
+    store_acc_pairs_swizzled,
+    swizzle_params,
+)
 from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_acc_f32, red_add_f32
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
@@ -1036,12 +1042,8 @@ class AttentionBwdSm90(AttentionBwdBase):
             tdVgdV = thr_mma_dv.partition_C(gdV)
             tdKcdK = thr_mma_dk.partition_C(cute.make_identity_tensor((tn, d)))
             tdVcdV = thr_mma_dv.partition_C(cute.make_identity_tensor((tn, dv)))
-            for i in cutlass.range(cute.size(rdK), unroll_full=True):
-                if key_start + tdKcdK[i][0] < seqlen_k:
-                    tdKgdK[i] = rdK[i]
-            for i in cutlass.range(cute.size(rdV), unroll_full=True):
-                if key_start + tdVcdV[i][0] < seqlen_k:
-                    tdVgdV[i] = rdV[i]
+            store_acc_pairs(rdK, tdKgdK, tdKcdK, seqlen_k - key_start)
+            store_acc_pairs(rdV, tdVgdV, tdVcdV, seqlen_k - key_start)
 
     @cute.jit
     def add_dkv_partials(

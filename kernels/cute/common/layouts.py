@@ -96,3 +96,22 @@ def pair_address(tCsC: cute.Tensor, k: cutlass.Constexpr[int], swizzle: tuple) -
     """The swizzled smem byte address of accumulator pair ``k`` (elements 2k, 2k + 1) of the C partition ``tCsC``."""
     bits, base, shift = swizzle
     return swizzled_address((tCsC.iterator + cute.crd2idx(2 * k, tCsC.layout)).toint(), bits, base, shift)
+
+
+@cute.jit
+def store_acc_pairs(
+    frag: cute.Tensor,  # a 16-bit register fragment with an accumulator's layout ((2, 2, N / 8), MMA_M, MMA_N)
+    tCgC: cute.Tensor,  # its C partition of a global tensor whose columns are contiguous, rows 4-byte aligned
+    tCcC: cute.Tensor,  # the C partition of an identity tensor: (row, col) of each element
+    num_rows: Int32,  # elements of rows >= num_rows are not stored
+) -> None:
+    """frag -> gmem, the two adjacent columns of each accumulator pair (from an even column) in one 4-byte store
+    instead of two 2-byte ones."""
+    assert const_expr(frag.layout.shape[0][0] == 2 and tCgC.layout.stride[0][0] == 1), "pairs must be contiguous"
+    for k in cutlass.range_constexpr(cute.size(frag) // 2):
+        if tCcC[2 * k][0] < num_rows:
+            src = cute.make_tensor(frag.iterator + 2 * k, cute.make_layout(2))
+            addr = (tCgC.iterator + cute.crd2idx(2 * k, tCgC.layout)).toint()
+            pair_bytes = frag.element_type.width // 4
+            dst = cute.make_ptr(frag.element_type, addr, cute.AddressSpace.gmem, assumed_align=pair_bytes)
+            cute.autovec_copy(src, cute.make_tensor(dst, cute.make_layout(2)))

@@ -151,6 +151,12 @@ def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
 DQ_TMA_REDUCE_ENV = "ATTNKIT_SM90_BWD_DQ_TMA_REDUCE"
 
 
+def reduce_add_enabled() -> bool:
+    """False under ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``: the default dQ mode is the atomics, and the benchmark
+    variants and GPU tests leave the reduce-add out."""
+    return os.environ.get(DQ_TMA_REDUCE_ENV, "1") != "0"
+
+
 def choose_config(
     dtype: torch.dtype,
     head_dim: int,
@@ -166,8 +172,8 @@ def choose_config(
     tile_m: int | None = None,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
-    dQ mode the atomics."""
-    if dq_tma_reduce is None and os.environ.get(DQ_TMA_REDUCE_ENV, "1") == "0":
+    dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add)."""
+    if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
         dq_tma_reduce = False
     return _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch, dq_tma_reduce, deterministic,
@@ -306,6 +312,8 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
         "TMA reduce-add": choose_config(*args, arch=arch, dq_tma_reduce=True),
         "deterministic": choose_config(*args, arch=arch, deterministic=True),
     }
+    if not reduce_add_enabled():
+        del variants["TMA reduce-add"]
     if variants["default"].tile_m == 128:
         variants["64 query rows per step"] = choose_config(*args, arch=arch, tile_m=64)
     return variants
