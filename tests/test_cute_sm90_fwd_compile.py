@@ -7,7 +7,6 @@ code against brute-force references. The numerics test at the end needs an H100 
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pytest
@@ -314,7 +313,7 @@ def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype):
 def test_numerics_with_two_consumer_warpgroups_where_the_default_takes_three(b, sq, sk, h, hkv, d, wl, wr, rank):
     """The 128-row variant bench_variants times against the default 192-row tile at head dim 64."""
     cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
-    if os.environ.get(fwd.WIDE_TILE_ENV) == "0":
+    if not fwd.wide_tiles_enabled():
         pytest.skip(f"{fwd.WIDE_TILE_ENV}=0: every forward already takes two consumer warpgroups")
     assert cfg.num_mma_warpgroups == 3
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.two_warpgroups(cfg))

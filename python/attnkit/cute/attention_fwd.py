@@ -112,6 +112,11 @@ class FwdConfig:
 WIDE_TILE_ENV = "ATTNKIT_SM90_FWD_192_ROWS"
 
 
+def wide_tiles_enabled() -> bool:
+    """False under ``ATTNKIT_SM90_FWD_192_ROWS=0``: every forward takes 128-row tiles."""
+    return os.environ.get(WIDE_TILE_ENV, "1") != "0"
+
+
 def wide_tile_fits(widest_head_dim: int, window_left: bool, bias_rank: int, bias_mma: bool, pack_gqa: int) -> bool:
     """Whether the forward takes three consumer warpgroups (192-row tiles, 160 registers each) instead of
     two: FA3's and FA4's sm90 tile at head dim 64, where a warpgroup's 64 x 128 scores, their P and its
@@ -138,10 +143,10 @@ def choose_config(
     pack_gqa: int = 1,
 ) -> FwdConfig:
     """The forward config for inputs of this kind (``ATTNKIT_SM90_FWD_192_ROWS=0``: 128-row tiles only)."""
-    wide_tiles = os.environ.get(WIDE_TILE_ENV, "1") != "0"
     return _choose_config(
-        dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, arch, pack_gqa, wide_tiles
-    )
+        dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, arch, pack_gqa,
+        wide_tiles_enabled(),
+    )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)
