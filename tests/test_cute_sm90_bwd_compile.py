@@ -19,7 +19,19 @@ import cutlass.cute as cute  # noqa: E402
 from attnkit import precompile  # noqa: E402
 from attnkit.cute import attention_bwd as bwd  # noqa: E402
 from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90  # noqa: E402
+from attnkit.kernels.cute.common.barriers import WARPGROUP_THREADS  # noqa: E402
+from attnkit.kernels.cute.common.sm90 import NUM_MMA_WARPGROUPS  # noqa: E402
 from cutlass import Float32, Int32  # noqa: E402
+
+
+def _assert_one_exp2_per_score(cfg, sass: str) -> None:
+    """The key block's loop issues one MUFU.EX2 per entry of P a thread holds (tile_m x tile_n over the
+    two consumer warpgroups): none recomputed."""
+    loop = precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))
+    assert loop, "no loop with wgmma and exp2 found"
+    issued = sum(1 for t in loop if precompile.opcode(t) == "MUFU.EX2")
+    expected = cfg.tile_m * cfg.tile_n // (NUM_MMA_WARPGROUPS * WARPGROUP_THREADS)
+    assert issued == expected, f"{issued} MUFU.EX2 per query block, expected {expected}"
 
 
 @pytest.mark.parametrize("cfg", bwd.shipped_configs("sm_90a"), ids=precompile.config_name)
@@ -40,6 +52,7 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
         assert ("REDG.E.ADD.F32" in sass) == atomics
         # two adjacent columns per atomic (red.global.add.v2.f32), never one
         assert re.search(r"REDG\.E\.ADD\.F32\.", sass) is None, "scalar float32 atomics"
+        _assert_one_exp2_per_score(cfg, sass)
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
 
 
@@ -50,9 +63,11 @@ _VARIANTS = [c for c in precompile.configs_of(bwd, "sm_90a", variants=True) if c
 def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
     """bench/bench_variants.py's dQ modes at every shape it times build without spills."""
     bwd.compile_config(cfg)
-    counts = precompile.sass_summary(precompile.sass_of(bwd.cache().cubin(cfg)))
+    sass = precompile.sass_of(bwd.cache().cubin(cfg))
+    counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    _assert_one_exp2_per_score(cfg, sass)
 
 
 def _factor_item_probe(kernel):

@@ -37,14 +37,26 @@ def _sass(cfg) -> str:
     return precompile.sass_of(cubin)
 
 
+def _assert_one_exp2_per_score(cfg, sass: str) -> None:
+    """The main loop's body issues one MUFU.EX2 per score a thread holds (its two rows of tile_n / 4 columns,
+    less the FMA-pipe polynomial share) plus the two rows' rescale factors: no exp2 computed twice."""
+    loop = precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))
+    assert loop, "no main loop with wgmma and exp2 found"
+    mufu_cols = sum(1 for c in range(cfg.tile_n // 4) if c % 8 >= cfg.poly_exp2_per_8)
+    issued = sum(1 for t in loop if precompile.opcode(t) == "MUFU.EX2")
+    assert issued == 2 * mufu_cols + 2, f"{issued} MUFU.EX2 per tile, expected {2 * mufu_cols + 2}"
+
+
 @pytest.mark.parametrize("cfg", fwd.shipped_configs("sm_90a"), ids=precompile.config_name)
 def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
     fwd.compile_fwd(cfg)
-    counts = precompile.sass_summary(_sass(cfg))
+    sass = _sass(cfg)
+    counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0, counts
     assert counts["UTMALDG"] > 0, counts
     assert counts["UTMASTG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    _assert_one_exp2_per_score(cfg, sass)
 
 
 _VARIANTS = [c for c in precompile.configs_of(fwd, "sm_90a", variants=True) if c not in fwd.shipped_configs("sm_90a")]
@@ -54,9 +66,11 @@ _VARIANTS = [c for c in precompile.configs_of(fwd, "sm_90a", variants=True) if c
 def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
     """bench/bench_variants.py's switches (lazy rescale off, FMA exp2, no ping-pong, no intra-WG overlap) build."""
     fwd.compile_fwd(cfg)
-    counts = precompile.sass_summary(_sass(cfg))
+    sass = _sass(cfg)
+    counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    _assert_one_exp2_per_score(cfg, sass)
 
 
 def test_forward_launcher_rejects_a_config_that_disagrees_with_the_inputs():

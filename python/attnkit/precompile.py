@@ -186,6 +186,39 @@ def sass_summary(sass: str) -> dict[str, int]:
     return counts
 
 
+def _instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction text without encoding or ';') of every SASS line."""
+    out = []
+    for line in sass.splitlines():
+        m = re.search(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2)))
+    return out
+
+
+def opcode(instruction: str) -> str:
+    """``FFMA`` of ``@!P0 FFMA R1, ...``: the opcode, past any predicate."""
+    words = instruction.split()
+    return words[1] if words[0].startswith("@") else words[0]
+
+
+def innermost_loop(sass: str, containing: tuple[str, ...]) -> list[str]:
+    """The instructions of the shortest loop (a backward branch and the code it jumps back over) whose
+    body has every opcode prefix in ``containing``; empty if none has."""
+    instructions = _instructions(sass)
+    best: list[str] = []
+    for address, text in instructions:
+        m = re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)
+        if not m or int(m.group(1), 16) >= address:
+            continue
+        start = int(m.group(1), 16)
+        body = [t for a, t in instructions if start <= a <= address]
+        ops = [opcode(t) for t in body]
+        if all(any(op.startswith(c) for op in ops) for c in containing) and (not best or len(body) < len(best)):
+            best = body
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90a", choices=["sm_90a"])
