@@ -53,6 +53,8 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
         # two adjacent columns per atomic (red.global.add.v2.f32), never one
         assert re.search(r"REDG\.E\.ADD\.F32\.", sass) is None, "scalar float32 atomics"
         _assert_one_exp2_per_score(cfg, sass)
+        # dS^T (P^T) to smem: stmatrix where the kernel can afford its registers (ds_stmatrix), else 4-byte stores
+        assert ("STSM" in sass) == cfg.make_kernel().ds_stmatrix
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
 
 
@@ -415,6 +417,62 @@ def test_p_and_ds_stay_in_registers_with_the_dv_and_dk_operand_layouts(head_dim,
     assert torch.equal(out[..., :2], out[..., 2:4]), "P^T element != dV A-operand element"
     assert torch.equal(out[..., :2], out[..., 4:6]), "dS^T element != dK A-operand element"
     assert len({tuple(x) for x in out[..., :2].reshape(-1, 2).tolist()}) == kernel.tile_n * kernel.tile_m
+
+
+def _ds_store_probe(kernel):
+    @cute.jit
+    def probe(out: cute.Tensor):  # (256, n, 5) int32: source (key, query), destination (key, query) and offset
+        tiled_mma_sdp = kernel.make_tiled_mmas()[0]
+        layout = kernel.sds_layout()
+        plain = cute.make_tensor(
+            cute.make_ptr(kernel.dtype, 0, cute.AddressSpace.smem, assumed_align=1024), layout.outer
+        )
+        shape = (kernel.tile_n, kernel.tile_m)
+        for t in cutlass.range(256):
+            _, thr_copy = kernel.make_ds_store(tiled_mma_sdp, t)
+            src = thr_copy.retile(tiled_mma_sdp.get_slice(t).partition_C(cute.make_identity_tensor(shape)))
+            dst = thr_copy.partition_D(cute.make_identity_tensor(shape))
+            dst_smem = thr_copy.partition_D(plain[None, None, 0])
+            for i in cutlass.range(cute.size(dst), unroll_full=True):
+                out[t, i, 0] = src[i][0]
+                out[t, i, 1] = src[i][1]
+                out[t, i, 2] = dst[i][0]
+                out[t, i, 3] = dst[i][1]
+                out[t, i, 4] = cute.crd2idx(i, dst_smem.layout)
+
+    return probe
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_it(head_dim):
+    """dS^T (P^T) goes to smem by stmatrix, a warp-wide exchange: each instruction of a warp must write exactly the
+    (key, query) elements its 32 threads hold, every element of the tile once, each thread's 8 elements one row's 8
+    consecutive queries at a 16-byte aligned offset (which the 16-byte granular swizzle keeps contiguous)."""
+    from cutlass.cute.runtime import from_dlpack
+
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True)
+    assert kernel.ds_stmatrix
+    per_thread = kernel.tile_n * kernel.tile_m // 256
+    out = torch.zeros(256, per_thread, 5, dtype=torch.int32)
+    cute.compile(_ds_store_probe(kernel), from_dlpack(out), options="--gpu-arch sm_90a")(from_dlpack(out))
+    src, dst, offset = out[..., 0:2], out[..., 2:4], out[..., 4]
+    every = {(k, q) for k in range(kernel.tile_n) for q in range(kernel.tile_m)}
+    assert sorted(map(tuple, dst.reshape(-1, 2).tolist())) == sorted(every), "every element written once"
+    # src: the accumulator's own (key, query) of each register the copy reads, in the copy's order
+    assert sorted(map(tuple, src.reshape(-1, 2).tolist())) == sorted(every)
+    instructions = per_thread // 8
+    for warp in range(8):
+        lanes = slice(32 * warp, 32 * (warp + 1))
+        for a in range(instructions):
+            vals = slice(8 * a, 8 * (a + 1))
+            held = sorted(map(tuple, src[lanes, vals].reshape(-1, 2).tolist()))
+            written = sorted(map(tuple, dst[lanes, vals].reshape(-1, 2).tolist()))
+            assert held == written, f"warp {warp}, stmatrix {a}: writes other elements than its threads hold"
+    rows = dst.view(256, instructions, 8, 2)
+    assert (rows[..., 0] == rows[..., :1, 0]).all(), "a thread's 8 elements share one key row"
+    assert torch.equal(rows[..., 1] - rows[..., :1, 1], torch.arange(8).expand_as(rows[..., 1]))
+    runs = offset.view(256, instructions, 8)
+    assert (runs[..., :1] % 8 == 0).all() and torch.equal(runs - runs[..., :1], torch.arange(8).expand_as(runs))
 
 
 def _dq_staging_probe(kernel):

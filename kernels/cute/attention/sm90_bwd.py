@@ -46,7 +46,7 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import Float32, Int32, const_expr
-from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cute.nvgpu import cpasync, warp, warpgroup
 from cutlass.tensor_utils import LayoutEnum
 
 from ..common import sm90
@@ -296,6 +296,13 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.bias_rank > 0
 
     @property
+    def ds_stmatrix(self) -> bool:
+        """dS^T / P^T reach smem by stmatrix (``make_ds_store``): 13% fewer instructions per query block at d = 128.
+        Its loop-invariant row addresses cost registers that the factor-bias kernels above d = 64 and the 128-row
+        tiles do not have (they spilled); those keep the 4-byte stores at the accumulator's own addresses."""
+        return self.tile_m == 64 and not (self.has_bias and max(self.head_dim, self.head_dim_v) > 64)
+
+    @property
     def fma_bias(self) -> bool:
         """The bias term of S^T computed in float32 FMAs (float32 factors)."""
         return self.has_bias and not self.bias_mma
@@ -381,8 +388,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sdO_layout = _smem_layout(self.dtype, tm, dv, self.num_stages, do_major)
         sK_layout = _smem_layout(self.dtype, tn, d, None, self.dq_cols)
         sV_layout = _smem_layout(self.dtype, tn, dv, None, dv)
-        # dS^T (and with dkv_split_d P^T) as it leaves the accumulators: (tile_n, tile_m), ds_stages buffers
-        sdS_layout = _smem_layout(self.dtype, tn, tm, self.ds_stages, tm)
+        sdS_layout = self.sds_layout()
 
         load_op = cpasync.CopyBulkTensorTileG2SOp()
         tma_atom_Q, tma_Q = cpasync.make_tiled_tma_atom(load_op, mQ, cute.select(sQ_layout, mode=[0, 1]), (tm, d))
@@ -598,6 +604,11 @@ class AttentionBwdSm90(AttentionBwdBase):
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
             )  # fmt: skip
 
+    def sds_layout(self) -> cute.ComposedLayout:
+        """dS^T (and P^T with dkv_split_d), (tile_n, tile_m, ds_stages), queries contiguous, swizzled: the S^T
+        accumulator's layout as stored, and the MN-major A operand of dQ = dS K."""
+        return _smem_layout(self.dtype, self.tile_n, self.tile_m, self.ds_stages, self.tile_m)
+
     def sdq_layout(self) -> cute.ComposedLayout:
         """The dQ staging buffer of the TMA reduce-add, float32 (tile_m, d): the warpgroups' (tile_m, d / 2) halves
         one after the other, swizzled like the MMA operands (16-byte chunks of a row XORed with the row) so that
@@ -629,6 +640,21 @@ class AttentionBwdSm90(AttentionBwdBase):
         # dQ = dS K: warpgroups side by side along d; dS is stored query-contiguous (MN-major A)
         dq = sm90.make_tiled_mma(self.dtype, "MN", "MN", self.dq_cols, num_warpgroups=nwg, warpgroups_along_n=True)
         return sdp, dv, dk, dq
+
+    def make_ds_store(self, tiled_mma_sdp: cute.TiledMma, tidx) -> tuple[cute.CopyAtom, cute.TiledCopy]:
+        """The copy of an S^T-shaped register tile (dS^T, P^T) into its swizzled smem tile: stmatrix, one 16x16
+        block per instruction (its rows 16 contiguous bytes of the tile), instead of a 4-byte store and a
+        swizzled address per column pair."""
+        atom = cute.make_copy_atom(warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
+        return atom, cute.make_tiled_copy_C(atom, tiled_mma_sdp).get_slice(tidx)
+
+    @cute.jit
+    def store_ds(self, atom: cute.CopyAtom, thr_copy, frag: cute.Tensor, dst: cute.Tensor) -> None:
+        """An S^T-shaped 16-bit register tile -> its smem stage ``dst`` (partitioned as ``ds_stmatrix`` says)."""
+        if const_expr(self.ds_stmatrix):
+            cute.copy(atom, thr_copy.retile(frag), dst)
+        else:
+            cute.autovec_copy(frag, dst)
 
     def make_schedule(
         self, seqlen_k: Int32, num_heads_kv: Int32, num_batch: Int32, heads_per_section: Int32
@@ -849,11 +875,16 @@ class AttentionBwdSm90(AttentionBwdBase):
         acc_dV = cute.make_rmem_tensor(thr_mma_dv.partition_shape_C((tn, dv)), Float32)
         # dK += dS^T Q: B = Q^T, (d, tile_m) MN-major; A = dS^T likewise
         tdKrQt = wg_mma_dk.make_fragment_B(wg_mma_dk.partition_B(_transpose_view(sQ)))
+        # dS^T (and P^T with dkv_split_d) registers -> smem: by stmatrix, or 4-byte stores of column pairs at the
+        # accumulator's own addresses
+        smem_copy_dS, smem_thr_copy_dS = self.make_ds_store(tiled_mma_sdp, tidx)
+        partition_dS = smem_thr_copy_dS.partition_D if const_expr(self.ds_stmatrix) else thr_mma_sdp.partition_C
+        tSsdS = partition_dS(sdS)
         tSsP = None
         if const_expr(self.dkv_split_d):
             tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_A(sP))
             tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_A(sdS))
-            tSsP = thr_mma_sdp.partition_C(sP)
+            tSsP = partition_dS(sP)
         else:
             tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_shape_A((tn, tm)))
             tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
@@ -862,8 +893,6 @@ class AttentionBwdSm90(AttentionBwdBase):
         tdQrdS = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sdS)))
         tdQrKt = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sK)))
         acc_shape_dQ = thr_mma_dq.partition_shape_C((tm, d))
-        # dS^T registers -> smem with the accumulator's thread mapping (column pairs contiguous)
-        tSsdS = thr_mma_sdp.partition_C(sdS)
         tSsdSf = None
         if const_expr(self.has_bias):
             tSsdSf = thr_mma_sdp.partition_C(sdSf)
@@ -932,7 +961,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 if const_expr(self.dkv_split_d):
                     rP = cute.make_rmem_tensor_like(acc_S, self.dtype)
                     rP.store(acc_S.load().to(self.dtype))
-                    cute.autovec_copy(rP, tSsP[None, None, None, ds_stage])
+                    self.store_ds(smem_copy_dS, smem_thr_copy_dS, rP, tSsP[None, None, None, ds_stage])
                 else:
                     tdVrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
 
@@ -949,7 +978,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 rdS.store(acc_dP.load().to(self.dtype))
                 if const_expr(not self.dkv_split_d):
                     tdKrdS.store(acc_view_as_operand_a(rdS).load())
-                cute.autovec_copy(rdS, tSsdS[None, None, None, ds_stage])
+                self.store_ds(smem_copy_dS, smem_thr_copy_dS, rdS, tSsdS[None, None, None, ds_stage])
                 if const_expr(self.has_bias):
                     cute.autovec_copy(acc_dP, tSsdSf)
 
