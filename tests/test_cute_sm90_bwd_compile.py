@@ -47,12 +47,15 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
         assert counts["MUFU.EX2"] > 0, counts
         # dQ reaches the float32 buffer by one TMA reduce-add per warpgroup, or by atomics; factor gradients
         # and split-head dK/dV partials are atomics too
-        assert ("UTMAREDG" in sass) == cfg.dq_tma_reduce
+        assert ("UBLKRED" in sass) == cfg.dq_tma_reduce
         atomics = not cfg.dq_tma_reduce or cfg.bias_rank > 0 or cfg.split_heads
         assert ("REDG.E.ADD.F32" in sass) == atomics
         # two adjacent columns per atomic (red.global.add.v2.f32), never one
         assert re.search(r"REDG\.E\.ADD\.F32\.", sass) is None, "scalar float32 atomics"
         _assert_one_exp2_per_score(cfg, sass)
+        # dQ tiles in register order: 16-byte atomics (or the bulk reduce-add)
+        if cfg.dq_packed and not cfg.dq_tma_reduce:
+            assert "REDG.E.ADD.F32x4" in sass
         # dS^T (P^T) to smem: stmatrix where the kernel can afford its registers (ds_stmatrix), else 4-byte stores
         assert ("STSM" in sass) == cfg.make_kernel().ds_stmatrix
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
@@ -475,64 +478,66 @@ def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_
     assert (runs[..., :1] % 8 == 0).all() and torch.equal(runs - runs[..., :1], torch.arange(8).expand_as(runs))
 
 
-def _dq_staging_probe(kernel):
-    from attnkit.kernels.cute.common.layouts import pair_address, swizzle_params
+def _dq_packing_probe(main, post):
+    from attnkit.kernels.cute.common.packed import GROUP, packed_offset
 
     @cute.jit
-    def probe(out: cute.Tensor):  # (256, pairs, 3) int32: row, column and smem byte address of each pair
-        tiled_mma_dq = kernel.make_tiled_mmas()[3]
-        layout = kernel.sdq_layout()
-        swizzle = swizzle_params(layout.inner)
-        plain = cute.make_tensor(cute.make_ptr(Float32, 0, cute.AddressSpace.smem, assumed_align=1024), layout.outer)
-        shape = (kernel.tile_m, kernel.head_dim)
+    def probe(out: cute.Tensor):  # (256, elements, 5) int32
+        shape = (main.tile_m, main.head_dim)
+        tiled_mma_dq = main.make_tiled_mmas()[3]
         for t in cutlass.range(256):
-            thr = tiled_mma_dq.get_slice(t)
-            tCsC = thr.partition_C(plain)
-            tCcC = thr.partition_C(cute.make_identity_tensor(shape))
-            for k in cutlass.range_constexpr(cute.size(tCcC) // 2):
-                out[t, k, 0] = tCcC[2 * k][0]
-                out[t, k, 1] = tCcC[2 * k][1]
-                out[t, k, 2] = pair_address(tCsC, k, swizzle)
+            written = tiled_mma_dq.get_slice(t).partition_C(cute.make_identity_tensor(shape))
+            read = post.thr_mma(t).partition_C(cute.make_identity_tensor(shape))
+            groups = cute.size(written) // GROUP
+            for e in cutlass.range(cute.size(written), unroll_full=True):
+                out[t, e, 0] = written[e][0]
+                out[t, e, 1] = written[e][1]
+                out[t, e, 2] = packed_offset(t // 128, e // GROUP, t % 128, groups) + e % GROUP
+                out[t, e, 3] = read[e][0]
+                out[t, e, 4] = read[e][1]
 
     return probe
 
 
-def _wavefronts(addresses: torch.Tensor) -> int:
-    """Shared-memory wavefronts one warp's 8-byte stores to these byte addresses take: the most distinct 4-byte words
-    any bank serves (the floor for 32 x 8 bytes is 2)."""
-    words = torch.cat([addresses // 4, addresses // 4 + 1])
-    return max(len(set(words[(words % 32) == bank].tolist())) for bank in range(32))
-
-
 @pytest.mark.parametrize("d, tile_m", [(64, 64), (64, 128), (96, 64), (128, 64), (192, 64), (256, 64)])
-def test_dq_staging_lands_where_the_swizzled_tma_reduce_reads_without_bank_conflicts(d, tile_m):
-    """Each accumulator pair of dQ goes to the byte address a TMA box with 128- (64-) byte swizzle reads its (row,
-    column) from: the warpgroup's half after the other's, boxes of 32 (16) columns one after the other, 16-byte
-    chunks XORed with the row. Every pair once, and each warp's store takes the minimum two wavefronts (without the
-    swizzle: 8)."""
+def test_dq_tiles_are_packed_in_register_order_and_read_back_where_they_belong(d, tile_m):
+    """dQaccum's (tile_m, d) tiles (and the bulk reduce-add's smem staging) keep the dQ accumulators in register
+    order: element 4g + j of thread 128 wg + lane at float 4 (128 (wg groups + g) + lane) + j. Every element of the
+    tile once; each group 16 aligned bytes and a warp's 32 groups 512 contiguous bytes (one 16-byte store or vector
+    atomic each, no bank conflicts, whole sectors); and the postprocess thread that loads an offset puts it at the
+    (row, column) the main kernel's thread computed there."""
     from cutlass.cute.runtime import from_dlpack
 
-    cfg = bwd.choose_config(torch.bfloat16, d, d, False, True, dq_tma_reduce=True, tile_m=tile_m)
-    kernel = cfg.make_kernel()
-    assert kernel.dq_tma_reduce and kernel.tile_m == tile_m
-    pairs = tile_m * d // 2 // 256
-    out = torch.zeros(256, pairs, 3, dtype=torch.int32)
-    cute.compile(_dq_staging_probe(kernel), from_dlpack(out), options="--gpu-arch sm_90a")(from_dlpack(out))
-    row, col, addr = out[..., 0].long(), out[..., 1].long(), out[..., 2].long()
-    assert (col % 2 == 0).all() and (addr % 8 == 0).all()
-    half = d // 2
-    box = 32 if (half * 4) % 128 == 0 else 16  # floats per swizzled row: 128- or 64-byte swizzle
-    bits = 3 if box == 32 else 2
-    wg, c = col // half, col % half
-    plain = wg * tile_m * half * 4 + (c // box) * tile_m * box * 4 + row * box * 4 + (c % box) * 4
-    expected = plain ^ (((plain >> 7) & ((1 << bits) - 1)) << 4)
-    assert torch.equal(addr, expected)
-    assert len(set(addr.flatten().tolist())) == tile_m * d // 2
-    for warp in range(8):
-        lanes = slice(32 * warp, 32 * (warp + 1))
-        for k in range(pairs):
-            assert _wavefronts(addr[lanes, k]) == 2, (warp, k)
-            assert _wavefronts(plain[lanes, k]) >= 4  # what the swizzle is for
+    cfg = bwd.choose_config(torch.bfloat16, d, d, False, True, tile_m=tile_m)
+    assert cfg.dq_packed
+    main = cfg.make_kernel()
+    post = bwd.BwdPostprocessConfig("bf16", d, tile_m=tile_m).make_kernel()
+    assert main.tile_m == post.tile_m == tile_m
+    per_thread = tile_m * d // 256
+    out = torch.zeros(256, per_thread, 5, dtype=torch.int32)
+    cute.compile(_dq_packing_probe(main, post), from_dlpack(out), options="--gpu-arch sm_90a")(from_dlpack(out))
+    row, col, offset = out[..., 0].long(), out[..., 1].long(), out[..., 2].long()
+    assert torch.equal(out[..., 3:5], out[..., 0:2]), "the postprocess reads an element back at another (row, col)"
+    assert sorted((row * d + col).flatten().tolist()) == list(range(tile_m * d)), "every (row, col) once"
+    assert sorted(offset.flatten().tolist()) == list(range(tile_m * d)), "every offset of the tile once"
+    groups = offset.view(256, per_thread // 4, 4)
+    assert (groups[..., 0] % 4 == 0).all() and torch.equal(groups - groups[..., :1], torch.arange(4).expand_as(groups))
+    starts = groups[..., 0].view(8, 32, -1)  # (warp, lane, group)
+    assert torch.equal(starts - starts[:, :1], 4 * torch.arange(32).view(1, 32, 1).expand_as(starts))
+    # the warpgroups' halves one after the other: each reduce-add is one contiguous range
+    assert (offset[:128] < tile_m * d // 2).all() and (offset[128:] >= tile_m * d // 2).all()
+
+
+def test_every_shipped_backward_has_its_postprocess_shipped():
+    """The launcher reads dQaccum back with BwdPostprocessConfig(dtype, d, arch, tile_m, dq_packed): precompile must
+    build that one for every shipped main config (the packed and the (row, column) layouts differ)."""
+    shipped = set(bwd.shipped_configs("sm_90a"))
+    for cfg in shipped:
+        if isinstance(cfg, bwd.BwdConfig):
+            post = bwd.BwdPostprocessConfig(cfg.dtype, cfg.head_dim, cfg.arch, cfg.tile_m, cfg.dq_packed)
+            assert post in shipped, (cfg, post)
+    unpacked = [c for c in shipped if isinstance(c, bwd.BwdConfig) and not c.dq_packed]
+    assert unpacked and all(c.bias_rank and not c.bias_mma and not c.dq_tma_reduce for c in unpacked)
 
 
 def test_dq_reduce_add_can_be_switched_off(monkeypatch):

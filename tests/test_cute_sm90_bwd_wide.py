@@ -85,7 +85,7 @@ def test_wide_config_compiles_to_clean_sass(cache_dir, kw):
     sass = precompile.sass_of(bwd.cache().cubin(cfg))
     counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0 and counts["MUFU.EX2"] > 0, counts
-    assert ("UTMAREDG" in sass) == cfg.dq_tma_reduce
+    assert ("UBLKRED" in sass) == cfg.dq_tma_reduce
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
 
 

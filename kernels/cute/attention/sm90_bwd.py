@@ -9,9 +9,11 @@ extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the ex
 gradients computed in float32
 from a float32 copy of dS in smem by every consumer thread while the dQ and dK wgmmas run, and added
 with atomics.
-dQ reaches its float32 buffer by one TMA reduce-add per warpgroup (the launcher's default where the
-staging buffer costs no pipeline stage), by atomics, or in a deterministic mode where key blocks add
-their dQ and query-factor partials in a fixed order.
+dQ reaches its float32 buffer by one bulk reduce-add (TMA, no tensor map) per warpgroup from smem (the
+launcher's default where the staging buffer costs no pipeline stage), by vector atomics, or in a
+deterministic mode where key blocks add their dQ and query-factor partials in a fixed order. Either way
+dQaccum's (tile_m, d) tiles keep the dQ accumulators in register order, as FA3's do (common/packed.py):
+16-byte stores and atomics at fixed offsets, no address arithmetic on rows and columns.
 Not supported: varlen, dropout, a gradient for lse.
 
 Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90.__call__``):
@@ -23,7 +25,8 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
                  dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
                  consumer warpgroups split along d; dQ is added to a float32 buffer.
-    postprocess  dq = dQaccum * softmax_scale, converted to the input dtype.
+    postprocess  dq = dQaccum * softmax_scale, converted to the input dtype, each packed element put
+                 back at the (row, column) of the dQ MMA's C partition.
 
 CTA layout of the main kernel (3 warpgroups):
     WG0      producer: warp 0 issues the TMA loads of K, V (once), the key bias factors (once
@@ -55,10 +58,9 @@ from ..common.layouts import (
     acc_view_as_operand_a,
     acc_view_mn,
     store_acc_pairs,
-    store_acc_pairs_swizzled,
-    swizzle_params,
 )
 from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_acc_f32, red_add_f32
+from ..common.packed import load_packed, red_add_packed, store_packed
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
 from ..common.tile_scheduler import PersistentTileScheduler
@@ -175,17 +177,34 @@ class AttentionBwdPreprocessSm90(AttentionBwdBase):
                 mDpsum[batch, head, row] = acc
 
 
-class AttentionBwdPostprocessSm90(AttentionBwdBase):
-    """dq = dQaccum[:, :, :s_q] * softmax_scale in the input dtype; 128 threads per 64 rows."""
+def dq_tiled_mma(dtype: type[cutlass.Numeric], head_dim: int) -> cute.TiledMma:
+    """dQ = dS K: the warpgroups side by side along d (d / 2 columns each), dS read query-contiguous (MN-major A),
+    K^T MN-major. Its C partition is also how the postprocess reads dQaccum's packed tiles back."""
+    return sm90.make_tiled_mma(
+        dtype, "MN", "MN", head_dim // NUM_MMA_WARPGROUPS, num_warpgroups=NUM_MMA_WARPGROUPS, warpgroups_along_n=True
+    )
 
-    tile_m = 64
-    num_threads = 128
-    chunk = 8
+
+class AttentionBwdPostprocessSm90(AttentionBwdBase):
+    """dq = dQaccum * softmax_scale in the input dtype. dQaccum's (tile_m, d) tiles are packed in the register
+    order of the main kernel's dQ accumulators (common/packed.py): each of the 256 threads here loads what the
+    thread of the same index there added (16-byte loads, a warp's 512 bytes contiguous) and stores it at the
+    (row, column) the dQ MMA's C partition gives, two columns per 4-byte store."""
+
+    num_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
+
+    def __init__(self, dtype: type[cutlass.Numeric], head_dim: int, tile_m: int = 64, packed: bool = True):
+        super().__init__(dtype, head_dim, head_dim)
+        if tile_m not in (64, 128):
+            raise ValueError(f"tile_m must be 64 or 128, got {tile_m}")
+        self.tile_m = tile_m
+        # False: dQaccum by (row, column) (AttentionBwdSm90.packs_dq), read 8 contiguous floats at a time
+        self.packed = packed
 
     @cute.jit
     def __call__(
         self,
-        mdQaccum: cute.Tensor,  # (b, h, s_q_pad, d) float32
+        mdQaccum: cute.Tensor,  # (b, h, s_q_pad, d) float32, contiguous; (tile_m, d) tiles packed
         mdQ: cute.Tensor,  # (b, s_q, h, d)
         softmax_scale: Float32,
         stream: cuda.CUstream,
@@ -197,17 +216,38 @@ class AttentionBwdPostprocessSm90(AttentionBwdBase):
     def kernel(self, mdQaccum: cute.Tensor, mdQ: cute.Tensor, softmax_scale: Float32):
         tidx, _, _ = cute.arch.thread_idx()
         m_block, head, batch = cute.arch.block_idx()
-        seqlen_q = mdQ.shape[1]
-        chunks_per_row = self.head_dim // self.chunk
-        num_chunks = self.tile_m * chunks_per_row
-        for p in cutlass.range_constexpr(num_chunks // self.num_threads):
-            idx = tidx + p * self.num_threads
-            row = m_block * self.tile_m + idx // chunks_per_row
-            col_chunk = idx % chunks_per_row
-            if row < seqlen_q:
-                src = cute.local_tile(mdQaccum[batch, head, row, None], (self.chunk,), (col_chunk,))
-                dst = cute.local_tile(mdQ[batch, row, head, None], (self.chunk,), (col_chunk,))
-                dst.store((src.load() * softmax_scale).to(self.dtype))
+        if const_expr(self.packed):
+            self.convert_packed(mdQaccum, mdQ, softmax_scale, tidx, m_block, head, batch)
+        else:
+            seqlen_q = mdQ.shape[1]
+            chunk = 8
+            chunks_per_row = self.head_dim // chunk
+            for p in cutlass.range_constexpr(self.tile_m * chunks_per_row // self.num_threads):
+                idx = tidx + p * self.num_threads
+                row = m_block * self.tile_m + idx // chunks_per_row
+                if row < seqlen_q:
+                    src = cute.local_tile(mdQaccum[batch, head, row, None], (chunk,), (idx % chunks_per_row,))
+                    dst = cute.local_tile(mdQ[batch, row, head, None], (chunk,), (idx % chunks_per_row,))
+                    dst.store((src.load() * softmax_scale).to(self.dtype))
+
+    @cute.jit
+    def convert_packed(
+        self, mdQaccum: cute.Tensor, mdQ: cute.Tensor, softmax_scale: Float32, tidx: Int32, m_block, head, batch
+    ) -> None:
+        shape = (self.tile_m, self.head_dim)
+        thr_mma = self.thr_mma(tidx)
+        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C(shape), Float32)
+        tile = cute.local_tile(mdQaccum[batch, head, None, None], shape, (m_block, 0)).iterator
+        load_packed(tile, acc, tidx // WARPGROUP_THREADS, tidx % WARPGROUP_THREADS)
+        rdQ = cute.make_rmem_tensor_like(acc, self.dtype)
+        rdQ.store((acc.load() * softmax_scale).to(self.dtype))
+        gdQ = cute.local_tile(mdQ[batch, None, head, None], shape, (m_block, 0))
+        tdQcdQ = thr_mma.partition_C(cute.make_identity_tensor(shape))
+        store_acc_pairs(rdQ, thr_mma.partition_C(gdQ), tdQcdQ, mdQ.shape[1] - m_block * self.tile_m)
+
+    def thr_mma(self, tidx):
+        """The main kernel's dQ MMA as thread ``tidx`` of its consumer warpgroups holds it."""
+        return dq_tiled_mma(self.dtype, self.head_dim).get_slice(tidx)
 
 
 class AttentionBwdSm90(AttentionBwdBase):
@@ -262,7 +302,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         # factors in the input dtype: S^T's bias term as wgmma k16 slices (the factor gradients still take
         # float32 FMAs, reading the 16-bit factors exactly); otherwise float32 factors and FMAs
         self.bias_mma = bias_mma and bias_rank > 0
-        # dQ partial -> smem -> one TMA reduce-add per warpgroup, instead of per-element atomics
+        # dQ partial -> smem -> one bulk reduce-add per warpgroup, instead of vector atomics
         self.dq_tma_reduce = dq_tma_reduce
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
@@ -295,12 +335,25 @@ class AttentionBwdSm90(AttentionBwdBase):
     def has_bias(self) -> bool:
         return self.bias_rank > 0
 
+    @staticmethod
+    def packs_dq(dq_tma_reduce: bool, bias_rank: int, bias_mma: bool, head_dim: int, head_dim_v: int) -> bool:
+        """dQaccum's (tile_m, d) tiles in the dQ accumulators' register order (common/packed.py; the postprocess
+        must know). The float32-factor kernels above d = 64 that add dQ by atomics keep the (row, column) layout:
+        the packed tile's per-thread offset, held across the loop, spilled their registers (ranks 48 and 64 at
+        d = 128); the (row, column) addresses are recomputed from the tensor's runtime row stride instead."""
+        starved = bias_rank > 0 and not bias_mma and max(head_dim, head_dim_v) > 64
+        return dq_tma_reduce or not starved
+
+    @property
+    def dq_packed(self) -> bool:
+        return self.packs_dq(self.dq_tma_reduce, self.bias_rank, self.bias_mma, self.head_dim, self.head_dim_v)
+
     @property
     def ds_stmatrix(self) -> bool:
         """dS^T / P^T reach smem by stmatrix (``make_ds_store``): 13% fewer instructions per query block at d = 128.
-        Its loop-invariant row addresses cost registers that the factor-bias kernels above d = 64 and the 128-row
-        tiles do not have (they spilled); those keep the 4-byte stores at the accumulator's own addresses."""
-        return self.tile_m == 64 and not (self.has_bias and max(self.head_dim, self.head_dim_v) > 64)
+        Its loop-invariant row addresses cost registers that the factor-bias kernels above d = 64 do not have (they
+        spilled); those keep the 4-byte stores at the accumulator's own addresses."""
+        return not (self.has_bias and max(self.head_dim, self.head_dim_v) > 64)
 
     @property
     def fma_bias(self) -> bool:
@@ -340,7 +393,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             (bias_elem * stages * tm * rank if self.has_bias else 0, 1024),  # sQf
             (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
             (4 * (tn * (tm + 4) - 4) if self.has_bias else 0, 128),  # sdSf: (tn, tm) rows padded by 4
-            (4 * tm * d if self.dq_tma_reduce else 0, 1024),  # sdQ
+            (4 * tm * d if self.dq_tma_reduce else 0, 128),  # sdQ
         ]
         offset = 0
         for size, align in members:
@@ -428,17 +481,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         # (b, h, s, d) -> (s, d, h, b)
         mdQaccum = cute.make_tensor(mdQaccum.iterator, cute.select(mdQaccum.layout, mode=[2, 3, 1, 0]))
         sdQ_layout = self.sdq_layout()
-        tma_atom_dQ = None
-        dq_elems = 0
-        if const_expr(self.dq_tma_reduce):
-            tma_atom_dQ, mdQaccum = cpasync.make_tiled_tma_atom(
-                cpasync.CopyReduceBulkTensorTileS2GOp(),
-                mdQaccum,
-                _smem_layout(Float32, tm, self.dq_cols, None, self.dq_cols),
-                (tm, self.dq_cols),
-            )
-            dq_elems = cute.cosize(sdQ_layout)
-            self.sdq_swizzle = swizzle_params(sdQ_layout.inner)
+        dq_elems = cute.cosize(sdQ_layout) if const_expr(self.dq_tma_reduce) else 0
         bias_elems_q = cute.cosize(sQf_layout) if const_expr(self.has_bias) else 0
         bias_elems_k = cute.cosize(sKf_layout) if const_expr(self.has_bias) else 0
         ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.has_bias) else 0
@@ -460,7 +503,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sQf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_q], 1024]
             sKf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_k], 1024]
             sdSf: cute.struct.Align[cute.struct.MemRange[Float32, ds_f32_elems], 128]
-            sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 1024]
+            sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 128]
 
         self.shared_storage = SharedStorage
         if const_expr(self.has_bias):
@@ -474,7 +517,6 @@ class AttentionBwdSm90(AttentionBwdBase):
             tma_Q, tma_K, tma_V, tma_dO, tma_Qf, tma_Kf, tma_LSE2, tma_Dpsum,
             mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
             tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf, tma_atom_LSE2, tma_atom_Dpsum,
-            tma_atom_dQ,
             tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq,
             sQ_layout, sK_layout, sV_layout, sdO_layout, sdS_layout, sQf_layout, sKf_layout, sdSf_layout,
             sStat_layout, sdQ_layout,
@@ -508,7 +550,6 @@ class AttentionBwdSm90(AttentionBwdBase):
         tma_atom_Kf: cute.CopyAtom | None,
         tma_atom_LSE2: cute.CopyAtom,
         tma_atom_Dpsum: cute.CopyAtom,
-        tma_atom_dQ: cute.CopyAtom | None,
         tiled_mma_sdp: cute.TiledMma,
         tiled_mma_dv: cute.TiledMma,
         tiled_mma_dk: cute.TiledMma,
@@ -522,7 +563,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sKf_layout: cute.Layout | cute.ComposedLayout,
         sdSf_layout: cute.Layout,
         sStat_layout: cute.Layout,
-        sdQ_layout: cute.ComposedLayout,
+        sdQ_layout: cute.Layout,
         softmax_scale_log2: Float32,
         softmax_scale: Float32,
         window_left: Int32,
@@ -534,7 +575,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         tidx, _, _ = cute.arch.thread_idx()
         if warp_idx == WARP_ROLES.load[0]:
             atoms = (tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf)
-            for atom in (*atoms, tma_atom_LSE2, tma_atom_Dpsum, tma_atom_dQ):
+            for atom in (*atoms, tma_atom_LSE2, tma_atom_Dpsum):
                 if const_expr(atom is not None):
                     cpasync.prefetch_descriptor(atom)
 
@@ -571,7 +612,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sdSf = storage.sdSf.get_tensor(sdSf_layout)
         sdQ = None
         if const_expr(self.dq_tma_reduce):
-            sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
+            sdQ = storage.sdQ.get_tensor(sdQ_layout)
 
         schedule = self.make_schedule(mK.shape[0], mK.shape[2] * head_splits, mK.shape[3], heads_per_section)
         n_block, split_head, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
@@ -598,7 +639,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             self.mma(
                 tidx - WARPGROUP_THREADS,
                 mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
-                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, tma_atom_dQ,
+                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ,
                 tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
                 n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
@@ -609,12 +650,10 @@ class AttentionBwdSm90(AttentionBwdBase):
         accumulator's layout as stored, and the MN-major A operand of dQ = dS K."""
         return _smem_layout(self.dtype, self.tile_n, self.tile_m, self.ds_stages, self.tile_m)
 
-    def sdq_layout(self) -> cute.ComposedLayout:
-        """The dQ staging buffer of the TMA reduce-add, float32 (tile_m, d): the warpgroups' (tile_m, d / 2) halves
-        one after the other, swizzled like the MMA operands (16-byte chunks of a row XORed with the row) so that
-        the 8 rows of an accumulator store instruction land on different banks (unswizzled, their 128- or
-        256-byte row stride put all 8 on the same ones). The TMA descriptor takes the swizzle."""
-        return _smem_layout(Float32, self.tile_m, self.head_dim, None, self.dq_cols)
+    def sdq_layout(self) -> cute.Layout:
+        """The dQ staging buffer of the bulk reduce-add: the float32 (tile_m, d) tile packed in the accumulators'
+        register order (common/packed.py), the warpgroups' halves one after the other, like dQaccum's tiles."""
+        return cute.make_layout(self.tile_m * self.head_dim)
 
     def make_tiled_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma, cute.TiledMma, cute.TiledMma]:
         """The wgmmas of S^T / dP^T, dV, dK and dQ, with the warpgroups' share of each."""
@@ -637,9 +676,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             # dV += P^T dO, dK += dS^T Q: A from registers, B = dO / Q read MN-major
             dv = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim_v, a_in_regs=True, num_warpgroups=nwg)
             dk = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim, a_in_regs=True, num_warpgroups=nwg)
-        # dQ = dS K: warpgroups side by side along d; dS is stored query-contiguous (MN-major A)
-        dq = sm90.make_tiled_mma(self.dtype, "MN", "MN", self.dq_cols, num_warpgroups=nwg, warpgroups_along_n=True)
-        return sdp, dv, dk, dq
+        return sdp, dv, dk, dq_tiled_mma(self.dtype, self.head_dim)
 
     def make_ds_store(self, tiled_mma_sdp: cute.TiledMma, tidx) -> tuple[cute.CopyAtom, cute.TiledCopy]:
         """The copy of an S^T-shaped register tile (dS^T, P^T) into its swizzled smem tile: stmatrix, one 16x16
@@ -824,8 +861,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sdSf: cute.Tensor | None,
         sLSE2: cute.Tensor,  # (tile_m, stages) float32
         sDpsum: cute.Tensor,  # (tile_m, stages) float32
-        sdQ: cute.Tensor | None,  # (tile_m, d) float32, swizzled: the warpgroups' halves one after the other
-        tma_atom_dQ: cute.CopyAtom | None,
+        sdQ: cute.Tensor | None,  # (tile_m * d,) float32, packed: the warpgroups' halves one after the other
         tiled_mma_sdp: cute.TiledMma,
         tiled_mma_dv: cute.TiledMma,
         tiled_mma_dk: cute.TiledMma,
@@ -850,8 +886,9 @@ class AttentionBwdSm90(AttentionBwdBase):
     ):
         tm, tn, d, dv = self.tile_m, self.tile_n, self.head_dim, self.head_dim_v
         wg_idx = cute.arch.make_warp_uniform(tidx // WARPGROUP_THREADS)
-        # the warp of each warpgroup that issues its dQ reduce-add (a whole warp: see sm90.in_first_warp)
-        is_dq_warp = sm90.in_first_warp(tidx, WARPGROUP_THREADS)
+        # the thread of each warpgroup that issues (commits, waits for) its dQ bulk reduce-add
+        lane = tidx % WARPGROUP_THREADS
+        is_dq_thread = lane == 0
         # smem operand descriptors are per warpgroup; C partitions per thread
         wg_mma_sdp = tiled_mma_sdp.get_slice(wg_idx * WARPGROUP_THREADS)
         wg_mma_dv = tiled_mma_dv.get_slice(wg_idx * WARPGROUP_THREADS)
@@ -1021,15 +1058,14 @@ class AttentionBwdSm90(AttentionBwdBase):
                     self.dq_turn_begin(
                         sem_ptr, n_block - self.first_n_block(row_start, seqlen_q, seqlen_k, window_left), tidx
                     )
-                # 6. dQaccum += dQ
+                # 6. dQaccum += dQ, its (tile_m, d) tile packed in register order (common/packed.py) or by (row, col)
+                gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
                 if const_expr(self.dq_tma_reduce):
-                    self.store_dq_tma(
-                        acc_dQ, sdQ, tiled_mma_dq, tidx, tma_atom_dQ, mdQaccum, wg_idx, is_dq_warp, m_block, head, batch
-                    )
+                    self.store_dq_bulk(acc_dQ, sdQ, gdQ.iterator, wg_idx, lane, is_dq_thread)
+                elif const_expr(self.dq_packed):
+                    red_add_packed(gdQ.iterator, acc_dQ, wg_idx, lane)
                 else:
-                    gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
-                    tdQgdQ = thr_mma_dq.partition_C(gdQ)
-                    red_add_acc_f32(tdQgdQ, acc_dQ)
+                    red_add_acc_f32(thr_mma_dq.partition_C(gdQ), acc_dQ)
 
                 # 7. every thread is done with the float32 dS and the query factors: release Q's stage
                 if const_expr(self.has_bias):
@@ -1052,7 +1088,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 kf_state = kf_state
         pipeline_kv.consumer_release(kv_state)
         if const_expr(self.dq_tma_reduce):
-            if is_dq_warp:
+            if is_dq_thread:
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
 
         # 8. epilogue: dK * softmax_scale and dV to the input dtype, rows past seqlen_k dropped; with
@@ -1128,41 +1164,29 @@ class AttentionBwdSm90(AttentionBwdBase):
             cute.arch.red(sem_ptr, Int32(1), op="add", dtype=Int32, sem="release", scope="gpu")
 
     @cute.jit
-    def store_dq_tma(
+    def store_dq_bulk(
         self,
         acc_dQ: cute.Tensor,
-        sdQ: cute.Tensor,  # (tile_m, d) float32, swizzled: the warpgroups' halves one after the other
-        tiled_mma_dq: cute.TiledMma,
-        tidx: Int32,
-        tma_atom_dQ: cute.CopyAtom,
-        mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) TMA coordinates
+        sdQ: cute.Tensor,  # (tile_m * d,) float32, packed: the warpgroups' halves one after the other
+        gdQ: cute.Pointer,  # this query block's packed (tile_m, d) tile of dQaccum
         wg_idx: Int32,
-        is_leader: cutlass.Boolean,  # this thread is in the warpgroup's first warp: it issues the reduce-add
-        m_block: Int32,
-        head: Int32,
-        batch: Int32,
+        lane: Int32,
+        is_leader: cutlass.Boolean,  # the warpgroup's thread that issues the reduce-add
     ) -> None:
-        """This warpgroup's dQ columns -> its smem buffer -> TMA reduce-add into dQaccum."""
+        """This warpgroup's dQ columns -> its half of the packed smem tile (a 16-byte store per 4 elements, a warp's
+        512 bytes contiguous) -> one bulk reduce-add into the same half of dQaccum's tile."""
         barrier = NamedBarrierBwd.EpilogueWG1 + wg_idx
         if is_leader:
             # the previous reduce must have finished reading the buffer
             cute.arch.cp_async_bulk_wait_group(0, read=True)
         barrier_sync(barrier, WARPGROUP_THREADS)
-        # two adjacent columns per 8-byte st.shared at their swizzled address (the offsets from an unswizzled view)
-        plain = cute.make_tensor(
-            cute.make_ptr(Float32, sdQ.iterator.toint(), cute.AddressSpace.smem, assumed_align=1024), sdQ.layout
-        )
-        store_acc_pairs_swizzled(acc_dQ, tiled_mma_dq.get_slice(tidx).partition_C(plain), self.sdq_swizzle)
-        # generic-proxy smem writes must be visible to the TMA (async proxy)
+        store_packed(sdQ.iterator, acc_dQ, wg_idx, lane)
+        # generic-proxy smem writes must be visible to the bulk copy (async proxy)
         cute.arch.fence_view_async_shared()
         barrier_sync(barrier, WARPGROUP_THREADS)
         if is_leader:
-            sdQ_wg = cute.local_tile(sdQ, (self.tile_m, self.dq_cols), (0, wg_idx))
-            gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (self.tile_m, self.dq_cols), (m_block, wg_idx))
-            tdQsdQ, tdQgdQ = cpasync.tma_partition(
-                tma_atom_dQ, 0, cute.make_layout(1), cute.group_modes(sdQ_wg, 0, 2), cute.group_modes(gdQ, 0, 2)
-            )
-            cute.copy(tma_atom_dQ, tdQsdQ, tdQgdQ)
+            half = self.tile_m * self.dq_cols
+            sm90.bulk_reduce_add_f32(gdQ + wg_idx * half, sdQ.iterator + wg_idx * half, 4 * half)
             cute.arch.cp_async_bulk_commit_group()
 
     @cute.jit

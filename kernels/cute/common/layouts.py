@@ -5,11 +5,9 @@ two rows eight apart, N/8 column groups. Each thread therefore owns ``2 * MMA_M`
 the three other lanes of its quad.
 """
 
-import re
-
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, Int32, const_expr
+from cutlass import Int32, const_expr
 
 
 def acc_layout_mn(acc_layout: cute.Layout) -> cute.Layout:
@@ -54,48 +52,6 @@ def acc_layout_as_operand_a(acc_layout: cute.Layout) -> cute.Layout:
 
 def acc_view_as_operand_a(acc: cute.Tensor) -> cute.Tensor:
     return cute.make_tensor(acc.iterator, acc_layout_as_operand_a(acc.layout))
-
-
-def swizzle_params(swizzle) -> tuple[int, int, int]:
-    """(bits, base, shift) of a static ``cute.Swizzle`` S<bits, base, shift>, as it prints."""
-    bits, base, shift = (int(x) for x in re.findall(r"-?\d+", str(swizzle)))
-    return bits, base, shift
-
-
-@cute.jit
-def swizzled_address(
-    addr: Int32, bits: cutlass.Constexpr[int], base: cutlass.Constexpr[int], shift: cutlass.Constexpr[int]
-) -> Int32:
-    """The shared-memory byte address that S<bits, base, shift> (on byte addresses, as TMA and wgmma swizzle a
-    buffer aligned to the swizzle's period) maps ``addr`` to: the ``bits`` bits at ``base + shift`` XORed into those
-    at ``base``."""
-    mask = ((1 << bits) - 1) << (base + shift)
-    return addr ^ ((addr & mask) >> shift)
-
-
-@cute.jit
-def store_acc_pairs_swizzled(
-    acc: cute.Tensor,  # a float32 wgmma accumulator fragment ((2, 2, N / 8), MMA_M, MMA_N)
-    tCsC: cute.Tensor,  # its C partition of an unswizzled view of the smem buffer (addresses before the swizzle)
-    swizzle: tuple,  # (bits, base, shift) of the buffer's byte-address swizzle
-) -> None:
-    """acc -> a swizzled smem buffer, the two adjacent columns of each accumulator pair in one 8-byte st.shared
-    (the DSL stores to a swizzled tensor one element at a time). A pair never straddles a 16-byte swizzle chunk:
-    it starts at an even column of an 8-byte aligned row."""
-    assert const_expr(acc.layout.shape[0][0] == 2 and tCsC.layout.stride[0][0] == 1), "pairs must be contiguous"
-    pair = cute.make_rmem_tensor((2,), Float32)
-    for k in cutlass.range_constexpr(cute.size(acc) // 2):
-        pair[0] = acc[2 * k]
-        pair[1] = acc[2 * k + 1]
-        dst = cute.make_ptr(Float32, pair_address(tCsC, k, swizzle), cute.AddressSpace.smem, assumed_align=8)
-        cute.autovec_copy(pair, cute.make_tensor(dst, cute.make_layout(2)))
-
-
-@cute.jit
-def pair_address(tCsC: cute.Tensor, k: cutlass.Constexpr[int], swizzle: tuple) -> Int32:
-    """The swizzled smem byte address of accumulator pair ``k`` (elements 2k, 2k + 1) of the C partition ``tCsC``."""
-    bits, base, shift = swizzle
-    return swizzled_address((tCsC.iterator + cute.crd2idx(2 * k, tCsC.layout)).toint(), bits, base, shift)
 
 
 @cute.jit

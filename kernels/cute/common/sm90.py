@@ -6,7 +6,9 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import Float32, Int32, const_expr
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import warpgroup
+from cutlass.cutlass_dsl import dsl_user_op
 from cutlass.tensor_utils import LayoutEnum
 
 
@@ -86,3 +88,19 @@ def gemm(
     warpgroup.commit_group()
     if const_expr(wg_wait >= 0):
         warpgroup.wait_group(wg_wait)
+
+
+@dsl_user_op
+def bulk_reduce_add_f32(gmem: cute.Pointer, smem: cute.Pointer, num_bytes: int, *, loc=None, ip=None) -> None:
+    """gmem[0 : num_bytes] += smem[0 : num_bytes] (float32, both 16-byte aligned, a multiple of 16 bytes) by one
+    bulk (not tensor) reduce-add of the issuing thread, in its bulk group: commit and wait as for TMA stores.
+    The DSL has the tensor-map form only; this one needs no descriptor and no swizzle."""
+    llvm.inline_asm(
+        None,
+        [gmem.llvm_ptr, smem.toint(loc=loc, ip=ip).ir_value(), Int32(num_bytes).ir_value()],
+        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;",
+        "l,r,r",
+        has_side_effects=True,
+        is_align_stack=False,
+        asm_dialect=llvm.AsmDialect.AD_ATT,
+    )

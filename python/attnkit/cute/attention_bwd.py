@@ -74,8 +74,8 @@ class BwdConfig:
     bias_rank: int = 0  # padded: a multiple of 4 (float32 factors) or 16 (bias_mma); 0 = no bias
     bias_mma: bool = False  # factors in the input dtype: S^T's bias term on the tensor cores
     num_stages: int = 2
-    # dQ: False = float32 atomics from registers; True = smem + one TMA reduce-add per warpgroup (the default
-    # where it costs no pipeline stage; not measured yet, bench_variants compares them)
+    # dQ: False = float32 vector atomics from registers; True = smem + one bulk (TMA) reduce-add per warpgroup (the
+    # default where it costs no pipeline stage; not measured yet, bench_variants compares them)
     dq_tma_reduce: bool = False
     # dQ (and the query-factor gradients) added in a fixed key-block order: bitwise reproducible
     deterministic: bool = False
@@ -88,6 +88,15 @@ class BwdConfig:
     # query rows per step of the key block's loop
     tile_m: int = 64
     arch: str = "sm_90a"
+
+    @property
+    def dq_packed(self) -> bool:
+        """dQaccum's tiles in the main kernel's register order (else by row and column): its postprocess must know."""
+        from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
+
+        return AttentionBwdSm90.packs_dq(
+            self.dq_tma_reduce, self.bias_rank, self.bias_mma, self.head_dim, self.head_dim_v
+        )
 
     def make_kernel(self):
         from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdSm90
@@ -127,11 +136,15 @@ class BwdPostprocessConfig:
     dtype: str
     head_dim: int
     arch: str = "sm_90a"
+    # the main kernel's query rows per step: dQaccum's tiles are packed in its accumulators' register order
+    tile_m: int = 64
+    # False: the main kernel added dQ by (row, column) (BwdConfig.dq_packed)
+    packed: bool = True
 
     def make_kernel(self):
         from attnkit.kernels.cute.attention.sm90_bwd import AttentionBwdPostprocessSm90
 
-        return AttentionBwdPostprocessSm90(_cutlass_dtype(self.dtype), self.head_dim, self.head_dim)
+        return AttentionBwdPostprocessSm90(_cutlass_dtype(self.dtype), self.head_dim, self.tile_m, self.packed)
 
 
 def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
@@ -294,6 +307,10 @@ def shipped_configs(arch: str = "sm_90a") -> list:
         for head_dim in (64, 96, 128, 192, 256):
             configs.append(BwdPreprocessConfig(name, head_dim, arch))
             configs.append(BwdPostprocessConfig(name, head_dim, arch))
+            if head_dim > 64:  # the float32-factor kernels that add dQ by (row, column) (BwdConfig.dq_packed)
+                configs.append(BwdPostprocessConfig(name, head_dim, arch, packed=False))
+        # the 128-row steps (d <= 64) pack dQaccum's tiles 128 rows at a time
+        configs.append(BwdPostprocessConfig(name, 64, arch, tile_m=128))
     return configs
 
 
@@ -523,7 +540,7 @@ def attention_bwd(
 
     pre = compile_config(BwdPreprocessConfig(cfg.dtype, head_dim_v, cfg.arch))
     main = compile_config(cfg)
-    post = compile_config(BwdPostprocessConfig(cfg.dtype, head_dim, cfg.arch))
+    post = compile_config(BwdPostprocessConfig(cfg.dtype, head_dim, cfg.arch, cfg.tile_m, cfg.dq_packed))
 
     dev = q.device
     q, k, v, dout, out = (tma_ready(t) for t in (q, k, v, dout, out))
@@ -533,6 +550,7 @@ def attention_bwd(
     sq_pad, sk_pad = _round_up(seqlen_q, SEQ_PAD), _round_up(seqlen_k, SEQ_PAD)
     lse2 = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
     dpsum = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
+    # contiguous: each (tile_m, d) tile is tile_m * d consecutive floats, packed in the dQ accumulators' order
     dq_accum = torch.zeros(batch, num_heads, sq_pad, head_dim, dtype=torch.float32, device=dev)
     qf = kf = dqf_accum = dkf_accum = None
     if rank:
