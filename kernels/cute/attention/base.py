@@ -21,7 +21,7 @@ import cutlass.cute as cute
 from cutlass import Float32, Int32, const_expr
 
 from ..common.layouts import acc_view_mn
-from ..common.lowrank import LOG2_E, add_lowrank_fma
+from ..common.lowrank import add_lowrank_fma
 from ..common.mask import AttentionMask
 from ..common.softmax import OnlineSoftmax
 from ..common.tile_scheduler import PersistentTileScheduler
@@ -137,12 +137,11 @@ class AttentionFwdBase:
         )
 
     def make_softmax(self, scale_log2: Float32, num_rows: int) -> OnlineSoftmax:
-        # With a bias the scale is folded into the scores before the bias is added: they reach
-        # the softmax in natural units (wgmma bias) or already in log2 units (float32 bias).
+        # The float32 bias folds the scale into the scores before adding the bias: they reach the softmax in
+        # log2 units. The wgmma bias divides its product by the scale instead: the accumulator keeps the
+        # units of the scores without a bias.
         score_scale = scale_log2
-        if const_expr(self.bias_mma):
-            score_scale = Float32(LOG2_E)
-        elif const_expr(self.has_bias):
+        if const_expr(self.has_bias and not self.bias_mma):
             score_scale = Float32(1.0)
         return OnlineSoftmax(
             score_scale,

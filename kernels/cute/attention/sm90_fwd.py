@@ -533,11 +533,13 @@ class AttentionFwdSm90(AttentionFwdBase):
                     acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
                     pipeline_k.consumer_wait(kv_state)
                     self.scheduler_sync(wg_idx)
-                    sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True, -1)
+                    self.issue_scores(
+                        acc_S, tSrQ, tSrK, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2
+                    )
                     self.scheduler_arrive(wg_idx)
                     warpgroup.wait_group(0)
                     self.score_epilogue(
-                        acc_S, tScS, bias_a, bias_b, kv_state.index, tiled_mma_qk, mask, row_start,
+                        acc_S, tScS, bias_a, bias_b, kv_state.index, mask, row_start,
                         wg_row_start, wg_row_end, n_block, softmax_scale_log2,
                     )  # fmt: skip
                     pipeline_k.consumer_release(kv_state)
@@ -636,11 +638,11 @@ class AttentionFwdSm90(AttentionFwdBase):
             acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
             pipeline_k.consumer_wait(kv_state)
             self.scheduler_sync(wg_idx)
-            sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True, -1)
+            self.issue_scores(acc_S, tSrQ, tSrK, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
             self.scheduler_arrive(wg_idx)
             warpgroup.wait_group(0)
             self.score_epilogue(
-                acc_S, tScS, bias_a, bias_b, kv_state.index, tiled_mma_qk, mask, row_start,
+                acc_S, tScS, bias_a, bias_b, kv_state.index, mask, row_start,
                 wg_row_start, wg_row_end, n_max - 1, softmax_scale_log2,
             )  # fmt: skip
             pipeline_k.consumer_release(kv_state)
@@ -660,8 +662,8 @@ class AttentionFwdSm90(AttentionFwdBase):
                 # S(j) done; PV(j-1) may still run
                 warpgroup.wait_group(1)
                 self.score_epilogue(
-                    acc_S, tScS, bias_a, bias_b, kv_state.index, tiled_mma_qk, mask, row_start,
-                    wg_row_start, wg_row_end, n_max - 1 - j, softmax_scale_log2, bias_in_acc=True,
+                    acc_S, tScS, bias_a, bias_b, kv_state.index, mask, row_start,
+                    wg_row_start, wg_row_end, n_max - 1 - j, softmax_scale_log2,
                 )  # fmt: skip
                 pipeline_k.consumer_release(kv_state)
                 row_scale = softmax.step(acc_S, is_first=False)
@@ -697,7 +699,8 @@ class AttentionFwdSm90(AttentionFwdBase):
     ) -> None:
         """Issue S = Q K^T, left in flight. With the wgmma bias, Qf Kf^T goes first, alone in flight (every
         earlier wgmma has retired), and is divided by the softmax scale: the scores accumulate onto it, so
-        ``scale * acc`` is ``scale * Q K^T + Qf Kf^T`` and no wgmma has to wait for a P V still running."""
+        ``scale * acc`` is ``scale * Q K^T + Qf Kf^T``, the softmax takes the accumulator in the same units as
+        without a bias (one multiply per score, not two), and no wgmma has to wait for a P V still running."""
         if const_expr(self.bias_mma):
             sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], True, 0)
             acc_S.store(acc_S.load() * (Float32(1.0) / (softmax_scale_log2 * LN2)))
@@ -713,25 +716,16 @@ class AttentionFwdSm90(AttentionFwdBase):
         bias_a: cute.Tensor | None,  # sQf, or its wgmma A descriptors (bias_mma)
         bias_b: cute.Tensor | None,  # sKf, or its wgmma B descriptors (bias_mma)
         stage: Int32,
-        tiled_mma_qk: cute.TiledMma,
         mask,
         row_start: Int32,
         wg_row_start: Int32,
         wg_row_end: Int32,
         n_block: Int32,
         softmax_scale_log2: Float32,
-        bias_in_acc: cutlass.Constexpr[bool] = False,
     ) -> None:
-        """Bias (if any) and boundary-tile mask on S, before the K stage (holding Kf) is released.
-
-        wgmma bias: S <- scale * S, then (unless ``issue_scores`` already put it in the accumulator)
-        S += Qf Kf^T as one more wgmma group, waited for at once: only where no P V is in flight.
-        """
-        if const_expr(self.bias_mma):
-            acc_S.store(acc_S.load() * (softmax_scale_log2 * LN2))
-            if const_expr(not bias_in_acc):
-                sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], False, 0)
-        elif const_expr(self.has_bias):
+        """Float32 bias (if any) and boundary-tile mask on S, before the K stage (holding Kf) is released (the
+        wgmma bias is already in the accumulator: ``issue_scores``)."""
+        if const_expr(self.has_bias and not self.bias_mma):
             self.add_lowrank_bias(acc_S, tScS, bias_a, bias_b[None, None, stage], softmax_scale_log2)
         if mask.tile_needs_mask(wg_row_start, wg_row_end, n_block):
             mask.apply(acc_S, tScS, row_start, n_block)
