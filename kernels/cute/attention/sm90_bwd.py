@@ -1309,13 +1309,15 @@ class AttentionBwdSm90(AttentionBwdBase):
         length = self.tile_n // self.dqf_split
         num_q_items = (self.tile_m // 4) * r4 * self.dqf_split
         is_query = item < num_q_items
-        split = self.dkf_split
+        # each kind divides by its own compile-time split (a runtime choice between the two was an integer
+        # division in the loop)
         local = item - num_q_items
+        blk = local // self.dkf_split
+        slice_start = (local % self.dkf_split) * length
         if is_query:
-            split = self.dqf_split
-            local = item
-        blk = local // split
-        return is_query, (blk // r4) * 4, (blk % r4) * 4, (local % split) * length
+            blk = item // self.dqf_split
+            slice_start = (item % self.dqf_split) * length
+        return is_query, (blk // r4) * 4, (blk % r4) * 4, slice_start
 
     @cute.jit
     def add_block(
