@@ -180,12 +180,61 @@ def test_backward_sections_hold_the_query_side_of_whole_kv_heads():
 
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128])
-@pytest.mark.parametrize("rank, bias_mma", [(32, True), (48, True), (64, True), (4, False), (48, False), (64, False)])
+@pytest.mark.parametrize(
+    "rank, bias_mma", [(16, True), (32, True), (48, True), (64, True), (4, False), (48, False), (64, False)]
+)
 def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias_mma):
     cfg = bwd.choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=rank, bias_mma=bias_mma)
     bwd.compile_config(cfg)
-    counts = precompile.sass_summary(precompile.sass_of(bwd.cache().cubin(cfg)))
+    sass = precompile.sass_of(bwd.cache().cubin(cfg))
+    counts = precompile.sass_summary(sass)
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    # rank 16 in the input dtype: the factor gradients as 64 x 16 wgmmas, no float32 dS copy to loop over
+    assert ("HGMMA.64x16x16" in sass) == cfg.make_kernel().tc_factor_grads == (rank == 16 and bias_mma)
+
+
+def _factor_mma_probe(kernel):
+    from attnkit.kernels.cute.attention.sm90_bwd import FACTOR_CHUNK
+
+    @cute.jit
+    def probe(dkf: cute.Tensor, dqf: cute.Tensor):  # (256, n, 2) int32 each: -1 where a thread adds nothing
+        tiled_dkf, tiled_dqf = kernel.make_factor_mmas()
+        both_dkf, dqf_wg = kernel.factor_chunk_wgs(0)
+        for t in cutlass.range(256):
+            wg, lane = t // 128, t % 128
+            adds_dkf = both_dkf or wg == 1 - dqf_wg
+            thr_dkf = tiled_dkf.get_slice(t if both_dkf else lane)
+            c_dkf = thr_dkf.partition_C(cute.make_identity_tensor((kernel.tile_n, FACTOR_CHUNK)))
+            c_dqf = tiled_dqf.get_slice(lane).partition_C(cute.make_identity_tensor((kernel.tile_m, FACTOR_CHUNK)))
+            for e in cutlass.range(cute.size(c_dkf), unroll_full=True):
+                dkf[t, e, 0] = c_dkf[e][0] if adds_dkf else -1
+                dkf[t, e, 1] = c_dkf[e][1] if adds_dkf else -1
+            for e in cutlass.range(cute.size(c_dqf), unroll_full=True):
+                dqf[t, e, 0] = c_dqf[e][0] if wg == dqf_wg else -1
+                dqf[t, e, 1] = c_dqf[e][1] if wg == dqf_wg else -1
+
+    return probe
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_tensor_core_factor_gradients_add_every_element_once(head_dim):
+    """dKf = dS^T Qf and dQf = dS Kf of a factor chunk leave the wgmma accumulators of the warpgroups that
+    factor_chunk_wgs names (both for dKf's key rows, or one with dkv_split_d; one for dQf) and are added from
+    there: across those threads every (row, factor column) of the chunk once, none by the others."""
+    from attnkit.kernels.cute.attention.sm90_bwd import FACTOR_CHUNK
+    from cutlass.cute.runtime import from_dlpack
+
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True, bias_rank=16, bias_mma=True)
+    assert kernel.tc_factor_grads
+    both_dkf, dqf_wg = kernel.factor_chunk_wgs(0)
+    dkf_rows = kernel.tile_n if both_dkf else 64
+    dkf = torch.zeros(256, dkf_rows * FACTOR_CHUNK // (256 if both_dkf else 128), 2, dtype=torch.int32)
+    dqf = torch.zeros(256, kernel.tile_m * FACTOR_CHUNK // 128, 2, dtype=torch.int32)
+    args = (from_dlpack(dkf), from_dlpack(dqf))
+    cute.compile(_factor_mma_probe(kernel), *args, options="--gpu-arch sm_90a")(*args)
+    for out, rows in ((dkf, kernel.tile_n), (dqf, kernel.tile_m)):
+        added = [tuple(x) for x in out.reshape(-1, 2).tolist() if x[0] >= 0]
+        assert sorted(added) == [(r, c) for r in range(rows) for c in range(FACTOR_CHUNK)]
 
 
 def test_config_choice():

@@ -5,10 +5,10 @@ zero-fills the tails, stores are predicated); causal (bottom-right) and sliding 
 tiles; GQA/MQA (one CTA walks every query head of its K/V head, so dK/dV stay in registers; with
 ``split_heads``, for grids smaller than the GPU, several CTAs share a group and add float32 dK/dV); the
 low-rank logit bias ``qf @ kf.T`` (float32 factors in float32 FMAs; factors in the input dtype as
-extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the exp2), with the factor
-gradients computed in float32
-from a float32 copy of dS in smem by every consumer thread while the dQ and dK wgmmas run, and added
-with atomics.
+extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the exp2). The factor gradients
+are added with atomics: float32 factors' computed in float32 from a float32 copy of dS in smem by every
+consumer thread while the dQ and dK wgmmas run; 16-bit factors' on the tensor cores from the dS that dQ
+and dK take (``make_factor_mmas``).
 dQ reaches its float32 buffer by one bulk reduce-add (TMA, no tensor map) per warpgroup from smem (the
 launcher's default where the staging buffer costs no pipeline stage), by vector atomics, or in a
 deterministic mode where key blocks add their dQ and query-factor partials in a fixed order. Either way
@@ -102,6 +102,10 @@ def _smem_layout(dtype, rows: int, cols: int, stages: int | None, major_size: in
     )
     shape = (rows, cols) if stages is None else (rows, cols, stages)
     return cute.tile_to_shape(atom, shape, order=(0, 1) if stages is None else (0, 1, 2))
+
+
+# factor columns per tensor-core factor-gradient wgmma (AttentionBwdSm90.make_factor_mmas): one 32-byte swizzle atom
+FACTOR_CHUNK = 16
 
 
 class AttentionBwdBase:
@@ -361,6 +365,19 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.has_bias and not self.bias_mma
 
     @property
+    def tc_factor_grads(self) -> bool:
+        """The factor gradients on the tensor cores (``make_factor_mmas``): 16-bit factors of rank <= FACTOR_CHUNK
+        (above d = 128 choose_config pads rank 16 to 32). Wider ones spilled at d = 128 (ranks 32 and 64: 24 and
+        38 local-memory accesses in chunks, 163 at rank 64 in one piece) and keep the float32 path
+        (``factor_grads``) for now."""
+        return self.bias_mma and self.bias_rank <= FACTOR_CHUNK
+
+    @property
+    def fma_factor_grads(self) -> bool:
+        """The factor gradients in float32 FMAs from a float32 copy of dS (``factor_grads``)."""
+        return self.has_bias and not self.tc_factor_grads
+
+    @property
     def late_dp(self) -> bool:
         """dP^T issued after the bias FMAs of step 2 instead of under them: float32 factors at d = 128, where
         the FMAs with dP^T's accumulators in flight spill registers (compile test)."""
@@ -392,7 +409,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             (4 * tm * stages, 128),  # sDpsum
             (bias_elem * stages * tm * rank if self.has_bias else 0, 1024),  # sQf
             (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
-            (4 * (tn * (tm + 4) - 4) if self.has_bias else 0, 128),  # sdSf: (tn, tm) rows padded by 4
+            (4 * (tn * (tm + 4) - 4) if self.fma_factor_grads else 0, 128),  # sdSf: (tn, tm) rows padded by 4
             (4 * tm * d if self.dq_tma_reduce else 0, 128),  # sdQ
         ]
         offset = 0
@@ -461,6 +478,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         rank = max(self.bias_rank, 4)
         if const_expr(self.bias_mma):
             # wgmma operands of S^T's bias slices, swizzled like Q and K
+            # with tc_factor_grads (rank 16) one 32-byte swizzle atom wide: also the factor gradients' MN-major B
             sQf_layout = sm90.make_smem_layout(self.dtype, tm, rank, self.num_stages)
             sKf_layout = sm90.make_smem_layout(self.dtype, tn, rank)
         else:
@@ -484,7 +502,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         dq_elems = cute.cosize(sdQ_layout) if const_expr(self.dq_tma_reduce) else 0
         bias_elems_q = cute.cosize(sQf_layout) if const_expr(self.has_bias) else 0
         bias_elems_k = cute.cosize(sKf_layout) if const_expr(self.has_bias) else 0
-        ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.has_bias) else 0
+        ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.fma_factor_grads) else 0
         p_elems = cute.cosize(sdS_layout) if const_expr(self.dkv_split_d) else 0
 
         @cute.struct
@@ -608,7 +626,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         elif const_expr(self.has_bias):
             sQf = storage.sQf.get_tensor(sQf_layout)
             sKf = storage.sKf.get_tensor(sKf_layout)
-        if const_expr(self.has_bias):
+        if const_expr(self.fma_factor_grads):
             sdSf = storage.sdSf.get_tensor(sdSf_layout)
         sdQ = None
         if const_expr(self.dq_tma_reduce):
@@ -677,6 +695,37 @@ class AttentionBwdSm90(AttentionBwdBase):
             dv = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim_v, a_in_regs=True, num_warpgroups=nwg)
             dk = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim, a_in_regs=True, num_warpgroups=nwg)
         return sdp, dv, dk, dq_tiled_mma(self.dtype, self.head_dim)
+
+    def make_factor_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma]:
+        """The wgmma bias's factor gradients on the tensor cores, from the 16-bit dS that dK and dQ take, both A
+        operands from smem, issued once dQ's registers are free and FACTOR_CHUNK factor columns at a time (one
+        chunk's accumulators per thread at most): dKf = dS^T Qf
+        (each warpgroup its 64 key rows; with dkv_split_d one warpgroup) and dQf = dS Kf (one warpgroup: 64
+        query rows). B = Qf^T / Kf^T chunks, (FACTOR_CHUNK, rows) MN-major views of the factor tiles the S^T
+        bias slices read K-major. Each query block's products go to the float32 buffers by atomics."""
+        nwg = 1 if const_expr(self.dkv_split_d) else NUM_MMA_WARPGROUPS
+        return (
+            sm90.make_tiled_mma(self.dtype, "K", "MN", FACTOR_CHUNK, num_warpgroups=nwg),
+            sm90.make_tiled_mma(self.dtype, "MN", "MN", FACTOR_CHUNK),
+        )
+
+    def factor_chunk_operands(self, wg_mma_dkf, wg_mma_dqf, sQf: cute.Tensor, sKf: cute.Tensor) -> tuple[list, list]:
+        """The B operands of each factor column chunk: Qf^T (.., stages) for dKf, Kf^T for dQf."""
+        chunks = range(self.bias_rank // FACTOR_CHUNK)
+        qf = [cute.local_tile(sQf, (self.tile_m, FACTOR_CHUNK, self.num_stages), (0, c, 0)) for c in chunks]
+        kf = [cute.local_tile(sKf, (self.tile_n, FACTOR_CHUNK), (0, c)) for c in chunks]
+        return (
+            [wg_mma_dkf.make_fragment_B(wg_mma_dkf.partition_B(_transpose_view(t))) for t in qf],
+            [wg_mma_dqf.make_fragment_B(wg_mma_dqf.partition_B(_transpose_view(t))) for t in kf],
+        )
+
+    def factor_chunk_wgs(self, chunk: int) -> tuple[bool, int]:
+        """(both warpgroups take dKf, the warpgroup that takes dQf) for factor column chunk ``chunk``: each takes
+        its own key rows of dKf and they take dQf in turn; with dkv_split_d the first takes dKf, the second dQf
+        (so that no thread holds more than two chunks' accumulators)."""
+        if const_expr(self.dkv_split_d):
+            return False, 1
+        return True, chunk % NUM_MMA_WARPGROUPS
 
     def make_ds_store(self, tiled_mma_sdp: cute.TiledMma, tidx) -> tuple[cute.CopyAtom, cute.TiledCopy]:
         """The copy of an S^T-shaped register tile (dS^T, P^T) into its swizzled smem tile: stmatrix, one 16x16
@@ -931,13 +980,32 @@ class AttentionBwdSm90(AttentionBwdBase):
         tdQrKt = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sK)))
         acc_shape_dQ = thr_mma_dq.partition_shape_C((tm, d))
         tSsdSf = None
-        if const_expr(self.has_bias):
+        if const_expr(self.fma_factor_grads):
             tSsdSf = thr_mma_sdp.partition_C(sdSf)
         # the bias slices of S^T = K Q^T + Kf Qf^T: A = Kf, B = Qf, K-major like K and Q
         tSrKf, tSrQf = None, None
+        # and the factor gradients dKf += dS^T Qf, dQf = dS Kf (make_factor_mmas)
+        tiled_mma_dkf, tiled_mma_dqf, thr_mma_dkf, thr_mma_dqf = None, None, None, None
+        tdKfrdS, tdKfrQf, tdQfrdS, tdQfrKf, acc_shape_dKf, acc_shape_dQf = None, [], None, [], None, None
         if const_expr(self.bias_mma):
             tSrKf = wg_mma_sdp.make_fragment_A(wg_mma_sdp.partition_A(sKf))
             tSrQf = wg_mma_sdp.make_fragment_B(wg_mma_sdp.partition_B(sQf))
+        if const_expr(self.tc_factor_grads):
+            tiled_mma_dkf, tiled_mma_dqf = self.make_factor_mmas()
+            if const_expr(self.dkv_split_d):
+                # the first warpgroup's: the others' slices would alias it (lane, not tidx)
+                thr_mma_dkf = tiled_mma_dkf.get_slice(lane)
+                wg_mma_dkf = tiled_mma_dkf.get_slice(0)
+            else:
+                thr_mma_dkf = tiled_mma_dkf.get_slice(tidx)
+                wg_mma_dkf = tiled_mma_dkf.get_slice(wg_idx * WARPGROUP_THREADS)
+            tdKfrdS = wg_mma_dkf.make_fragment_A(wg_mma_dkf.partition_A(sdS))
+            acc_shape_dKf = thr_mma_dkf.partition_shape_C((tn, FACTOR_CHUNK))
+            thr_mma_dqf = tiled_mma_dqf.get_slice(lane)
+            wg_mma_dqf = tiled_mma_dqf.get_slice(0)
+            tdQfrdS = wg_mma_dqf.make_fragment_A(wg_mma_dqf.partition_A(_transpose_view(sdS)))
+            acc_shape_dQf = thr_mma_dqf.partition_shape_C((tm, FACTOR_CHUNK))
+            tdKfrQf, tdQfrKf = self.factor_chunk_operands(wg_mma_dkf, wg_mma_dqf, sQf, sKf)
 
         acc_dK.fill(0.0)
         acc_dV.fill(0.0)
@@ -991,7 +1059,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 tile = (row_start, key_start, seqlen_q, seqlen_k, window_left, window_right)
                 if self.tile_needs_mask(*tile):
                     self.zero_invisible(acc_S, tScS, *tile)
-                if const_expr(self.ds_stages == 1 and not (self.has_bias or self.deterministic)):
+                if const_expr(self.ds_stages == 1 and not (self.fma_factor_grads or self.deterministic)):
                     # one buffer: both warpgroups' wgmmas of the previous query block must be done with it (with a
                     # bias or in deterministic mode, BiasGradsDone / DqTurn after every wait_group(0) see to that)
                     barrier_sync(BwdBarrier.PdSEmpty, self.num_mma_threads)
@@ -1016,7 +1084,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 if const_expr(not self.dkv_split_d):
                     tdKrdS.store(acc_view_as_operand_a(rdS).load())
                 self.store_ds(smem_copy_dS, smem_thr_copy_dS, rdS, tSsdS[None, None, None, ds_stage])
-                if const_expr(self.has_bias):
+                if const_expr(self.fma_factor_grads):
                     cute.autovec_copy(acc_dP, tSsdSf)
 
                 # 4. dV += P^T dO (P^T from registers: before the barrier; from smem: after it, which makes
@@ -1043,7 +1111,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                     )  # fmt: skip
                 else:
                     sm90.gemm(tiled_mma_dk, acc_dK, tdKrdS, tdKrQt[None, None, None, stage], False, -1)
-                if const_expr(self.has_bias and not self.deterministic):
+                if const_expr(self.fma_factor_grads and not self.deterministic):
                     self.factor_grads(
                         tidx, sdSf, sQf[None, None, stage], sKf,
                         mdQf[None, None, head, batch], mdKf[None, None, head, batch], row_start, key_start,
@@ -1066,9 +1134,35 @@ class AttentionBwdSm90(AttentionBwdBase):
                     red_add_packed(gdQ.iterator, acc_dQ, wg_idx, lane)
                 else:
                     red_add_acc_f32(thr_mma_dq.partition_C(gdQ), acc_dQ)
+                if const_expr(self.tc_factor_grads):
+                    # the factor gradients once dQ's registers are free: dS^T and dS from smem (this stage is not
+                    # written again before both warpgroups pass the next query block's PdS barrier), Qf from
+                    # the Q stage, released after them
+                    for c in cutlass.range_constexpr(self.bias_rank // FACTOR_CHUNK):
+                        both_dkf, dqf_wg = self.factor_chunk_wgs(c)
+                        acc_dQf = cute.make_rmem_tensor(acc_shape_dQf, Float32)
+                        acc_dKf = cute.make_rmem_tensor(acc_shape_dKf, Float32)
+                        if const_expr(both_dkf):
+                            sm90.gemm(
+                                tiled_mma_dkf, acc_dKf, tdKfrdS[None, None, None, ds_stage],
+                                tdKfrQf[c][None, None, None, stage], True, -1,
+                            )  # fmt: skip
+                        elif wg_idx == 1 - dqf_wg:
+                            sm90.gemm(
+                                tiled_mma_dkf, acc_dKf, tdKfrdS[None, None, None, ds_stage],
+                                tdKfrQf[c][None, None, None, stage], True, -1,
+                            )  # fmt: skip
+                        if wg_idx == dqf_wg:
+                            sm90.gemm(tiled_mma_dqf, acc_dQf, tdQfrdS[None, None, None, ds_stage], tdQfrKf[c], True, -1)
+                        warpgroup.wait_group(0)
+                        self.add_factor_grads_tc(
+                            acc_dQf, acc_dKf, thr_mma_dqf, thr_mma_dkf, mdQf[None, None, head, batch],
+                            mdKf[None, None, head, batch], m_block, n_block, wg_idx, c,
+                        )  # fmt: skip
+                    pipeline_q.consumer_release(q_state)
 
                 # 7. every thread is done with the float32 dS and the query factors: release Q's stage
-                if const_expr(self.has_bias):
+                if const_expr(self.fma_factor_grads):
                     if const_expr(self.deterministic):
                         self.factor_grads(
                             tidx, sdSf, sQf[None, None, stage], sKf,
@@ -1162,6 +1256,40 @@ class AttentionBwdSm90(AttentionBwdBase):
         barrier_sync(BwdBarrier.DqTurn, self.num_mma_threads)
         if tidx == 0:
             cute.arch.red(sem_ptr, Int32(1), op="add", dtype=Int32, sem="release", scope="gpu")
+
+    @cute.jit
+    def add_factor_grads_tc(
+        self,
+        acc_dQf: cute.Tensor,  # this query block's dQf = dS Kf (the first warpgroup's)
+        acc_dKf: cute.Tensor,  # its dKf = dS^T Qf (each warpgroup's key rows; the first's alone with dkv_split_d)
+        thr_mma_dqf,
+        thr_mma_dkf,
+        gdQf: cute.Tensor,  # (s_q_pad, r) float32 of this (batch, query head)
+        gdKf: cute.Tensor,  # (s_k_pad, r) float32 of this (batch, query head)
+        m_block: Int32,
+        n_block: Int32,
+        wg_idx: Int32,
+        chunk: cutlass.Constexpr[int],
+    ) -> None:
+        """Factor column chunk ``chunk`` of one query block's tensor-core factor gradients into their float32
+        buffers (two columns per atomic; padding rows carry dS = 0), by the warpgroups that computed it."""
+        both_dkf, dqf_wg = self.factor_chunk_wgs(chunk)
+        tile_dKf = self.factor_chunk_tile(gdKf, self.tile_n, n_block, chunk)
+        if const_expr(both_dkf):
+            red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf)
+        elif wg_idx == 1 - dqf_wg:
+            red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf)
+        if wg_idx == dqf_wg:
+            tile_dQf = self.factor_chunk_tile(gdQf, self.tile_m, m_block, chunk)
+            red_add_acc_f32(thr_mma_dqf.partition_C(tile_dQf), acc_dQf)
+
+    def factor_chunk_tile(self, grad: cute.Tensor, rows: int, block: Int32, chunk: int) -> cute.Tensor:
+        """Rows [block * rows, (block + 1) * rows) and factor columns of ``chunk`` of a (s_pad, r) float32 gradient
+        buffer, with its row stride r made static (the launcher's buffers are contiguous): the per-thread offsets
+        of every chunk then differ by constants, one register for all of them instead of one per chunk."""
+        r = self.bias_rank
+        origin = cute.local_tile(grad, (rows, r), (block, 0)).iterator + chunk * FACTOR_CHUNK
+        return cute.make_tensor(origin, cute.make_layout((rows, FACTOR_CHUNK), stride=(r, 1)))
 
     @cute.jit
     def store_dq_bulk(
@@ -1309,15 +1437,13 @@ class AttentionBwdSm90(AttentionBwdBase):
         length = self.tile_n // self.dqf_split
         num_q_items = (self.tile_m // 4) * r4 * self.dqf_split
         is_query = item < num_q_items
-        # each kind divides by its own compile-time split (a runtime choice between the two was an integer
-        # division in the loop)
+        split = self.dkf_split
         local = item - num_q_items
-        blk = local // self.dkf_split
-        slice_start = (local % self.dkf_split) * length
         if is_query:
-            blk = item // self.dqf_split
-            slice_start = (item % self.dqf_split) * length
-        return is_query, (blk // r4) * 4, (blk % r4) * 4, slice_start
+            split = self.dqf_split
+            local = item
+        blk = local // split
+        return is_query, (blk // r4) * 4, (blk % r4) * 4, (local % split) * length
 
     @cute.jit
     def add_block(

@@ -259,6 +259,10 @@ def _choose_config(
         tile_m=tile_m,
         arch=arch,
     )
+    if cfg.bias_mma and cfg.dq_tma_reduce and max(head_dim, head_dim_v) > 64:
+        # the tensor-core factor gradients beside the reduce-add's staging spill a few registers with two Q / dO
+        # stages at d = 128 (compile test); with one they do not (and the default takes the atomics instead)
+        cfg = dataclasses.replace(cfg, num_stages=1)
     # what does not fit gives up, in this order, the second P^T / dS^T buffer (an extra barrier per query
     # block) and then the second Q / dO stage (the loads no longer overlap the compute)
     while cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
