@@ -56,7 +56,7 @@ record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 # A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.
 # The groups run at once, each in its own process under its own timeout (small shapes: the GPU has room for all,
 # and a hung kernel only slows the others down); their logs are then read in this order.
-groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd-reduce cute-bwd cute-bwd-wide triton)
+groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-bwd-reduce cute-bwd cute-bwd-wide cute-bwd-bias-tc triton)
 pytest_ignore=()
 skip_backends=()
 sanitizer_flags=()
@@ -85,12 +85,14 @@ for group in "${groups[@]}"; do
     esac
     # a wrong or hanging CuTe kernel: no timing of it, no sanitizer run through it (the wide heads are not
     # benchmarked: only their sanitizer cases go; a failing backward leaves the forward timed; without the 192-row
-    # forward tiles or the dQ reduce-add the rest runs on 128-row tiles and dQ atomics)
+    # forward tiles, the dQ reduce-add or the tensor-core factor gradients the rest runs on 128-row tiles, dQ
+    # atomics and float32 factor gradients)
     case $group in
       triton) skip_backends+=(triton) ;;
       cute-bwd-wide | cute-fwd-wide) sanitizer_flags+=(--no-wide) ;;
       cute-fwd-192) export ATTNKIT_SM90_FWD_192_ROWS=0 ;;
       cute-bwd-reduce) export ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 ;;
+      cute-bwd-bias-tc) export ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0 ;;
       cute-bwd)
         skip_backends+=(cute-bwd)
         sanitizer_flags+=(--no-cute-bwd)

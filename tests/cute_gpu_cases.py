@@ -175,7 +175,11 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
     for b, _sq, sk, h, hkv, d, wl, wr, rank in BWD_CASES:
         for dtype, mode in BWD_MODES:
             flags = DQ_FLAGS[mode]
-            found.append(bwd.config_for(dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0])
+            # and, where the 16-bit factors' gradients take the tensor cores, the float32 twin that gpu_check's
+            # ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0 runs
+            for tc in (True, False):
+                args = (dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count)
+                found.append(bwd.config_for(*args, **flags, tc_factor_grads=tc)[0])
     # the launcher's default dQ mode, and under gpu_check's ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 (and in the smoke groups
     # that pin it) the atomics
     default_modes = ("default", "atomics")

@@ -46,13 +46,15 @@ def test_every_group_has_cases():
         "cute-bwd",
         "cute-bwd-reduce",
         "cute-bwd-wide",
+        "cute-bwd-bias-tc",
         "triton",
     }
     assert all(gpu_smoke.GROUPS.values())
 
 
 @pytest.mark.parametrize(
-    "group", ["cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-reduce", "cute-bwd-wide"]
+    "group",
+    ["cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-reduce", "cute-bwd-wide", "cute-bwd-bias-tc"],
 )
 def test_smoke_configs_are_precompiled(monkeypatch, group):
     """gpu_check compiles on every core before the smoke runs; a case outside that set compiles serially there."""
@@ -65,7 +67,7 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
     built = precompile.configs_of(mod, "sm_90a", variants=True, cases=cases)
     if group == "cute-fwd":
         monkeypatch.setenv(attention_fwd.WIDE_TILE_ENV, "0")
-    if group in ("cute-bwd", "cute-bwd-wide"):
+    if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):
         monkeypatch.setenv(attention_bwd.DQ_TMA_REDUCE_ENV, "0")
     for name, run in gpu_smoke.GROUPS[group].items():
         cfg = run.config()
@@ -74,8 +76,15 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.num_mma_warpgroups == 3, name
         if group == "cute-bwd-reduce":
             assert cfg.dq_tma_reduce, name
-        if group in ("cute-bwd", "cute-bwd-wide"):
+        if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):
             assert not cfg.dq_tma_reduce, name
+        if group == "cute-bwd-bias-tc":
+            assert cfg.make_kernel().tc_factor_grads, name
+            # and its float32 twin, which the group's failure leaves the rest of the run on
+            monkeypatch.setenv(attention_bwd.TC_FACTOR_GRADS_ENV, "0")
+            twin = run.config()
+            monkeypatch.delenv(attention_bwd.TC_FACTOR_GRADS_ENV)
+            assert not twin.make_kernel().tc_factor_grads and twin in built, f"{group}: {name}: {twin}"
 
 
 def test_gpu_check_smokes_every_group():

@@ -273,6 +273,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         tile_n: int | None = None,
         ds_stages: int = 2,
         tile_m: int = 64,
+        tc_factor_grads: bool = True,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step: 64, or 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half the steps)
@@ -291,6 +292,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         if ds_stages not in (1, 2):
             raise ValueError(f"ds_stages must be 1 or 2, got {ds_stages}")
         self.ds_stages = ds_stages
+        # False: the 16-bit factors' gradients in float32 FMAs as well (``tc_factor_grads``)
+        self.allow_tc_factor_grads = tc_factor_grads
         if deterministic and dq_tma_reduce:
             raise ValueError("the deterministic mode orders the dQ atomics; it excludes dq_tma_reduce")
         if deterministic and split_heads:
@@ -370,7 +373,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         (above d = 128 choose_config pads rank 16 to 32). Wider ones spilled at d = 128 (ranks 32 and 64: 24 and
         38 local-memory accesses in chunks, 163 at rank 64 in one piece) and keep the float32 path
         (``factor_grads``) for now."""
-        return self.bias_mma and self.bias_rank <= FACTOR_CHUNK
+        return self.allow_tc_factor_grads and self.bias_mma and self.bias_rank <= FACTOR_CHUNK
 
     @property
     def fma_factor_grads(self) -> bool:

@@ -87,6 +87,9 @@ class BwdConfig:
     ds_stages: int = 2
     # query rows per step of the key block's loop
     tile_m: int = 64
+    # 16-bit factors of rank <= 16: their gradients on the tensor cores (False: float32 FMAs, the fallback of
+    # ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0); True wherever it makes no difference
+    tc_factor_grads: bool = True
     arch: str = "sm_90a"
 
     @property
@@ -116,6 +119,7 @@ class BwdConfig:
             tile_n=self.tile_n,
             ds_stages=self.ds_stages,
             tile_m=self.tile_m,
+            tc_factor_grads=self.tc_factor_grads,
         )
 
 
@@ -164,6 +168,15 @@ def _padded_rank(rank: int, bias_mma: bool = False, head_dim: int = 0) -> int:
 DQ_TMA_REDUCE_ENV = "ATTNKIT_SM90_BWD_DQ_TMA_REDUCE"
 
 
+# "0": the 16-bit factors' gradients in float32 FMAs instead of on the tensor cores (gpu_check's fallback when its
+# cute-bwd-bias-tc smoke group fails)
+TC_FACTOR_GRADS_ENV = "ATTNKIT_SM90_BWD_TC_FACTOR_GRADS"
+
+
+def tc_factor_grads_enabled() -> bool:
+    return os.environ.get(TC_FACTOR_GRADS_ENV, "1") != "0"
+
+
 def reduce_add_enabled() -> bool:
     """False under ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``: the default dQ mode is the atomics, and the benchmark
     variants and GPU tests leave the reduce-add out."""
@@ -183,14 +196,18 @@ def choose_config(
     split_heads: bool = False,
     bias_mma: bool = False,
     tile_m: int | None = None,
+    tc_factor_grads: bool | None = None,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
-    dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add)."""
+    dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add), and
+    ``ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0`` the default factor gradients float32 FMAs."""
     if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
         dq_tma_reduce = False
+    if tc_factor_grads is None:
+        tc_factor_grads = tc_factor_grads_enabled()
     return _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch, dq_tma_reduce, deterministic,
-        split_heads, bias_mma, tile_m,
+        split_heads, bias_mma, tile_m, tc_factor_grads,
     )  # fmt: skip
 
 
@@ -208,6 +225,7 @@ def _choose_config(
     split_heads: bool,
     bias_mma: bool,
     tile_m: int | None,
+    tc_factor_grads: bool,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
     warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic or its
@@ -216,7 +234,10 @@ def _choose_config(
     bias, dQ by TMA reduce-add: fp16 and dQ atomics spill a few registers at 128), else 64."""
     if dq_tma_reduce is None:
         args = (dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch)
-        flags = dict(deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma, tile_m=tile_m)
+        flags = dict(
+            deterministic=deterministic, split_heads=split_heads, bias_mma=bias_mma, tile_m=tile_m,
+            tc_factor_grads=tc_factor_grads,
+        )  # fmt: skip
         if tile_m == 128:  # only with the TMA reduce-add (dQ atomics spill at 128 rows)
             return choose_config(*args, dq_tma_reduce=True, **flags)
         atomics = choose_config(*args, dq_tma_reduce=False, **flags)
@@ -259,7 +280,10 @@ def _choose_config(
         tile_m=tile_m,
         arch=arch,
     )
-    if cfg.bias_mma and cfg.dq_tma_reduce and max(head_dim, head_dim_v) > 64:
+    if not tc_factor_grads and cfg.make_kernel().tc_factor_grads:
+        # False only where it decides something (one config, not two alike)
+        cfg = dataclasses.replace(cfg, tc_factor_grads=False)
+    if cfg.make_kernel().tc_factor_grads and cfg.dq_tma_reduce and max(head_dim, head_dim_v) > 64:
         # the tensor-core factor gradients beside the reduce-add's staging spill a few registers with two Q / dO
         # stages at d = 128 (compile test); with one they do not (and the default takes the atomics instead)
         cfg = dataclasses.replace(cfg, num_stages=1)
@@ -439,6 +463,7 @@ def config_for(
     dq_tma_reduce: bool | None = None,
     deterministic: bool = False,
     tile_m: int | None = None,
+    tc_factor_grads: bool | None = None,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
@@ -458,6 +483,7 @@ def config_for(
         split_heads=splits > 1,
         # learned factors in q's dtype go on the tensor cores (as in the forward); others in float32
         bias_mma=bias_rank > 0 and factors_in_input_dtype,
+        tc_factor_grads=tc_factor_grads,
     )
     return cfg, splits
 
