@@ -165,9 +165,6 @@ record benchmark "$rc" "budget ${budget} s"
 cp "$results"/summary.md "$results"/bench.png "$out"/ 2>/dev/null || true
 
 echo
-echo "gpu_check, ${SECONDS} s:"
-printf '  %s\n' "${summary[@]}"
-echo
 if [ -f "$results/summary.md" ]; then
   cat "$results/summary.md"
 else
@@ -175,4 +172,12 @@ else
   tail -n 40 "$out/bench.log"
   cat "$results"/{attention,variants,bias,lightning}.md 2>/dev/null
 fi
+# the logs as one archive (the device tool returns a limited number of files), the stage summary and the failed
+# tests last, where a truncated output still shows them
+failed_tests=$(grep -E "^(FAILED|ERROR) " "$out/tests.log" 2>/dev/null | cut -c1-240 | head -n 25)
+tar -czf "$out/logs.tar.gz" -C "$out" --remove-files $(cd "$out" && ls -- *.log) 2>/dev/null || true
+echo
+[ -n "$failed_tests" ] && printf 'failed GPU tests (first 25):\n%s\n' "$failed_tests"
+echo "gpu_check, ${SECONDS} s:"
+printf '  %s\n' "${summary[@]}"
 exit "$failed"

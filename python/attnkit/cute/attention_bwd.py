@@ -26,7 +26,7 @@ from ..broadcast import sum_to
 from .attention_fwd import _sm_count, _window_arg
 from .compile_cache import CompileCache
 from .schedule import section_heads
-from .tensors import prepare_factor, tma_ready
+from .tensors import prepare_factor, tma_ready, to_cute
 
 __all__ = [
     "BwdConfig",
@@ -424,9 +424,7 @@ def cache() -> CompileCache:
 
 
 def _to_cute(t: torch.Tensor):
-    from cutlass.cute.runtime import from_dlpack
-
-    return from_dlpack(t, assumed_align=16 if t.element_size() == 2 else 4).mark_layout_dynamic(leading_dim=t.dim() - 1)
+    return to_cute(t)
 
 
 def heads_per_section(

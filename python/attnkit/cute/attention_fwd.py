@@ -21,7 +21,7 @@ import torch
 
 from .compile_cache import CompileCache
 from .schedule import section_heads
-from .tensors import prepare_factor, tma_ready
+from .tensors import prepare_factor, tma_ready, to_cute
 
 __all__ = [
     "FwdConfig",
@@ -338,10 +338,7 @@ def cache() -> CompileCache:
 
 
 def _to_cute(t: torch.Tensor, align: int = 16):
-    """The runtime twin of the fake tensors: every extent and non-unit stride dynamic."""
-    from cutlass.cute.runtime import from_dlpack
-
-    return from_dlpack(t, assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
+    return to_cute(t, align)
 
 
 def _window_arg(window: int, seqlen_q: int, seqlen_k: int) -> int:

@@ -25,3 +25,14 @@ def prepare_factor(f: torch.Tensor, rank: int, dtype: torch.dtype) -> torch.Tens
     if f.shape[-1] != rank:
         f = torch.nn.functional.pad(f, (0, rank - f.shape[-1]))
     return tma_ready(f)
+
+
+def to_cute(t: torch.Tensor, align: int | None = None):
+    """The runtime twin of the launchers' fake tensors: every extent and non-unit stride dynamic, the base
+    ``align`` bytes aligned (16 for 16-bit data, else 4, by default). Detached: DLPack refuses tensors that
+    require grad, which the autograd ops hand their CuTe backend."""
+    from cutlass.cute.runtime import from_dlpack
+
+    if align is None:
+        align = 16 if t.element_size() == 2 else 4
+    return from_dlpack(t.detach(), assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
