@@ -73,7 +73,7 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     )
     fwd, bwd = bench_variants.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
     n = bench_variants.QUICK[0]
-    switches = ["default", "rescale every block", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
+    switches = ["default", "lazy rescale (threshold 8)", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
     tiles = ["default", "128 query rows per tile"]  # D = 64: the default takes 192
     assert calls == [
         (n, 1, False, 128, switches),
