@@ -8,6 +8,8 @@ softmax         online softmax in base 2 (lazy rescale threshold, FMA exp2 share
 fast_exp2       polynomial exp2 on the FMA pipe
 lowrank         float32 low-rank bias product added to a score accumulator in FMAs
 layouts         wgmma accumulator views: (row, col) and as the A operand of the next wgmma
-sm90            Hopper: warp roles and register budgets, tiled MMAs, swizzled smem layouts, wgmma discipline
+packed          float32 accumulator tiles kept in register order (16-byte stores, vector atomics, read back)
+sm90            Hopper: warp roles and register budgets, tiled MMAs, swizzled smem layouts, wgmma discipline,
+                the bulk (non-tensor) reduce-add
 dynamic         lets helper objects holding runtime values cross runtime control flow
 """
