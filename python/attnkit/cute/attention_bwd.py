@@ -423,10 +423,6 @@ def cache() -> CompileCache:
     return _CACHE
 
 
-def _to_cute(t: torch.Tensor):
-    return to_cute(t)
-
-
 def heads_per_section(
     seqlen_q: int, head_dim: int, head_dim_v: int, elem_bytes: int, group: int, num_bh_kv: int
 ) -> int:
@@ -583,15 +579,15 @@ def attention_bwd(
     qf = kf = dqf_accum = dkf_accum = None
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
-        qf = _to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
-        kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
+        qf = to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        kf = to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
         dqf_buf = torch.zeros(batch, num_heads, sq_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dkf_buf = torch.zeros(batch, num_heads, sk_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
-        dqf_accum, dkf_accum = _to_cute(dqf_buf), _to_cute(dkf_buf)
+        dqf_accum, dkf_accum = to_cute(dqf_buf), to_cute(dkf_buf)
     sem = None
     if deterministic:
         num_m_blocks = -(-seqlen_q // cfg.tile_m)
-        sem = _to_cute(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
+        sem = to_cute(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
     dk_out, dv_out = dk, dv
     if splits > 1:
         # the CTAs of one K/V head add their shares in float32; converted below
@@ -599,17 +595,17 @@ def attention_bwd(
         dv_out = torch.zeros(dv.shape, dtype=torch.float32, device=dev)
     stream = cuda.CUstream(torch.cuda.current_stream(dev).cuda_stream)
 
-    pre(_to_cute(out), _to_cute(dout), _to_cute(lse), _to_cute(lse2), _to_cute(dpsum), stream)
+    pre(to_cute(out), to_cute(dout), to_cute(lse), to_cute(lse2), to_cute(dpsum), stream)
     main(
-        _to_cute(q),
-        _to_cute(k),
-        _to_cute(v),
-        _to_cute(dout),
-        _to_cute(lse2),
-        _to_cute(dpsum),
-        _to_cute(dq_accum),
-        _to_cute(dk_out),
-        _to_cute(dv_out),
+        to_cute(q),
+        to_cute(k),
+        to_cute(v),
+        to_cute(dout),
+        to_cute(lse2),
+        to_cute(dpsum),
+        to_cute(dq_accum),
+        to_cute(dk_out),
+        to_cute(dv_out),
         qf,
         kf,
         dqf_accum,
@@ -626,7 +622,7 @@ def attention_bwd(
         splits,
         stream,
     )
-    post(_to_cute(dq_accum), _to_cute(dq), softmax_scale, stream)
+    post(to_cute(dq_accum), to_cute(dq), softmax_scale, stream)
     if splits > 1:
         dk.copy_(dk_out)
         dv.copy_(dv_out)
