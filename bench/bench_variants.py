@@ -101,6 +101,8 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
         "deterministic": {"deterministic": True},
     }
     flags["64 query rows per step"] = {"tile_m": 64}
+    flags["80 query rows per step"] = {"tile_m": 80}
+    flags["80 query rows, dQ atomics"] = {"tile_m": 80, "dq_tma_reduce": False}
     variants = bwd.variant_configs(causal, head_dim)
     assert set(variants) <= set(flags), "bench and launcher variants disagree"
     # the launcher's variants for this shape (no 64-row one where the default takes 64; no reduce-add after it
@@ -178,7 +180,8 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
     bwd_table.notes.append(
         "backward: the main kernel with its preprocess and postprocess, lse and O given; the default dQ mode is "
         "the TMA reduce-add where it costs no pipeline stage, and at D = 64 the default takes 128 query rows per "
-        "step (attention_bwd.choose_config)."
+        "step (attention_bwd.choose_config); at D = 128 the 80-row variants are FA4's non-causal tile (dQ computed "
+        "transposed)."
     )
     return [fwd_table, bwd_table]
 

@@ -110,7 +110,9 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
     return run
 
 
-def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=torch.bfloat16, l2_budget=None, dv=None):
+def cute_bwd_case(
+    b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=torch.bfloat16, l2_budget=None, dv=None, tile_m=None
+):
     from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_backward, attention_forward
@@ -125,7 +127,7 @@ def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=t
         out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
         poison(4 * b * max(sq, sk) * h * d * 4)
         with schedule.section_bytes(l2_budget):
-            got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode])
+            got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode], tile_m=tile_m)
             torch.cuda.synchronize()
         ref64 = attention_backward(
             dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw
@@ -139,7 +141,7 @@ def cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=t
 
     # on an H100 SXM (132 SMs), as tests/cute_gpu_cases.py assumes
     run.config = lambda: bwd.config_for(
-        dtype, b, sk, h, hkv, d, dv or d, wl, wr, abs(rank), rank < 0, 132, **DQ_FLAGS[dq_mode]
+        dtype, b, sk, h, hkv, d, dv or d, wl, wr, abs(rank), rank < 0, 132, **DQ_FLAGS[dq_mode], tile_m=tile_m
     )[0]
     return run
 
@@ -224,6 +226,7 @@ GROUPS = {
         "d256 dv128 causal dq tma reduce, one P/dS buffer (wide)": cute_bwd_case(
             1, 333, 500, 2, 2, 256, -1, 0, 0, dq_mode="tma_reduce", dv=128
         ),
+        "d128 full gqa, 80 query rows per step (dQ^T)": cute_bwd_case(2, 1000, 1000, 4, 2, 128, -1, -1, 0, tile_m=80),
     },
     # every other backward case with dQ by atomics where the default would take the TMA reduce-add
     "cute-bwd": {
@@ -244,6 +247,13 @@ GROUPS = {
         "d64 GQA bias r8, heads split over CTAs": cute_bwd_case(1, 300, 300, 8, 2, 64, -1, -1, 8),
         "d128 causal deterministic, 2-head L2 sections": cute_bwd_case(
             2, 1024, 1024, 8, 4, 128, -1, 0, 8, dq_mode="deterministic", l2_budget=2 * 2 * 1024 * 520
+        ),
+        # 80 query rows per step, dQ computed transposed (a benchmark variant, FA4's non-causal d = 128 tile)
+        "d128 full gqa, 80 query rows": cute_bwd_case(2, 1000, 1000, 4, 2, 128, -1, -1, 0, tile_m=80),
+        "d128 causal sq<sk, 80 query rows": cute_bwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0, tile_m=80),
+        "d128 window sq>sk dv64, 80 query rows": cute_bwd_case(1, 1000, 333, 2, 2, 128, 64, 16, 0, dv=64, tile_m=80),
+        "d128 causal deterministic, 80 query rows": cute_bwd_case(
+            1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic", tile_m=80
         ),
     },
     # wide heads: 64-row key blocks both warpgroups share, P^T / dS^T through smem (a group of its own, so that a

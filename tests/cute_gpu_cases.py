@@ -99,6 +99,16 @@ WIDE_BWD_CASES = [
     (2, 333, 500, 4, 2, 96, 256, -1, -1, 0, torch.bfloat16, "default"),
 ]
 
+# 80 query rows per step at d = 128, dQ computed transposed (a benchmark variant, FA4's non-causal tile), bf16:
+# (b, sq, sk, h, hkv, dv, window_left, window_right), each in BWD_80_MODES
+BWD_80_CASES = [
+    (2, 1000, 1000, 4, 2, 128, -1, -1),
+    (1, 77, 1000, 4, 2, 128, -1, 0),
+    (1, 1000, 333, 2, 2, 64, 64, 16),
+    (1, 4097, 4097, 2, 1, 128, -1, -1),
+]
+BWD_80_MODES = ["default", "atomics", "deterministic"]
+
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE
 DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
 # the forward's: O over Q with 128 keys (d = 192, dv = 128), a separate O with 80 (d = 128, dv = 256)
@@ -121,9 +131,10 @@ def make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype) -> tuple:
     return q, k, v, qf, kf
 
 
-def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode) -> None:
+def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None) -> None:
     """The CuTe backward on one case against the float64 reference (the 2x rule), every gradient, outputs
-    allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias)."""
+    allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias); ``tile_m``: the
+    query rows per step (None: the launcher's choice)."""
     import math
 
     import pytest
@@ -144,7 +155,7 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode) -> No
     # poison: the outputs are allocated from the caching allocator's freed NaN blocks
     poison = [torch.full((4 * b * max(sq, sk) * h * max(d, dv),), float("nan"), device=dev) for _ in range(4)]
     del poison
-    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode])
+    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode], tile_m=tile_m)
     torch.cuda.synchronize()
     ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)
     ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, qf, kf, compute_dtype=dtype, **kw)
@@ -188,6 +199,10 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             flags = DQ_FLAGS[m]
             cfg = bwd.config_for(dtype, b, sk, h, hkv, d, dv, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0]
             found.append(cfg)
+    for b, _sq, sk, h, hkv, dv, wl, wr in BWD_80_CASES:
+        for m in BWD_80_MODES:
+            args = (torch.bfloat16, b, sk, h, hkv, 128, dv, wl, wr)
+            found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], tile_m=80)[0])
     b, _sq, sk, h, hkv = DV_SHAPE
     for d, dv, wr in DV_CASES:
         for m in default_modes:

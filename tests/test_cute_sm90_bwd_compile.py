@@ -277,6 +277,29 @@ def test_query_rows_per_step():
     assert "64 query rows per step" not in bwd.variant_configs(True, 128)
 
 
+def test_80_query_rows_per_step():
+    """FA4's non-causal d = 128 tile: 80 query rows per step, dQ computed transposed (dQ^T = K^T dS^T, d on the
+    wgmma's rows). A benchmark variant until an H100 run times it: the default stays 64. Only where dQ^T's two
+    64-row warpgroups cover d (d = 128, dv <= 128) and without a bias."""
+    for causal in (False, True):
+        assert bwd.choose_config(torch.bfloat16, 128, 128, False, causal).tile_m == 64
+        for reduce in (False, True):
+            cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, causal, tile_m=80, dq_tma_reduce=reduce)
+            assert (cfg.tile_m, cfg.dq_tma_reduce, cfg.num_stages, cfg.ds_stages) == (80, reduce, 2, 2)
+            assert cfg.dq_packed and cfg.make_kernel().dq_swap_ab
+        variants = bwd.variant_configs(causal, 128)
+        assert variants["80 query rows per step"].tile_m == variants["80 query rows, dQ atomics"].tile_m == 80
+        assert "80 query rows per step" not in bwd.variant_configs(causal, 64)
+    assert bwd.choose_config(torch.float16, 128, 64, True, True, tile_m=80, deterministic=True).tile_m == 80
+    for d, dv, rank in ((64, 64, 0), (96, 96, 0), (128, 256, 0), (256, 256, 0), (128, 128, 8)):
+        with pytest.raises(ValueError, match="tile_m = 80"):
+            bwd.choose_config(torch.bfloat16, d, dv, False, False, bias_rank=rank, tile_m=80)
+    with pytest.raises(ValueError, match="tile_m = 80"):
+        AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, False, bias_rank=8, tile_m=80)
+    with pytest.raises(ValueError, match="tile_m = 80"):
+        bwd.BwdPostprocessConfig("bf16", 64, tile_m=80).make_kernel()
+
+
 def test_configs_are_distinct_cache_keys():
     configs = bwd.shipped_configs("sm_90a")
     assert len(set(configs)) == len(configs)
@@ -289,6 +312,14 @@ def test_configs_are_distinct_cache_keys():
 @pytest.mark.parametrize("dtype, dq_mode", cute_gpu_cases.BWD_MODES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode):
     cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, rank, dtype, dq_mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, dv, wl, wr", cute_gpu_cases.BWD_80_CASES)
+@pytest.mark.parametrize("dq_mode", cute_gpu_cases.BWD_80_MODES)
+def test_numerics_with_80_query_rows_per_step(b, sq, sk, h, hkv, dv, wl, wr, dq_mode):
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, 128, dv, wl, wr, 0, torch.bfloat16, dq_mode, tile_m=80)
 
 
 @pytest.mark.gpu
@@ -369,8 +400,9 @@ def _bwd_mask_probe(kernel):
 _BWD_MASK_PROBES = {}
 
 
-# (head_dim, tile_m): 64 x 128 tiles; 128 x 128 (d <= 64); 64-row key blocks shared by both warpgroups (d > 128)
-@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (64, 128), (256, 64)])
+# (head_dim, tile_m): 64 x 128 tiles; 128 x 128 (d <= 64); 80 x 128 (d = 128, dQ^T); 64-row key blocks shared by both
+# warpgroups (d > 128)
+@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (64, 128), (128, 80), (256, 64)])
 @pytest.mark.parametrize("sq, sk", [(1, 300), (77, 300), (300, 77), (200, 200), (129, 257), (65, 1)])
 @pytest.mark.parametrize("wl, wr", [(-1, -1), (-1, 0), (100, 0), (64, 16), (5, -1), (0, 0), (200, 3)])
 def test_backward_visibility_logic_matches_the_rule(head_dim, tile_m, sq, sk, wl, wr):
@@ -457,7 +489,7 @@ def _operand_probe(kernel):
     return probe
 
 
-@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (128, 64), (64, 128)])
+@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (128, 64), (64, 128), (128, 80)])
 def test_p_and_ds_stay_in_registers_with_the_dv_and_dk_operand_layouts(head_dim, tile_m):
     """P^T and dS^T leave the S^T / dP^T wgmma as accumulators and enter dV += P^T dO and dK += dS^T Q as
     register A operands: thread t's element i must be the same (key, query) on both sides."""
@@ -495,14 +527,15 @@ def _ds_store_probe(kernel):
     return probe
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_it(head_dim):
+@pytest.mark.parametrize("head_dim, tile_m", [(64, 64), (128, 64), (256, 64), (128, 80)])
+def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_it(head_dim, tile_m):
     """dS^T (P^T) goes to smem by stmatrix, a warp-wide exchange: each instruction of a warp must write exactly the
     (key, query) elements its 32 threads hold, every element of the tile once, each thread's 8 elements one row's 8
-    consecutive queries at a 16-byte aligned offset (which the 16-byte granular swizzle keeps contiguous)."""
+    consecutive queries at a 16-byte aligned offset (which the 16-byte granular swizzle keeps contiguous; 80-query
+    rows take the 32-byte swizzle)."""
     from cutlass.cute.runtime import from_dlpack
 
-    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True)
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True, tile_m=tile_m)
     assert kernel.ds_stmatrix
     per_thread = kernel.tile_n * kernel.tile_m // 256
     out = torch.zeros(256, per_thread, 5, dtype=torch.int32)
@@ -530,25 +563,28 @@ def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_
 def _dq_packing_probe(main, post):
     from attnkit.kernels.cute.common.packed import GROUP, packed_offset
 
+    # the dQ accumulator's (row, column) are (query, d), or (d, query) where dQ^T is computed
+    shape = (main.head_dim, main.tile_m) if main.dq_swap_ab else (main.tile_m, main.head_dim)
+    row, col = (1, 0) if main.dq_swap_ab else (0, 1)
+
     @cute.jit
-    def probe(out: cute.Tensor):  # (256, elements, 5) int32
-        shape = (main.tile_m, main.head_dim)
+    def probe(out: cute.Tensor):  # (256, elements, 5) int32: (query, d) written, offset, (query, d) read back
         tiled_mma_dq = main.make_tiled_mmas()[3]
         for t in cutlass.range(256):
             written = tiled_mma_dq.get_slice(t).partition_C(cute.make_identity_tensor(shape))
             read = post.thr_mma(t).partition_C(cute.make_identity_tensor(shape))
             groups = cute.size(written) // GROUP
             for e in cutlass.range(cute.size(written), unroll_full=True):
-                out[t, e, 0] = written[e][0]
-                out[t, e, 1] = written[e][1]
+                out[t, e, 0] = written[e][row]
+                out[t, e, 1] = written[e][col]
                 out[t, e, 2] = packed_offset(t // 128, e // GROUP, t % 128, groups) + e % GROUP
-                out[t, e, 3] = read[e][0]
-                out[t, e, 4] = read[e][1]
+                out[t, e, 3] = read[e][row]
+                out[t, e, 4] = read[e][col]
 
     return probe
 
 
-@pytest.mark.parametrize("d, tile_m", [(64, 64), (64, 128), (96, 64), (128, 64), (192, 64), (256, 64)])
+@pytest.mark.parametrize("d, tile_m", [(64, 64), (64, 128), (96, 64), (128, 64), (128, 80), (192, 64), (256, 64)])
 def test_dq_tiles_are_packed_in_register_order_and_read_back_where_they_belong(d, tile_m):
     """dQaccum's (tile_m, d) tiles (and the bulk reduce-add's smem staging) keep the dQ accumulators in register
     order: element 4g + j of thread 128 wg + lane at float 4 (128 (wg groups + g) + lane) + j. Every element of the

@@ -180,6 +180,7 @@ def test_smem_model_matches_the_compiled_struct():
         (192, 192, dict(bias_rank=64)),
         (256, 128, dict(dq_tma_reduce=True)),
         (96, 96, dict(deterministic=True, bias_rank=4)),
+        (128, 128, dict(tile_m=80, dq_tma_reduce=True)),  # 80 query rows: all 227 KiB
     ):
         cfg = bwd.choose_config(torch.bfloat16, d, dv, False, True, **kw)
         kernel = cfg.make_kernel()

@@ -33,7 +33,9 @@ CTA layout of the main kernel (3 warpgroups):
              per query head) and Q, dO, lse2, D (+ query bias factors) per query block into a
              ``num_stages`` pipeline; the warpgroup gives registers back.
     WG1, WG2 consumers: 64 key rows each of the 128-row key block, 64 query rows per step (128 for bf16 at
-             d <= 64 without a bias, as FA3 does: S^T / dP^T of 64 x 128 still fit in registers there).
+             d <= 64 without a bias, as FA3 does: S^T / dP^T of 64 x 128 still fit in registers there;
+             80 at d = 128 without a bias, FA4's non-causal tile, where dQ = dS K, whose 80 rows are no
+             wgmma M, is computed as dQ^T = K^T dS^T with the warpgroups on d's two 64-row halves).
 
 Wide heads (max(d, dv) > 128; ``tile_n = 64``): a warpgroup cannot hold dK and dV of 64 key rows in
 registers, so both consumer warpgroups share one 64-row key block. S^T and dP^T are split along the
@@ -181,9 +183,24 @@ class AttentionBwdPreprocessSm90(AttentionBwdBase):
                 mDpsum[batch, head, row] = acc
 
 
-def dq_tiled_mma(dtype: type[cutlass.Numeric], head_dim: int) -> cute.TiledMma:
+# query rows per step of the main kernel: 64; 128 (d <= 64, FA3's tile there); 80 (d = 128, FA4's non-causal tile:
+# a quarter fewer steps than 64, and the registers still hold S^T, dP^T, dK and dV)
+TILE_M_CHOICES = (64, 80, 128)
+
+
+def dq_swaps_ab(tile_m: int) -> bool:
+    """dQ computed transposed, dQ^T = K^T dS^T, where tile_m is no multiple of wgmma's 64 rows (80): d takes M."""
+    return tile_m % 64 != 0
+
+
+def dq_tiled_mma(dtype: type[cutlass.Numeric], head_dim: int, tile_m: int = 64) -> cute.TiledMma:
     """dQ = dS K: the warpgroups side by side along d (d / 2 columns each), dS read query-contiguous (MN-major A),
-    K^T MN-major. Its C partition is also how the postprocess reads dQaccum's packed tiles back."""
+    K^T MN-major. With ``dq_swaps_ab(tile_m)`` dQ^T = K^T dS^T instead: the warpgroups stacked along d (64 rows
+    each, so d = 128), every query of the tile on N, K^T (d-contiguous) and dS^T (query-contiguous) both MN-major.
+    Its C partition is also how the postprocess reads dQaccum's packed tiles back."""
+    if dq_swaps_ab(tile_m):
+        assert head_dim == 64 * NUM_MMA_WARPGROUPS, f"dQ^T takes d = {64 * NUM_MMA_WARPGROUPS}, got {head_dim}"
+        return sm90.make_tiled_mma(dtype, "MN", "MN", tile_m, num_warpgroups=NUM_MMA_WARPGROUPS)
     return sm90.make_tiled_mma(
         dtype, "MN", "MN", head_dim // NUM_MMA_WARPGROUPS, num_warpgroups=NUM_MMA_WARPGROUPS, warpgroups_along_n=True
     )
@@ -199,8 +216,10 @@ class AttentionBwdPostprocessSm90(AttentionBwdBase):
 
     def __init__(self, dtype: type[cutlass.Numeric], head_dim: int, tile_m: int = 64, packed: bool = True):
         super().__init__(dtype, head_dim, head_dim)
-        if tile_m not in (64, 128):
-            raise ValueError(f"tile_m must be 64 or 128, got {tile_m}")
+        if tile_m not in TILE_M_CHOICES:
+            raise ValueError(f"tile_m must be one of {TILE_M_CHOICES}, got {tile_m}")
+        if dq_swaps_ab(tile_m) and (head_dim != 64 * NUM_MMA_WARPGROUPS or not packed):
+            raise ValueError(f"tile_m = {tile_m} (dQ^T) takes d = {64 * NUM_MMA_WARPGROUPS} and packed tiles")
         self.tile_m = tile_m
         # False: dQaccum by (row, column) (AttentionBwdSm90.packs_dq), read 8 contiguous floats at a time
         self.packed = packed
@@ -240,18 +259,30 @@ class AttentionBwdPostprocessSm90(AttentionBwdBase):
     ) -> None:
         shape = (self.tile_m, self.head_dim)
         thr_mma = self.thr_mma(tidx)
-        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C(shape), Float32)
+        # the main kernel's dQ accumulator: (tile_m, d), or (d, tile_m) for dQ^T
+        acc_shape = (self.head_dim, self.tile_m) if const_expr(dq_swaps_ab(self.tile_m)) else shape
+        acc = cute.make_rmem_tensor(thr_mma.partition_shape_C(acc_shape), Float32)
         tile = cute.local_tile(mdQaccum[batch, head, None, None], shape, (m_block, 0)).iterator
         load_packed(tile, acc, tidx // WARPGROUP_THREADS, tidx % WARPGROUP_THREADS)
         rdQ = cute.make_rmem_tensor_like(acc, self.dtype)
         rdQ.store((acc.load() * softmax_scale).to(self.dtype))
         gdQ = cute.local_tile(mdQ[batch, None, head, None], shape, (m_block, 0))
-        tdQcdQ = thr_mma.partition_C(cute.make_identity_tensor(shape))
-        store_acc_pairs(rdQ, thr_mma.partition_C(gdQ), tdQcdQ, mdQ.shape[1] - m_block * self.tile_m)
+        num_rows = mdQ.shape[1] - m_block * self.tile_m
+        if const_expr(dq_swaps_ab(self.tile_m)):
+            # an accumulator pair is two queries of one column: 2-byte stores (dQ^T's rows are dQ's columns)
+            gdQt = cute.make_tensor(gdQ.iterator, cute.select(gdQ.layout, mode=[1, 0]))
+            tdQgdQ = thr_mma.partition_C(gdQt)
+            tdQcdQ = thr_mma.partition_C(cute.make_identity_tensor(acc_shape))
+            for i in cutlass.range_constexpr(cute.size(rdQ)):
+                if tdQcdQ[i][1] < num_rows:
+                    tdQgdQ[i] = rdQ[i]
+        else:
+            tdQcdQ = thr_mma.partition_C(cute.make_identity_tensor(shape))
+            store_acc_pairs(rdQ, thr_mma.partition_C(gdQ), tdQcdQ, num_rows)
 
     def thr_mma(self, tidx):
         """The main kernel's dQ MMA as thread ``tidx`` of its consumer warpgroups holds it."""
-        return dq_tiled_mma(self.dtype, self.head_dim).get_slice(tidx)
+        return dq_tiled_mma(self.dtype, self.head_dim, self.tile_m).get_slice(tidx)
 
 
 class AttentionBwdSm90(AttentionBwdBase):
@@ -276,10 +307,11 @@ class AttentionBwdSm90(AttentionBwdBase):
         tc_factor_grads: bool = True,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
-        # query rows per step: 64, or 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half the steps)
+        # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
+        # the steps); 80 at d = 128 (FA4's non-causal tile), with dQ computed transposed (dq_swaps_ab)
         self.tile_m = tile_m
-        if tile_m not in (64, 128):
-            raise ValueError(f"tile_m must be 64 or 128, got {tile_m}")
+        if tile_m not in TILE_M_CHOICES:
+            raise ValueError(f"tile_m must be one of {TILE_M_CHOICES}, got {tile_m}")
         # key rows per CTA: 128 (a warpgroup per 64 rows) up to d = 128; 64 (shared, dK / dV split along d) above
         self.tile_n = key_tile(head_dim, head_dim_v) if tile_n is None else tile_n
         if self.tile_n not in (64, 64 * NUM_MMA_WARPGROUPS):
@@ -288,6 +320,9 @@ class AttentionBwdSm90(AttentionBwdBase):
             raise ValueError(f"dK and dV of d > {NARROW_HEAD_DIM} need tile_n = 64 (they do not fit in registers)")
         if tile_m == 128 and (self.tile_n == 64 or max(head_dim, head_dim_v) > 64):
             raise ValueError("tile_m = 128 takes tile_n = 128 and head dims <= 64 (S^T, dP^T, dK, dV in registers)")
+        if dq_swaps_ab(tile_m) and (head_dim != 64 * NUM_MMA_WARPGROUPS or head_dim_v > head_dim or bias_rank):
+            # dQ^T's warpgroups take 64 rows of d each; the factor-gradient code assumes tile_n / tile_m whole
+            raise ValueError(f"tile_m = {tile_m} takes head_dim 128, head_dim_v <= 128 and no bias")
         # P^T / dS^T smem buffers: two let a warpgroup write the next ones while the other still reads these
         if ds_stages not in (1, 2):
             raise ValueError(f"ds_stages must be 1 or 2, got {ds_stages}")
@@ -354,6 +389,11 @@ class AttentionBwdSm90(AttentionBwdBase):
     @property
     def dq_packed(self) -> bool:
         return self.packs_dq(self.dq_tma_reduce, self.bias_rank, self.bias_mma, self.head_dim, self.head_dim_v)
+
+    @property
+    def dq_swap_ab(self) -> bool:
+        """dQ^T = K^T dS^T (``dq_swaps_ab``): 80-row query tiles."""
+        return dq_swaps_ab(self.tile_m)
 
     @property
     def ds_stmatrix(self) -> bool:
@@ -697,7 +737,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             # dV += P^T dO, dK += dS^T Q: A from registers, B = dO / Q read MN-major
             dv = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim_v, a_in_regs=True, num_warpgroups=nwg)
             dk = sm90.make_tiled_mma(self.dtype, "K", "MN", self.head_dim, a_in_regs=True, num_warpgroups=nwg)
-        return sdp, dv, dk, dq_tiled_mma(self.dtype, self.head_dim)
+        return sdp, dv, dk, dq_tiled_mma(self.dtype, self.head_dim, self.tile_m)
 
     def make_factor_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma]:
         """The wgmma bias's factor gradients on the tensor cores, from the 16-bit dS that dK and dQ take, both A
@@ -978,10 +1018,17 @@ class AttentionBwdSm90(AttentionBwdBase):
             tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_shape_A((tn, tm)))
             tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
         acc_dK = cute.make_rmem_tensor(thr_mma_dk.partition_shape_C((tn, d)), Float32)
-        # dQ = dS K: A = dS (tile_m, tile_n) MN-major, B = K^T (d, tile_n) MN-major
-        tdQrdS = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sdS)))
-        tdQrKt = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sK)))
-        acc_shape_dQ = thr_mma_dq.partition_shape_C((tm, d))
+        if const_expr(self.dq_swap_ab):
+            # dQ^T = K^T dS^T: A = K^T (d, tile_n) MN-major, this warpgroup's 64 rows of d; B = dS^T read as
+            # (tile_m, tile_n), MN-major
+            tdQrKt = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sK)))
+            tdQrdS = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sdS)))
+            acc_shape_dQ = thr_mma_dq.partition_shape_C((d, tm))
+        else:
+            # dQ = dS K: A = dS (tile_m, tile_n) MN-major, B = K^T (d, tile_n) MN-major
+            tdQrdS = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sdS)))
+            tdQrKt = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sK)))
+            acc_shape_dQ = thr_mma_dq.partition_shape_C((tm, d))
         tSsdSf = None
         if const_expr(self.fma_factor_grads):
             tSsdSf = thr_mma_sdp.partition_C(sdSf)
@@ -1106,7 +1153,10 @@ class AttentionBwdSm90(AttentionBwdBase):
                 # 5. dQ = dS K (this warpgroup's d columns); dK += dS^T Q; under them, the factor gradients
                 # from the float32 dS in smem (deterministic mode: in this key block's turn, step 7)
                 acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
-                sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)
+                if const_expr(self.dq_swap_ab):
+                    sm90.gemm(tiled_mma_dq, acc_dQ, tdQrKt, tdQrdS[None, None, None, ds_stage], True, -1)
+                else:
+                    sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)
                 if const_expr(self.dkv_split_d):
                     sm90.gemm(
                         tiled_mma_dk, acc_dK, tdKrdS[None, None, None, ds_stage], tdKrQt[None, None, None, stage],

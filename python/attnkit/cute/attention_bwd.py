@@ -257,12 +257,14 @@ def _choose_config(
         raise ValueError(f"bias rank must be in [0, 64], got {bias_rank}")
     wide_m = dtype == torch.bfloat16 and max(head_dim, head_dim_v) <= 64 and bias_rank == 0 and dq_tma_reduce
     wide_m = wide_m and not deterministic
+    # 80 query rows per step (FA4's non-causal tile at d = 128): dQ computed transposed, d on the wgmma's 128 rows
+    dq_transposable = head_dim == 128 and head_dim_v <= 128 and bias_rank == 0
     if tile_m is None:
         tile_m = 128 if wide_m else 64
-    elif tile_m not in (64, 128) or (tile_m == 128 and not wide_m):
+    elif tile_m not in (64, 80, 128) or (tile_m == 128 and not wide_m) or (tile_m == 80 and not dq_transposable):
         raise ValueError(
-            f"tile_m = {tile_m}: the backward takes 64, or 128 for bf16 at head dims <= 64 without a bias with dQ "
-            "by TMA reduce-add (not deterministic)"
+            f"tile_m = {tile_m}: the backward takes 64; 128 for bf16 at head dims <= 64 without a bias with dQ by TMA "
+            "reduce-add (not deterministic); 80 at head_dim 128 (head_dim_v <= 128) without a bias"
         )
     cfg = BwdConfig(
         _DTYPES[dtype],
@@ -337,8 +339,10 @@ def shipped_configs(arch: str = "sm_90a") -> list:
             configs.append(BwdPostprocessConfig(name, head_dim, arch))
             if head_dim > 64:  # the float32-factor kernels that add dQ by (row, column) (BwdConfig.dq_packed)
                 configs.append(BwdPostprocessConfig(name, head_dim, arch, packed=False))
-        # the 128-row steps (d <= 64) pack dQaccum's tiles 128 rows at a time
+        # the 128-row steps (d <= 64) pack dQaccum's tiles 128 rows at a time; the 80-row ones (d = 128, a benchmark
+        # variant) as dQ^T
         configs.append(BwdPostprocessConfig(name, 64, arch, tile_m=128))
+        configs.append(BwdPostprocessConfig(name, 128, arch, tile_m=80))
     return configs
 
 
@@ -347,9 +351,9 @@ VARIANT_HEAD_DIMS = (128, 64)
 
 
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
-    """The default and the three ways dQ reaches its float32 buffer, bf16, and where the default takes 128 query
-    rows per step (d <= 64) 64 rows, for ``bench/bench_variants.py`` (and ``precompile --variants``);
-    ``attention_bwd`` picks each by its flags."""
+    """The default and the three ways dQ reaches its float32 buffer, bf16, where the default takes 128 query rows
+    per step (d <= 64) 64 rows, and at d = 128 80 rows (dQ by the default mode and by atomics), for
+    ``bench/bench_variants.py`` (and ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
     variants = {
         "default": choose_config(*args, arch=arch),
@@ -361,6 +365,12 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
         del variants["TMA reduce-add"]
     if variants["default"].tile_m == 128:
         variants["64 query rows per step"] = choose_config(*args, arch=arch, tile_m=64)
+    if head_dim == 128:
+        # FA4's non-causal tile at d = 128 (dQ computed transposed): not the default until an H100 run says so
+        variants["80 query rows per step"] = choose_config(*args, arch=arch, tile_m=80)
+        atomics = choose_config(*args, arch=arch, tile_m=80, dq_tma_reduce=False)
+        if atomics != variants["80 query rows per step"]:  # the same where the reduce-add is switched off
+            variants["80 query rows, dQ atomics"] = atomics
     return variants
 
 
@@ -569,9 +579,11 @@ def attention_bwd(
     dev = q.device
     q, k, v, dout, out = (tma_ready(t) for t in (q, k, v, dout, out))
     lse = lse.float().contiguous()
-    # the main kernel reads lse2 / D and adds dQ and the factor gradients in whole tiles of the padded buffers
-    assert SEQ_PAD % cfg.tile_m == 0 and SEQ_PAD % cfg.tile_n == 0, cfg
-    sq_pad, sk_pad = _round_up(seqlen_q, SEQ_PAD), _round_up(seqlen_k, SEQ_PAD)
+    # the main kernel reads lse2 / D and adds dQ and the factor gradients in whole tiles of the padded buffers, and
+    # the preprocess writes lse2 / D in whole 64-row blocks: the query side pads to a multiple of SEQ_PAD (128) and
+    # of tile_m (640 rows for 80)
+    assert SEQ_PAD % cfg.tile_n == 0, cfg
+    sq_pad, sk_pad = _round_up(seqlen_q, math.lcm(SEQ_PAD, cfg.tile_m)), _round_up(seqlen_k, SEQ_PAD)
     lse2 = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
     dpsum = torch.empty(batch, num_heads, sq_pad, dtype=torch.float32, device=dev)
     # contiguous: each (tile_m, d) tile is tile_m * d consecutive floats, packed in the dQ accumulators' order
