@@ -8,7 +8,9 @@ that group out. ``cute-fwd`` runs every forward with 128-row tiles (two consumer
 ``cute-fwd-192`` the head-dim-64 inputs that take 192 rows by default, so that a fault in the three-warpgroup
 kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_SM90_FWD_192_ROWS=0``); likewise
 ``cute-bwd`` (dQ by atomics) and ``cute-bwd-reduce`` (the default TMA reduce-add, ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``
-after a failure), and a failing backward leaves the forward in the benchmark. Each
+after a failure), ``cute-bwd-80`` (the 80-row steps) and ``cute-bwd-reduce-warp`` (dQ's reduce-add from a producer
+warp), two benchmark variants whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``,
+``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``), and a failing backward leaves the forward in the benchmark. Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
 then ``ok`` or ``WRONG`` per output, where WRONG names the worst element, the NaN count and the 64-row
 query (or key) blocks whose error breaks the acceptance rule of ``tests/numerics.py`` (2x the error of
@@ -226,7 +228,6 @@ GROUPS = {
         "d256 dv128 causal dq tma reduce, one P/dS buffer (wide)": cute_bwd_case(
             1, 333, 500, 2, 2, 256, -1, 0, 0, dq_mode="tma_reduce", dv=128
         ),
-        "d128 full gqa, 80 query rows per step (dQ^T)": cute_bwd_case(2, 1000, 1000, 4, 2, 128, -1, -1, 0, tile_m=80),
     },
     # every other backward case with dQ by atomics where the default would take the TMA reduce-add
     "cute-bwd": {
@@ -248,13 +249,34 @@ GROUPS = {
         "d128 causal deterministic, 2-head L2 sections": cute_bwd_case(
             2, 1024, 1024, 8, 4, 128, -1, 0, 8, dq_mode="deterministic", l2_budget=2 * 2 * 1024 * 520
         ),
-        # 80 query rows per step, dQ computed transposed (a benchmark variant, FA4's non-causal d = 128 tile)
-        "d128 full gqa, 80 query rows": cute_bwd_case(2, 1000, 1000, 4, 2, 128, -1, -1, 0, tile_m=80),
-        "d128 causal sq<sk, 80 query rows": cute_bwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0, tile_m=80),
-        "d128 window sq>sk dv64, 80 query rows": cute_bwd_case(1, 1000, 333, 2, 2, 128, 64, 16, 0, dv=64, tile_m=80),
-        "d128 causal deterministic, 80 query rows": cute_bwd_case(
+    },
+    # 80 query rows per step at d = 128, dQ computed transposed (a benchmark variant, FA4's non-causal tile): a group
+    # of its own, so that its failure only leaves the 80-row variants out (ATTNKIT_SM90_BWD_80_ROWS=0)
+    "cute-bwd-80": {
+        "d128 full gqa, dQ atomics": cute_bwd_case(2, 1000, 1000, 4, 2, 128, -1, -1, 0, dq_mode="atomics", tile_m=80),
+        "d128 full gqa, dQ reduce-add": cute_bwd_case(
+            2, 1000, 1000, 4, 2, 128, -1, -1, 0, dq_mode="tma_reduce", tile_m=80
+        ),
+        "d128 causal sq<sk": cute_bwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0, dq_mode="atomics", tile_m=80),
+        "d128 window sq>sk dv64": cute_bwd_case(
+            1, 1000, 333, 2, 2, 128, 64, 16, 0, dq_mode="atomics", dv=64, tile_m=80
+        ),
+        "d128 causal deterministic": cute_bwd_case(
             1, 500, 500, 2, 2, 128, -1, 0, 0, dq_mode="deterministic", tile_m=80
         ),
+    },
+    # dQ's reduce-add issued by a producer warp (a benchmark variant, FA3 / FA4's way): a group of its own, so that its
+    # failure (or hang) only leaves those variants out (ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0)
+    "cute-bwd-reduce-warp": {
+        "d128 full": cute_bwd_case(2, 1000, 1000, 4, 4, 128, -1, -1, 0, dq_mode="reduce_warp"),
+        "d128 causal gqa, 2 query heads per CTA": cute_bwd_case(
+            2, 300, 300, 4, 2, 128, -1, 0, 0, dq_mode="reduce_warp"
+        ),
+        "d64 window (128 query rows per step)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, 0, dq_mode="reduce_warp"),
+        "d128 causal MQA, query heads split over CTAs": cute_bwd_case(
+            1, 512, 512, 16, 1, 128, -1, 0, 0, dq_mode="reduce_warp"
+        ),
+        "d128 sq>sk (empty query blocks)": cute_bwd_case(1, 1000, 77, 2, 2, 128, -1, 0, 0, dq_mode="reduce_warp"),
     },
     # wide heads: 64-row key blocks both warpgroups share, P^T / dS^T through smem (a group of its own, so that a
     # failure here leaves only tests/test_cute_sm90_bwd_wide.py out)
@@ -287,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("group", choices=sorted(GROUPS))
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
-    from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, TC_FACTOR_GRADS_ENV
+    from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
     from attnkit.cute.attention_fwd import WIDE_TILE_ENV
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
@@ -295,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     env |= {"cute-bwd": [(DQ_TMA_REDUCE_ENV, "0")], "cute-bwd-wide": [(DQ_TMA_REDUCE_ENV, "0")]}
     env |= {"cute-bwd-reduce": [(DQ_TMA_REDUCE_ENV, None)]}
     env |= {"cute-bwd-bias-tc": [(DQ_TMA_REDUCE_ENV, "0"), (TC_FACTOR_GRADS_ENV, None)]}
+    env |= {"cute-bwd-80": [(DQ_TMA_REDUCE_ENV, None), (ROWS_80_ENV, None)]}
+    env |= {"cute-bwd-reduce-warp": [(DQ_TMA_REDUCE_ENV, None), (REDUCE_WARP_ENV, None)]}
     for name, value in env.get(args.group, []):
         if value is None:
             os.environ.pop(name, None)

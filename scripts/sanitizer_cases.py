@@ -3,7 +3,8 @@
     python scripts/sanitizer_cases.py [--backends triton,cute] [--tiny] [--no-wide]
 
 ``--tiny``: one short causal case per backend (racecheck is slow); ``--no-wide``: leave out the head dims above 128
-(their backward failed its smoke test). Exit status 1 if a case raised.
+(their backward failed its smoke test). The CuTe backend also runs the backward variants that passed their smoke
+tests (``cute_bwd_variants``). Exit status 1 if a case raised.
 """
 
 from __future__ import annotations
@@ -61,6 +62,37 @@ def lightning(backend):
     return run
 
 
+def cute_bwd_variant(sq, sk, d, causal, **flags):
+    """The CuTe backward launcher with a benchmark variant's flags (the public API runs the defaults only)."""
+
+    def run():
+        from attnkit.cute import attention_bwd as bwd
+        from attnkit.reference.attention import attention_forward
+
+        q, k, v = (torch.randn(1, s, 2, d, device="cuda", dtype=torch.bfloat16) for s in (sq, sk, sk))
+        kw = dict(softmax_scale=d**-0.5, window_left=-1, window_right=0 if causal else -1)
+        out, lse = attention_forward(q, k, v, None, None, compute_dtype=torch.bfloat16, **kw)
+        bwd.attention_bwd(torch.randn_like(out), q, k, v, out, lse, None, None, **kw, **flags)
+
+    return run
+
+
+def cute_bwd_variants() -> list:
+    """(name, case) of the backward variants that passed gpu_check's smoke test: the 80-row steps, the producer
+    warp's dQ reduce-add (its named barriers hand one smem buffer back and forth)."""
+    from attnkit.cute import attention_bwd as bwd
+
+    found = []
+    if bwd.rows_80_enabled():
+        found.append(("cute bwd 80 query rows", cute_bwd_variant(170, 200, 128, False, tile_m=80, dq_tma_reduce=False)))
+    if bwd.reduce_warp_enabled():
+        flags = dict(dq_tma_reduce=True, dq_reduce_warp=True)
+        found.append(("cute bwd dQ reduce warp", cute_bwd_variant(200, 200, 128, True, **flags)))
+        if bwd.rows_80_enabled():
+            found.append(("cute bwd 80 rows, reduce warp", cute_bwd_variant(170, 170, 128, False, tile_m=80, **flags)))
+    return found
+
+
 # (sq, sk, h, hkv, d, causal, window, rank)
 SHAPES = [
     (77, 77, 2, 2, 64, True, (-1, -1), 0),
@@ -87,6 +119,9 @@ def main() -> int:
                 continue
             backward = not (args.no_cute_bwd and backend == "cute")
             case(f"attention {backend} {s}", attention(backend, *s, backward=backward))
+        if backend == "cute" and not args.no_cute_bwd:
+            for name, fn in cute_bwd_variants():
+                case(name, fn)
     if "triton" in backends and not args.tiny:
         case("lightning triton", lightning("triton"))
     return 1 if failures else 0

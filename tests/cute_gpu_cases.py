@@ -76,6 +76,7 @@ DQ_FLAGS = {
     "atomics": dict(dq_tma_reduce=False, deterministic=False),
     "tma_reduce": dict(dq_tma_reduce=True, deterministic=False),
     "deterministic": dict(dq_tma_reduce=False, deterministic=True),
+    "reduce_warp": dict(dq_tma_reduce=True, deterministic=False, dq_reduce_warp=True),
 }
 
 # Wide heads (d or dv > 128: 64-row key blocks shared by both warpgroups, dK / dV split along d, P^T / dS^T
@@ -99,6 +100,15 @@ WIDE_BWD_CASES = [
     (2, 333, 500, 4, 2, 96, 256, -1, -1, 0, torch.bfloat16, "default"),
 ]
 
+# the producer warp's dQ reduce-add (a benchmark variant): (b, sq, sk, h, hkv, d, window_left, window_right), bf16
+REDUCE_WARP_CASES = [
+    (2, 1000, 1000, 4, 4, 128, -1, -1),
+    (1, 4097, 4097, 2, 1, 128, -1, 0),
+    (2, 300, 300, 4, 4, 64, -1, -1),  # 128 query rows per step
+    (1, 333, 1000, 4, 2, 64, 64, 16),
+    (1, 512, 512, 16, 1, 128, -1, 0),  # query heads split over CTAs
+]
+
 # 80 query rows per step at d = 128, dQ computed transposed (a benchmark variant, FA4's non-causal tile), bf16:
 # (b, sq, sk, h, hkv, dv, window_left, window_right), each in BWD_80_MODES
 BWD_80_CASES = [
@@ -107,7 +117,7 @@ BWD_80_CASES = [
     (1, 1000, 333, 2, 2, 64, 64, 16),
     (1, 4097, 4097, 2, 1, 128, -1, -1),
 ]
-BWD_80_MODES = ["default", "atomics", "deterministic"]
+BWD_80_MODES = ["default", "atomics", "deterministic", "reduce_warp"]
 
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE
 DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
@@ -142,8 +152,12 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_
     from attnkit.reference.attention import attention_backward, attention_forward
     from numerics import assert_2x
 
-    if dq_mode == "tma_reduce" and not bwd.reduce_add_enabled():
+    if dq_mode in ("tma_reduce", "reduce_warp") and not bwd.reduce_add_enabled():
         pytest.skip(f"{bwd.DQ_TMA_REDUCE_ENV}=0: the reduce-add failed gpu_check's smoke test")
+    if dq_mode == "reduce_warp" and not bwd.reduce_warp_enabled():
+        pytest.skip(f"{bwd.REDUCE_WARP_ENV}=0: the producer warp's reduce-add failed gpu_check's smoke test")
+    if tile_m == 80 and not bwd.rows_80_enabled():
+        pytest.skip(f"{bwd.ROWS_80_ENV}=0: the 80-row steps failed gpu_check's smoke test")
     dev = "cuda"
     q, k, v, qf, kf = make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype)
     dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
@@ -199,6 +213,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             flags = DQ_FLAGS[m]
             cfg = bwd.config_for(dtype, b, sk, h, hkv, d, dv, wl, wr, abs(rank), rank < 0, sm_count, **flags)[0]
             found.append(cfg)
+    for b, _sq, sk, h, hkv, d, wl, wr in REDUCE_WARP_CASES:
+        args = (torch.bfloat16, b, sk, h, hkv, d, d, wl, wr)
+        found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS["reduce_warp"])[0])
     for b, _sq, sk, h, hkv, dv, wl, wr in BWD_80_CASES:
         for m in BWD_80_MODES:
             args = (torch.bfloat16, b, sk, h, hkv, 128, dv, wl, wr)

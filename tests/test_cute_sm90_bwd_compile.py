@@ -277,6 +277,40 @@ def test_query_rows_per_step():
     assert "64 query rows per step" not in bwd.variant_configs(True, 128)
 
 
+@pytest.mark.parametrize("tile_m", [64, 80])
+def test_dq_reduce_warp_takes_the_reduce_add_out_of_the_consumer_loop(cache_dir, tile_m):
+    """dq_reduce_warp (FA3 / FA4's way): the consumers' loop stores dQ to smem and arrives on dQFull without
+    waiting (one BAR.ARV, no bulk reduce-add, one BAR.SYNC fewer than the warpgroups' own reduce-add); a producer warp
+    issues the whole tile's UBLKRED; dQFull and dQEmpty count the 256 consumer threads and that warp's 32."""
+    from attnkit.kernels.cute.attention.sm90_bwd import BwdBarrier
+    from attnkit.kernels.cute.common.barriers import NamedBarrierBwd
+
+    ids = [int(b) for b in BwdBarrier] + [int(NamedBarrierBwd.dQFull), int(NamedBarrierBwd.dQEmpty)]
+    assert len(set(ids)) == len(ids) and max(ids) < 16
+    loops = {}
+    for warp in (False, True):
+        cfg = bwd.choose_config(
+            torch.bfloat16, 128, 128, False, False, tile_m=tile_m, dq_tma_reduce=True, dq_reduce_warp=warp
+        )
+        assert cfg.dq_reduce_warp == warp
+        bwd.compile_config(cfg)
+        sass = precompile.sass_of(bwd.cache().cubin(cfg))
+        assert precompile.sass_summary(sass)["LDL"] == 0 and "UBLKRED" in sass
+        loops[warp] = [precompile.opcode(t) for t in precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))]
+        if warp:
+            full, empty = int(NamedBarrierBwd.dQFull), int(NamedBarrierBwd.dQEmpty)
+            barriers = set(re.findall(r"BAR\.(?:ARV|SYNC\.DEFER_BLOCKING) (0x[0-9a-f]+), (0x[0-9a-f]+)", sass))
+            assert {(hex(full), "0x120"), (hex(empty), "0x120")} <= barriers, barriers
+    assert not any(op.startswith("UBLKRED") for op in loops[True])
+    assert loops[True].count("BAR.ARV") == 1
+    syncs = {w: sum(op.startswith("BAR.SYNC") for op in ops) for w, ops in loops.items()}
+    assert syncs[True] == syncs[False] - 1, syncs
+    with pytest.raises(ValueError, match="dq_reduce_warp"):
+        bwd.choose_config(torch.bfloat16, 128, 128, False, False, dq_tma_reduce=False, dq_reduce_warp=True)
+    with pytest.raises(ValueError, match="dq_reduce_warp"):
+        AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, False, dq_reduce_warp=True)
+
+
 def test_80_query_rows_per_step():
     """FA4's non-causal d = 128 tile: 80 query rows per step, dQ computed transposed (dQ^T = K^T dS^T, d on the
     wgmma's rows). A benchmark variant until an H100 run times it: the default stays 64. Only where dQ^T's two
@@ -312,6 +346,13 @@ def test_configs_are_distinct_cache_keys():
 @pytest.mark.parametrize("dtype, dq_mode", cute_gpu_cases.BWD_MODES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode):
     cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, rank, dtype, dq_mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr", cute_gpu_cases.REDUCE_WARP_CASES)
+def test_numerics_with_the_dq_reduce_warp(b, sq, sk, h, hkv, d, wl, wr):
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, 0, torch.bfloat16, "reduce_warp")
 
 
 @pytest.mark.gpu

@@ -47,6 +47,8 @@ def test_every_group_has_cases():
         "cute-bwd-reduce",
         "cute-bwd-wide",
         "cute-bwd-bias-tc",
+        "cute-bwd-80",
+        "cute-bwd-reduce-warp",
         "triton",
     }
     assert all(gpu_smoke.GROUPS.values())
@@ -54,7 +56,17 @@ def test_every_group_has_cases():
 
 @pytest.mark.parametrize(
     "group",
-    ["cute-fwd", "cute-fwd-wide", "cute-fwd-192", "cute-bwd", "cute-bwd-reduce", "cute-bwd-wide", "cute-bwd-bias-tc"],
+    [
+        "cute-fwd",
+        "cute-fwd-wide",
+        "cute-fwd-192",
+        "cute-bwd",
+        "cute-bwd-reduce",
+        "cute-bwd-wide",
+        "cute-bwd-bias-tc",
+        "cute-bwd-80",
+        "cute-bwd-reduce-warp",
+    ],
 )
 def test_smoke_configs_are_precompiled(monkeypatch, group):
     """gpu_check compiles on every core before the smoke runs; a case outside that set compiles serially there."""
@@ -78,6 +90,10 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.dq_tma_reduce, name
         if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):
             assert not cfg.dq_tma_reduce, name
+        if group == "cute-bwd-80":
+            assert cfg.tile_m == 80, name
+        if mod is attention_bwd:
+            assert cfg.dq_reduce_warp == (group == "cute-bwd-reduce-warp"), name
         if group == "cute-bwd-bias-tc":
             assert cfg.make_kernel().tc_factor_grads, name
             # and its float32 twin, which the group's failure leaves the rest of the run on

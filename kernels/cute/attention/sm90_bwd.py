@@ -10,7 +10,8 @@ are added with atomics: float32 factors' computed in float32 from a float32 copy
 consumer thread while the dQ and dK wgmmas run; 16-bit factors' on the tensor cores from the dS that dQ
 and dK take (``make_factor_mmas``).
 dQ reaches its float32 buffer by one bulk reduce-add (TMA, no tensor map) per warpgroup from smem (the
-launcher's default where the staging buffer costs no pipeline stage), by vector atomics, or in a
+launcher's default where the staging buffer costs no pipeline stage), or per tile from a producer warp that the
+consumers hand the buffer to by named barriers (``dq_reduce_warp``, FA3's way), by vector atomics, or in a
 deterministic mode where key blocks add their dQ and query-factor partials in a fixed order. Either way
 dQaccum's (tile_m, d) tiles keep the dQ accumulators in register order, as FA3's do (common/packed.py):
 16-byte stores and atomics at fixed offsets, no address arithmetic on rows and columns.
@@ -31,7 +32,8 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
 CTA layout of the main kernel (3 warpgroups):
     WG0      producer: warp 0 issues the TMA loads of K, V (once), the key bias factors (once
              per query head) and Q, dO, lse2, D (+ query bias factors) per query block into a
-             ``num_stages`` pipeline; the warpgroup gives registers back.
+             ``num_stages`` pipeline; with ``dq_reduce_warp`` warp 1 issues dQ's reduce-adds; the
+             warpgroup gives registers back.
     WG1, WG2 consumers: 64 key rows each of the 128-row key block, 64 query rows per step (128 for bf16 at
              d <= 64 without a bias, as FA3 does: S^T / dP^T of 64 x 128 still fit in registers there;
              80 at d = 128 without a bias, FA4's non-causal tile, where dQ = dS K, whose 80 rows are no
@@ -55,7 +57,7 @@ from cutlass.cute.nvgpu import cpasync, warp, warpgroup
 from cutlass.tensor_utils import LayoutEnum
 
 from ..common import sm90
-from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_sync
+from ..common.barriers import WARPGROUP_THREADS, NamedBarrierBwd, barrier_arrive, barrier_sync
 from ..common.layouts import (
     acc_view_as_operand_a,
     acc_view_mn,
@@ -305,6 +307,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         ds_stages: int = 2,
         tile_m: int = 64,
         tc_factor_grads: bool = True,
+        dq_reduce_warp: bool = False,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
@@ -346,6 +349,11 @@ class AttentionBwdSm90(AttentionBwdBase):
         self.bias_mma = bias_mma and bias_rank > 0
         # dQ partial -> smem -> one bulk reduce-add per warpgroup, instead of vector atomics
         self.dq_tma_reduce = dq_tma_reduce
+        # the bulk reduce-add issued by a producer warp (one for the whole tile) instead of each consumer warpgroup:
+        # the consumers store their dQ and go on (``store_dq_for_reduce_warp``, ``reduce_dq``)
+        if dq_reduce_warp and not dq_tma_reduce:
+            raise ValueError("dq_reduce_warp issues the dQ bulk reduce-add: it needs dq_tma_reduce")
+        self.dq_reduce_warp = dq_reduce_warp
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
         self.deterministic = deterministic
@@ -687,6 +695,9 @@ class AttentionBwdSm90(AttentionBwdBase):
 
         if warp_idx < WARP_ROLES.mma_wg1[0]:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
+            if const_expr(self.dq_reduce_warp):
+                if warp_idx == WARP_ROLES.load[1]:
+                    self.reduce_dq(mdQaccum, sdQ, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max)
             if warp_idx == WARP_ROLES.load[0]:
                 self.load(
                     mQ, mK, mV, mdO, mQf, mKf, mLSE2, mDpsum, sQ, sK, sV, sdO, sQf, sKf, sLSE2, sDpsum,
@@ -1181,7 +1192,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                     )
                 # 6. dQaccum += dQ, its (tile_m, d) tile packed in register order (common/packed.py) or by (row, col)
                 gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
-                if const_expr(self.dq_tma_reduce):
+                if const_expr(self.dq_reduce_warp):
+                    self.store_dq_for_reduce_warp(acc_dQ, sdQ, wg_idx, lane)
+                elif const_expr(self.dq_tma_reduce):
                     self.store_dq_bulk(acc_dQ, sdQ, gdQ.iterator, wg_idx, lane, is_dq_thread)
                 elif const_expr(self.dq_packed):
                     red_add_packed(gdQ.iterator, acc_dQ, wg_idx, lane)
@@ -1234,7 +1247,10 @@ class AttentionBwdSm90(AttentionBwdBase):
                 kf_state.advance()
                 kf_state = kf_state
         pipeline_kv.consumer_release(kv_state)
-        if const_expr(self.dq_tma_reduce):
+        if const_expr(self.dq_reduce_warp):
+            # the reduce warp's last arrival: its last reduce-add has read the buffer (balances the barrier)
+            barrier_sync(NamedBarrierBwd.dQEmpty, self.num_mma_threads + cute.arch.WARP_SIZE)
+        elif const_expr(self.dq_tma_reduce):
             if is_dq_thread:
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
 
@@ -1369,6 +1385,52 @@ class AttentionBwdSm90(AttentionBwdBase):
             half = self.tile_m * self.dq_cols
             sm90.bulk_reduce_add_f32(gdQ + wg_idx * half, sdQ.iterator + wg_idx * half, 4 * half)
             cute.arch.cp_async_bulk_commit_group()
+
+    @cute.jit
+    def store_dq_for_reduce_warp(self, acc_dQ: cute.Tensor, sdQ: cute.Tensor, wg_idx: Int32, lane: Int32) -> None:
+        """``dq_reduce_warp``: this warpgroup's dQ -> its half of the packed smem tile, once the reduce warp has read
+        the previous one (dQEmpty); then dQFull tells it the tile is there, without waiting."""
+        threads = self.num_mma_threads + cute.arch.WARP_SIZE
+        barrier_sync(NamedBarrierBwd.dQEmpty, threads)
+        store_packed(sdQ.iterator, acc_dQ, wg_idx, lane)
+        # generic-proxy smem writes must be visible to the bulk copy (async proxy)
+        cute.arch.fence_view_async_shared()
+        barrier_arrive(NamedBarrierBwd.dQFull, threads)
+
+    @cute.jit
+    def reduce_dq(
+        self,
+        mdQaccum: cute.Tensor,  # (s_q_pad, d, h, b) float32
+        sdQ: cute.Tensor,  # (tile_m * d,) float32, packed
+        head_kv: Int32,
+        batch: Int32,
+        qhead_per_kvhead: Int32,
+        g_lo: Int32,
+        g_hi: Int32,
+        m_min: Int32,
+        m_max: Int32,
+    ) -> None:
+        """``dq_reduce_warp``, a producer warp: for every query block the consumers visit, in their order, wait for
+        both warpgroups' dQ in smem (dQFull), add the whole packed tile to dQaccum by one bulk reduce-add, and once
+        it has read the buffer hand it back (dQEmpty; an arrival up front, since the buffer starts empty, and the
+        consumers' one sync after their loop takes the last)."""
+        threads = self.num_mma_threads + cute.arch.WARP_SIZE
+        tm, d = self.tile_m, self.head_dim
+        lane = cute.arch.lane_idx()
+        barrier_arrive(NamedBarrierBwd.dQEmpty, threads)
+        for g in cutlass.range(g_lo, g_hi, unroll=1):
+            head = head_kv * qhead_per_kvhead + g
+            for m_block in cutlass.range(m_min, m_max, unroll=1):
+                barrier_sync(NamedBarrierBwd.dQFull, threads)
+                if lane == 0:
+                    gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))
+                    sm90.bulk_reduce_add_f32(gdQ.iterator, sdQ.iterator, 4 * tm * d)
+                    cute.arch.cp_async_bulk_commit_group()
+                    cute.arch.cp_async_bulk_wait_group(0, read=True)
+                cute.arch.sync_warp()
+                barrier_arrive(NamedBarrierBwd.dQEmpty, threads)
+        if lane == 0:
+            cute.arch.cp_async_bulk_wait_group(0, read=False)
 
     @cute.jit
     def tile_needs_mask(

@@ -90,6 +90,9 @@ class BwdConfig:
     # 16-bit factors of rank <= 16: their gradients on the tensor cores (False: float32 FMAs, the fallback of
     # ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0); True wherever it makes no difference
     tc_factor_grads: bool = True
+    # the TMA reduce-add of dQ issued by a producer warp for the whole tile (the consumers store and go on, as FA3
+    # and FA4 do) instead of by each consumer warpgroup for its half; a benchmark variant until measured
+    dq_reduce_warp: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -120,6 +123,7 @@ class BwdConfig:
             ds_stages=self.ds_stages,
             tile_m=self.tile_m,
             tc_factor_grads=self.tc_factor_grads,
+            dq_reduce_warp=self.dq_reduce_warp,
         )
 
 
@@ -173,6 +177,20 @@ DQ_TMA_REDUCE_ENV = "ATTNKIT_SM90_BWD_DQ_TMA_REDUCE"
 TC_FACTOR_GRADS_ENV = "ATTNKIT_SM90_BWD_TC_FACTOR_GRADS"
 
 
+# "0": the benchmark variants and GPU tests leave out the 80-row steps / the producer warp's dQ reduce-add
+# (gpu_check sets them when their smoke groups fail, so that the rest is still tested and measured)
+ROWS_80_ENV = "ATTNKIT_SM90_BWD_80_ROWS"
+REDUCE_WARP_ENV = "ATTNKIT_SM90_BWD_DQ_REDUCE_WARP"
+
+
+def rows_80_enabled() -> bool:
+    return os.environ.get(ROWS_80_ENV, "1") != "0"
+
+
+def reduce_warp_enabled() -> bool:
+    return reduce_add_enabled() and os.environ.get(REDUCE_WARP_ENV, "1") != "0"
+
+
 def tc_factor_grads_enabled() -> bool:
     return os.environ.get(TC_FACTOR_GRADS_ENV, "1") != "0"
 
@@ -197,18 +215,25 @@ def choose_config(
     bias_mma: bool = False,
     tile_m: int | None = None,
     tc_factor_grads: bool | None = None,
+    dq_reduce_warp: bool = False,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
     dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add), and
-    ``ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0`` the default factor gradients float32 FMAs."""
+    ``ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0`` the default factor gradients float32 FMAs. ``dq_reduce_warp``: that
+    config's TMA reduce-add issued by a producer warp (an error where the config adds dQ otherwise)."""
     if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
         dq_tma_reduce = False
     if tc_factor_grads is None:
         tc_factor_grads = tc_factor_grads_enabled()
-    return _choose_config(
+    cfg = _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch, dq_tma_reduce, deterministic,
         split_heads, bias_mma, tile_m, tc_factor_grads,
     )  # fmt: skip
+    if dq_reduce_warp:
+        if not cfg.dq_tma_reduce:
+            raise ValueError(f"dq_reduce_warp issues dQ's TMA reduce-add; this config adds dQ by atomics: {cfg}")
+        cfg = dataclasses.replace(cfg, dq_reduce_warp=True)
+    return cfg
 
 
 @functools.lru_cache(maxsize=256)
@@ -365,12 +390,17 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
         del variants["TMA reduce-add"]
     if variants["default"].tile_m == 128:
         variants["64 query rows per step"] = choose_config(*args, arch=arch, tile_m=64)
-    if head_dim == 128:
+    if head_dim == 128 and rows_80_enabled():
         # FA4's non-causal tile at d = 128 (dQ computed transposed): not the default until an H100 run says so
         variants["80 query rows per step"] = choose_config(*args, arch=arch, tile_m=80)
         atomics = choose_config(*args, arch=arch, tile_m=80, dq_tma_reduce=False)
         if atomics != variants["80 query rows per step"]:  # the same where the reduce-add is switched off
             variants["80 query rows, dQ atomics"] = atomics
+    if reduce_warp_enabled():
+        # the reduce-add from a producer warp (FA3 / FA4's way), for every variant that takes the reduce-add
+        for name, cfg in list(variants.items()):
+            if cfg.dq_tma_reduce and name != "TMA reduce-add":
+                variants[f"{name}, dQ reduce warp"] = dataclasses.replace(cfg, dq_reduce_warp=True)
     return variants
 
 
@@ -468,6 +498,7 @@ def config_for(
     deterministic: bool = False,
     tile_m: int | None = None,
     tc_factor_grads: bool | None = None,
+    dq_reduce_warp: bool = False,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
@@ -488,6 +519,7 @@ def config_for(
         # learned factors in q's dtype go on the tensor cores (as in the forward); others in float32
         bias_mma=bias_rank > 0 and factors_in_input_dtype,
         tc_factor_grads=tc_factor_grads,
+        dq_reduce_warp=dq_reduce_warp,
     )
     return cfg, splits
 
@@ -519,11 +551,13 @@ def attention_bwd(
     dq_tma_reduce: bool | None = None,
     deterministic: bool = False,
     tile_m: int | None = None,
+    dq_reduce_warp: bool = False,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
 
     ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer (None: ``choose_config``'s default);
-    ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default).
+    ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default);
+    ``dq_reduce_warp`` has a producer warp issue the reduce-add.
     """
     import cuda.bindings.driver as cuda
 
@@ -557,6 +591,7 @@ def attention_bwd(
         dq_tma_reduce,
         deterministic,
         tile_m,
+        dq_reduce_warp=dq_reduce_warp,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
