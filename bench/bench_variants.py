@@ -103,6 +103,7 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     flags["64 query rows per step"] = {"tile_m": 64}
     flags["80 query rows per step"] = {"tile_m": 80}
     flags["80 query rows, dQ atomics"] = {"tile_m": 80, "dq_tma_reduce": False}
+    flags["dQ after dK"] = {"dq_under_dk": False}
     # each reduce-add variant with the reduce-add issued by a producer warp
     for name in list(flags):
         flags[f"{name}, dQ reduce warp"] = {**flags[name], "dq_reduce_warp": True}

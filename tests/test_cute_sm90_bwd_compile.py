@@ -311,6 +311,30 @@ def test_dq_reduce_warp_takes_the_reduce_add_out_of_the_consumer_loop(cache_dir,
         AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, False, dq_reduce_warp=True)
 
 
+@pytest.mark.parametrize("dq_mode", ["atomics", "tma_reduce", "reduce_warp"])
+def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, dq_mode):
+    """dq_under_dk (FA4's order): the loop waits for dQ with dK's wgmma group still in flight (wait_group 1), adds or
+    stores dQ, then waits for dK (wait_group 0); with dq_under_dk=False the first dQ access comes after the full
+    wait. No bias and not deterministic: those keep the full wait (their own work takes that slot)."""
+    flags = cute_gpu_cases.DQ_FLAGS[dq_mode]
+    first_access = {"atomics": "REDG.E.ADD.F32x4", "tma_reduce": "STS.128", "reduce_warp": "STS.128"}[dq_mode]
+    for under in (True, False):
+        cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, False, dq_under_dk=under, **flags)
+        assert cfg.dq_under_dk == under and cfg.make_kernel().dq_under_dk == under
+        bwd.compile_config(cfg)
+        sass = precompile.sass_of(bwd.cache().cubin(cfg))
+        assert precompile.sass_summary(sass)["LDL"] == 0
+        loop = precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))
+        store = next(i for i, t in enumerate(loop) if precompile.opcode(t).startswith(first_access))
+        waits = [(i, t.split()[-1]) for i, t in enumerate(loop) if precompile.opcode(t) == "WARPGROUP.DEPBAR.LE"]
+        before = [w for i, w in waits if i < store]
+        assert before[-1] == ("0x1" if under else "0x0"), (under, waits, store)
+        if under:
+            assert any(i > store and w == "0x0" for i, w in waits), "dK is waited for after the dQ store"
+    for kw in (dict(bias_rank=8), dict(deterministic=True)):
+        assert not bwd.choose_config(torch.bfloat16, 128, 128, False, False, **kw).dq_under_dk
+
+
 def test_80_query_rows_per_step():
     """FA4's non-causal d = 128 tile: 80 query rows per step, dQ computed transposed (dQ^T = K^T dS^T, d on the
     wgmma's rows). A benchmark variant until an H100 run times it: the default stays 64. Only where dQ^T's two

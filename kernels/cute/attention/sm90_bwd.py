@@ -308,6 +308,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         tile_m: int = 64,
         tc_factor_grads: bool = True,
         dq_reduce_warp: bool = False,
+        dq_under_dk: bool = True,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
@@ -354,6 +355,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         if dq_reduce_warp and not dq_tma_reduce:
             raise ValueError("dq_reduce_warp issues the dQ bulk reduce-add: it needs dq_tma_reduce")
         self.dq_reduce_warp = dq_reduce_warp
+        self.allow_dq_under_dk = dq_under_dk
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
         self.deterministic = deterministic
@@ -397,6 +399,14 @@ class AttentionBwdSm90(AttentionBwdBase):
     @property
     def dq_packed(self) -> bool:
         return self.packs_dq(self.dq_tma_reduce, self.bias_rank, self.bias_mma, self.head_dim, self.head_dim_v)
+
+    @property
+    def dq_under_dk(self) -> bool:
+        """dQ is added (atomics, or stored for the reduce-add) while the dK wgmma still runs, as FA4 does, instead of
+        after it: without a bias (whose factor gradients take that slot) and outside the deterministic mode (whose
+        turn wait would stall the wgmma's result). False (``dq_under_dk=False``): after both, the order measured on the
+        H100 on 2026-11-27."""
+        return self.allow_dq_under_dk and not self.has_bias and not self.deterministic
 
     @property
     def dq_swap_ab(self) -> bool:
@@ -1180,9 +1190,13 @@ class AttentionBwdSm90(AttentionBwdBase):
                         tidx, sdSf, sQf[None, None, stage], sKf,
                         mdQf[None, None, head, batch], mdKf[None, None, head, batch], row_start, key_start,
                     )  # fmt: skip
-                warpgroup.wait_group(0)
-                if const_expr(not self.has_bias):
-                    pipeline_q.consumer_release(q_state)
+                if const_expr(self.dq_under_dk):
+                    # dQ (and dV) done, dK still running: dQ goes out under it
+                    warpgroup.wait_group(1)
+                else:
+                    warpgroup.wait_group(0)
+                    if const_expr(not self.has_bias):
+                        pipeline_q.consumer_release(q_state)
 
                 sem_ptr = None
                 if const_expr(self.deterministic):
@@ -1200,6 +1214,10 @@ class AttentionBwdSm90(AttentionBwdBase):
                     red_add_packed(gdQ.iterator, acc_dQ, wg_idx, lane)
                 else:
                     red_add_acc_f32(thr_mma_dq.partition_C(gdQ), acc_dQ)
+                if const_expr(self.dq_under_dk):
+                    # dK has read Q^T (and dS^T)
+                    warpgroup.wait_group(0)
+                    pipeline_q.consumer_release(q_state)
                 if const_expr(self.tc_factor_grads):
                     # the factor gradients once dQ's registers are free: dS^T and dS from smem (this stage is not
                     # written again before both warpgroups pass the next query block's PdS barrier), Qf from

@@ -93,6 +93,10 @@ class BwdConfig:
     # the TMA reduce-add of dQ issued by a producer warp for the whole tile (the consumers store and go on, as FA3
     # and FA4 do) instead of by each consumer warpgroup for its half; a benchmark variant until measured
     dq_reduce_warp: bool = False
+    # dQ added while the dK wgmma runs (as FA4 orders them) where nothing else takes that slot (no bias, not
+    # deterministic); False: after it, as in the 2026-11-27 H100 run. Set in choose_config, False where it decides
+    # nothing (one config, not two alike)
+    dq_under_dk: bool = True
     arch: str = "sm_90a"
 
     @property
@@ -124,6 +128,7 @@ class BwdConfig:
             tile_m=self.tile_m,
             tc_factor_grads=self.tc_factor_grads,
             dq_reduce_warp=self.dq_reduce_warp,
+            dq_under_dk=self.dq_under_dk,
         )
 
 
@@ -216,11 +221,13 @@ def choose_config(
     tile_m: int | None = None,
     tc_factor_grads: bool | None = None,
     dq_reduce_warp: bool = False,
+    dq_under_dk: bool = True,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
     dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add), and
     ``ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0`` the default factor gradients float32 FMAs. ``dq_reduce_warp``: that
-    config's TMA reduce-add issued by a producer warp (an error where the config adds dQ otherwise)."""
+    config's TMA reduce-add issued by a producer warp (an error where the config adds dQ otherwise);
+    ``dq_under_dk=False``: dQ added after the dK wgmma (``BwdConfig.dq_under_dk``)."""
     if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
         dq_tma_reduce = False
     if tc_factor_grads is None:
@@ -233,6 +240,8 @@ def choose_config(
         if not cfg.dq_tma_reduce:
             raise ValueError(f"dq_reduce_warp issues dQ's TMA reduce-add; this config adds dQ by atomics: {cfg}")
         cfg = dataclasses.replace(cfg, dq_reduce_warp=True)
+    if not dq_under_dk:
+        cfg = dataclasses.replace(cfg, dq_under_dk=False)
     return cfg
 
 
@@ -307,6 +316,8 @@ def _choose_config(
         tile_m=tile_m,
         arch=arch,
     )
+    if bias_rank or deterministic:
+        cfg = dataclasses.replace(cfg, dq_under_dk=False)  # nothing to decide there (AttentionBwdSm90.dq_under_dk)
     if not tc_factor_grads and cfg.make_kernel().tc_factor_grads:
         # False only where it decides something (one config, not two alike)
         cfg = dataclasses.replace(cfg, tc_factor_grads=False)
@@ -401,6 +412,9 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
         for name, cfg in list(variants.items()):
             if cfg.dq_tma_reduce and name != "TMA reduce-add":
                 variants[f"{name}, dQ reduce warp"] = dataclasses.replace(cfg, dq_reduce_warp=True)
+    if variants["default"].dq_under_dk:
+        # the order of the 2026-11-27 run: dQ added after the dK wgmma
+        variants["dQ after dK"] = dataclasses.replace(variants["default"], dq_under_dk=False)
     return variants
 
 
@@ -499,6 +513,7 @@ def config_for(
     tile_m: int | None = None,
     tc_factor_grads: bool | None = None,
     dq_reduce_warp: bool = False,
+    dq_under_dk: bool = True,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
@@ -520,6 +535,7 @@ def config_for(
         bias_mma=bias_rank > 0 and factors_in_input_dtype,
         tc_factor_grads=tc_factor_grads,
         dq_reduce_warp=dq_reduce_warp,
+        dq_under_dk=dq_under_dk,
     )
     return cfg, splits
 
@@ -552,12 +568,13 @@ def attention_bwd(
     deterministic: bool = False,
     tile_m: int | None = None,
     dq_reduce_warp: bool = False,
+    dq_under_dk: bool = True,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
 
     ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer (None: ``choose_config``'s default);
     ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default);
-    ``dq_reduce_warp`` has a producer warp issue the reduce-add.
+    ``dq_reduce_warp`` has a producer warp issue the reduce-add; ``dq_under_dk=False`` adds dQ after the dK wgmma.
     """
     import cuda.bindings.driver as cuda
 
@@ -592,6 +609,7 @@ def attention_bwd(
         deterministic,
         tile_m,
         dq_reduce_warp=dq_reduce_warp,
+        dq_under_dk=dq_under_dk,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
