@@ -9,8 +9,9 @@ that group out. ``cute-fwd`` runs every forward with 128-row tiles (two consumer
 kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_SM90_FWD_192_ROWS=0``); likewise
 ``cute-bwd`` (dQ by atomics) and ``cute-bwd-reduce`` (the default TMA reduce-add, ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``
 after a failure), ``cute-bwd-80`` (the 80-row steps) and ``cute-bwd-reduce-warp`` (dQ's reduce-add from a producer
-warp), two benchmark variants whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``,
-``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``), and a failing backward leaves the forward in the benchmark. Each
+warp) and ``cute-fwd-split`` (the forward's interior key blocks in a loop without mask code), benchmark variants
+whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``,
+``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark. Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
 then ``ok`` or ``WRONG`` per output, where WRONG names the worst element, the NaN count and the 64-row
 query (or key) blocks whose error breaks the acceptance rule of ``tests/numerics.py`` (2x the error of
@@ -21,6 +22,7 @@ wrong or raised.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -84,7 +86,7 @@ def poison(nbytes: int) -> None:
     del blocks
 
 
-def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None):
+def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, split=False):
     from attnkit.cute import attention_fwd as fwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_forward
@@ -94,7 +96,7 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
         poison(b * max(sq, sk) * h * d * 4)
         with schedule.section_bytes(l2_budget):
-            out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw)
+            out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw, config=run.config() if split else None)
             torch.cuda.synchronize()
         out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
         out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
@@ -108,7 +110,11 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
         return verdict("lse", *finite, seq_dim=2) and ok
 
     # the config the case runs (a CPU test checks that gpu_check's precompile builds it)
-    run.config = lambda: fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+    def config():
+        cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+        return dataclasses.replace(cfg, split_mask_loops=True) if split else cfg
+
+    run.config = config
     return run
 
 
@@ -216,6 +222,19 @@ GROUPS = {
         "d64 fp16 causal persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 64, -1, 0, 0, dtype=torch.float16),
         "d64 bf16 bias r24 (wgmma)": cute_fwd_case(1, 333, 1000, 2, 2, 64, -1, -1, -24),
     },
+    # the split mainloop (interior key blocks in a loop without mask code; a benchmark variant): a group of its own,
+    # so that its failure only leaves it out (ATTNKIT_SM90_FWD_SPLIT_LOOPS=0)
+    "cute-fwd-split": {
+        "d128 full, seqlen_k tail": cute_fwd_case(2, 300, 333, 4, 4, 128, -1, -1, 0, split=True),
+        "d128 causal gqa": cute_fwd_case(2, 1000, 1000, 4, 2, 128, -1, 0, 0, split=True),
+        "d128 causal sq<sk": cute_fwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0, split=True),
+        "d128 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 128, -1, 0, 0, split=True),
+        "d128 window": cute_fwd_case(1, 1000, 1200, 2, 2, 128, 300, 16, 0, split=True),
+        "d64 causal (192-row tiles)": cute_fwd_case(1, 2048, 2048, 4, 4, 64, -1, 0, 0, split=True),
+        "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0, split=True),
+        "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(1, 700, 700, 4, 2, 128, -1, 0, -8, split=True),
+        "d64 float32 bias r3 window": cute_fwd_case(1, 333, 1000, 2, 2, 64, 64, 16, 3, split=True),
+    },
     # the launcher's default dQ mode, the TMA reduce-add (and d = 64's 128 query rows per step): a group of its own,
     # so that its failure leaves the backward in the run with dQ by atomics (ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0)
     "cute-bwd-reduce": {
@@ -310,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
     from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
-    from attnkit.cute.attention_fwd import WIDE_TILE_ENV
+    from attnkit.cute.attention_fwd import SPLIT_LOOPS_ENV, WIDE_TILE_ENV
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
     env = {"cute-fwd": [(WIDE_TILE_ENV, "0")], "cute-fwd-192": [(WIDE_TILE_ENV, None)]}
+    env |= {"cute-fwd-split": [(SPLIT_LOOPS_ENV, None)]}
     env |= {"cute-bwd": [(DQ_TMA_REDUCE_ENV, "0")], "cute-bwd-wide": [(DQ_TMA_REDUCE_ENV, "0")]}
     env |= {"cute-bwd-reduce": [(DQ_TMA_REDUCE_ENV, None)]}
     env |= {"cute-bwd-bias-tc": [(DQ_TMA_REDUCE_ENV, "0"), (TC_FACTOR_GRADS_ENV, None)]}

@@ -36,6 +36,13 @@ FWD_TWO_WG_CASES = [
 ]
 
 
+def split_loops(cfg):
+    """A forward config with its interior key blocks in a loop of their own (bench_variants' split mainloop)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, split_mask_loops=True)
+
+
 def two_warpgroups(cfg):
     """A forward config with 128-row tiles (two consumer warpgroups) in place of its 192."""
     import dataclasses
@@ -194,6 +201,8 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
             # and its 128-row twin: FWD_TWO_WG_CASES, and every case under gpu_check's ATTNKIT_SM90_FWD_192_ROWS=0
             found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
+            if dtype == torch.bfloat16:  # the split mainloop's GPU test runs the bf16 cases
+                found.append(split_loops(cfg))
     _b, sq, _sk, h, hkv = DV_SHAPE
     for d, dv, wr in FWD_DV_CASES:
         found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, dv, -1, wr))

@@ -73,8 +73,16 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     )
     fwd, bwd = bench_variants.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
     n = bench_variants.QUICK[0]
-    switches = ["default", "lazy rescale (threshold 8)", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
-    tiles = ["default", "128 query rows per tile"]  # D = 64: the default takes 192
+    split = "interior blocks in their own loop"
+    switches = [
+        "default",
+        split,
+        "lazy rescale (threshold 8)",
+        "poly exp2 on 2 of 8",
+        "no ping-pong",
+        "no intra-WG overlap",
+    ]
+    tiles = ["default", split, "128 query rows per tile"]  # D = 64: the default takes 192
     assert calls == [
         (n, 1, False, 128, switches),
         (n, 8, False, 128, ["default", "pack GQA (8 heads)"]),

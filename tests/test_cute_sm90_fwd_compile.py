@@ -335,6 +335,17 @@ def test_numerics_with_two_consumer_warpgroups_where_the_default_takes_three(b, 
 
 @pytest.mark.gpu
 @pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_CASES)
+def test_numerics_with_interior_blocks_in_their_own_loop(b, sq, sk, h, hkv, d, wl, wr, rank):
+    """The split mainloop bench_variants times (FwdConfig.split_mask_loops): the same results, bf16."""
+    if not fwd.split_loops_enabled():
+        pytest.skip(f"{fwd.SPLIT_LOOPS_ENV}=0: the split mainloop failed gpu_check's smoke test")
+    cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.split_loops(cfg))
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
 @pytest.mark.parametrize("d, dv, wr", cute_gpu_cases.FWD_DV_CASES)
 def test_numerics_with_dv_other_than_d(d, dv, wr):
     b, sq, sk, h, hkv = cute_gpu_cases.DV_SHAPE
@@ -384,7 +395,7 @@ _COMPILED_MASK_PROBES = {}
 def mask_probe(
     vals: cute.Tensor,  # (threads, n_elem) float32: 0 or -inf after masking
     coords: cute.Tensor,  # (threads, n_elem, 2) int32: (row, col) within the tile
-    info: cute.Tensor,  # (2 + warpgroups,) int32: n_min, n_max, needs_mask(WG1), needs_mask(WG2), ...
+    info: cute.Tensor,  # (2 + 3 warpgroups,) int32: n_min, n_max, needs_mask per WG, (right, left) per WG
     seqlen_q: Int32,
     seqlen_k: Int32,
     window_left: Int32,
@@ -406,6 +417,9 @@ def mask_probe(
     info[1] = n_max
     for wg in cutlass.range_constexpr(nwg):
         info[2 + wg] = Int32(mask.tile_needs_mask(row_start + 64 * wg, row_start + 64 * (wg + 1), n_block))
+        right, left = mask.boundary_blocks(row_start + 64 * wg, row_start + 64 * (wg + 1), n_min, n_max)
+        info[2 + nwg + 2 * wg] = right
+        info[3 + nwg + 2 * wg] = left
     acc_shape = tiled_mma.get_slice(0).partition_shape_C((tile_m, tile_n))
     for t in cutlass.range(128 * nwg):
         tScS = tiled_mma.get_slice(t).partition_C(cute.make_identity_tensor((tile_m, tile_n)))
@@ -545,7 +559,7 @@ def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m, tile_n):
     n_elem = tile_m * tile_n // threads
     vals = torch.zeros(threads, n_elem)
     coords = torch.zeros(threads, n_elem, 2, dtype=torch.int32)
-    info = torch.zeros(2 + nwg, dtype=torch.int32)
+    info = torch.zeros(2 + 3 * nwg, dtype=torch.int32)
 
     def args(m, n):
         return (from_dlpack(vals), from_dlpack(coords), from_dlpack(info), sq, sk, max(wl, 0), max(wr, 0), m, n)
@@ -564,6 +578,7 @@ def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m, tile_n):
         seen = vis[m * tile_m : (m + 1) * tile_m].any(0).nonzero()
         if len(seen):
             assert n_min <= int(seen.min()) // tile_n and n_max > int(seen.max()) // tile_n
+        bounds = [(int(info[2 + nwg + 2 * wg]), int(info[3 + nwg + 2 * wg])) for wg in range(nwg)]
         for n in range(n_min, n_max):
             run(*args(m, n))
             rows = coords[..., 0].long() + m * tile_m
@@ -579,6 +594,12 @@ def _check_mask(mask_probe, sq, sk, wl, wr, pack, tile_m, tile_n):
                 assert ((rows[part] - m * tile_m) // 64 == wg).all()
                 if (live[part] & ~expect[part]).any():
                     assert info[2 + wg], f"boundary tile (m {m}, n {n}, warpgroup {wg}) left unmasked"
+                    # and the split mainloop's interior loop (no mask code) never takes it: iteration j = n_max-1-n
+                    right, left = bounds[wg]
+                    j = n_max - 1 - n
+                    assert not right <= j < n_max - n_min - left, (
+                        f"boundary tile (m {m}, n {n}, warpgroup {wg}) among the interior blocks {bounds[wg]}"
+                    )
 
 
 @pytest.mark.parametrize("tile_n, nwg", [(64, 2), (80, 2), (112, 2), (128, 2), (128, 3)])

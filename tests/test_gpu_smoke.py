@@ -43,6 +43,7 @@ def test_every_group_has_cases():
         "cute-fwd",
         "cute-fwd-wide",
         "cute-fwd-192",
+        "cute-fwd-split",
         "cute-bwd",
         "cute-bwd-reduce",
         "cute-bwd-wide",
@@ -60,6 +61,7 @@ def test_every_group_has_cases():
         "cute-fwd",
         "cute-fwd-wide",
         "cute-fwd-192",
+        "cute-fwd-split",
         "cute-bwd",
         "cute-bwd-reduce",
         "cute-bwd-wide",
@@ -86,6 +88,8 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
         assert cfg in built, f"{group}: {name}: {cfg}"
         if group == "cute-fwd-192":
             assert cfg.num_mma_warpgroups == 3, name
+        if mod is attention_fwd:
+            assert cfg.split_mask_loops == (group == "cute-fwd-split"), name
         if group == "cute-bwd-reduce":
             assert cfg.dq_tma_reduce, name
         if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):

@@ -68,6 +68,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         bias_mma: bool = False,
         pack_gqa: int = 1,
         num_mma_warpgroups: int = 2,
+        split_mask_loops: bool = False,
     ):
         if num_mma_warpgroups not in REGISTER_BUDGETS:
             raise ValueError(f"num_mma_warpgroups must be one of {sorted(REGISTER_BUDGETS)}, got {num_mma_warpgroups}")
@@ -88,6 +89,9 @@ class AttentionFwdSm90(AttentionFwdBase):
         )
         self.pingpong = pingpong
         self.intra_wg_overlap = intra_wg_overlap
+        # the overlapped mainloop's key blocks in up to three loops, FA4's way: the boundary blocks at either end
+        # (masked where tile_needs_mask says) and the interior ones between, with no mask code at all
+        self.split_mask_loops = split_mask_loops
         # large head dims: the epilogue writes O into Q's buffer, released only after the store
         if o_aliases_q and head_dim_v > head_dim:
             raise ValueError("O can only reuse Q's shared memory when head_dim_v <= head_dim")
@@ -649,29 +653,28 @@ class AttentionFwdSm90(AttentionFwdBase):
             softmax.step(acc_S, is_first=True)
             tOrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
 
-            for j in cutlass.range(1, num_blocks, unroll=1):
-                v_state = kv_state.clone()
-                kv_state.advance()
-                acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
-                pipeline_k.consumer_wait(kv_state)
-                self.scheduler_sync(wg_idx)
-                self.issue_scores(acc_S, tSrQ, tSrK, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
-                pipeline_v.consumer_wait(v_state)
-                sm90.gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], False, -1)
-                self.scheduler_arrive(wg_idx)
-                # S(j) done; PV(j-1) may still run
-                warpgroup.wait_group(1)
-                self.score_epilogue(
-                    acc_S, tScS, bias_a, bias_b, kv_state.index, mask, row_start,
-                    wg_row_start, wg_row_end, n_max - 1 - j, softmax_scale_log2,
-                )  # fmt: skip
-                pipeline_k.consumer_release(kv_state)
-                row_scale = softmax.step(acc_S, is_first=False)
-                # PV(j-1) read P(j-1) from tOrP and accumulates into acc_O: both free after this
-                warpgroup.wait_group(0)
-                pipeline_v.consumer_release(v_state)
-                softmax.rescale_o(acc_O, row_scale)
-                tOrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
+            step = (
+                tSrQ, tSrK, tOrP, tOrVt, acc_O, acc_shape_S, tScS, bias_a, bias_b, softmax, mask, tiled_mma_qk,
+                tiled_mma_pv, pipeline_k, pipeline_v, wg_idx, row_start, wg_row_start, wg_row_end, n_max,
+                softmax_scale_log2,
+            )  # fmt: skip
+            if const_expr(self.split_mask_loops):
+                # iteration j takes block n_max - 1 - j: the right boundary blocks are the first iterations, the
+                # left ones the last
+                right, left = mask.boundary_blocks(wg_row_start, wg_row_end, n_max - num_blocks, n_max)
+                interior_start = cutlass.min(cutlass.max(right, 1), num_blocks)
+                interior_end = cutlass.max(num_blocks - left, interior_start)
+                if const_expr(mask.has_right):
+                    for j in cutlass.range(1, interior_start, unroll=1):
+                        kv_state = self.overlapped_block(j, kv_state, True, *step)
+                for j in cutlass.range(interior_start, interior_end, unroll=1):
+                    kv_state = self.overlapped_block(j, kv_state, False, *step)
+                if const_expr(mask.has_left):
+                    for j in cutlass.range(interior_end, num_blocks, unroll=1):
+                        kv_state = self.overlapped_block(j, kv_state, True, *step)
+            else:
+                for j in cutlass.range(1, num_blocks, unroll=1):
+                    kv_state = self.overlapped_block(j, kv_state, True, *step)
 
             if const_expr(not self.o_aliases_q):
                 pipeline_q.consumer_release(q_state)
@@ -683,6 +686,60 @@ class AttentionFwdSm90(AttentionFwdBase):
             warpgroup.wait_group(0)
             pipeline_v.consumer_release(kv_state)
             kv_state.advance()
+        return kv_state
+
+    @cute.jit
+    def overlapped_block(
+        self,
+        j: Int32,
+        kv_state,  # the stage of block j - 1; returned advanced to block j's
+        may_mask: cutlass.Constexpr[bool],  # False: a block no row of this warpgroup needs masked in
+        tSrQ: cute.Tensor,
+        tSrK: cute.Tensor,
+        tOrP: cute.Tensor,
+        tOrVt: cute.Tensor,
+        acc_O: cute.Tensor,
+        acc_shape_S,
+        tScS: cute.Tensor,
+        bias_a: cute.Tensor | None,
+        bias_b: cute.Tensor | None,
+        softmax,
+        mask,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        pipeline_k,
+        pipeline_v,
+        wg_idx: Int32,
+        row_start: Int32,
+        wg_row_start: Int32,
+        wg_row_end: Int32,
+        n_max: Int32,
+        softmax_scale_log2: Float32,
+    ):
+        """Iteration j >= 1 of ``mainloop_overlapped``: S(j) and PV(j - 1) issued in one scheduler slot, the softmax
+        of block j under PV(j - 1), P(j) left in registers."""
+        v_state = kv_state.clone()
+        kv_state.advance()
+        acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
+        pipeline_k.consumer_wait(kv_state)
+        self.scheduler_sync(wg_idx)
+        self.issue_scores(acc_S, tSrQ, tSrK, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
+        pipeline_v.consumer_wait(v_state)
+        sm90.gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], False, -1)
+        self.scheduler_arrive(wg_idx)
+        # S(j) done; PV(j-1) may still run
+        warpgroup.wait_group(1)
+        self.score_epilogue(
+            acc_S, tScS, bias_a, bias_b, kv_state.index, mask, row_start,
+            wg_row_start, wg_row_end, n_max - 1 - j, softmax_scale_log2, may_mask,
+        )  # fmt: skip
+        pipeline_k.consumer_release(kv_state)
+        row_scale = softmax.step(acc_S, is_first=False)
+        # PV(j-1) read P(j-1) from tOrP and accumulates into acc_O: both free after this
+        warpgroup.wait_group(0)
+        pipeline_v.consumer_release(v_state)
+        softmax.rescale_o(acc_O, row_scale)
+        tOrP.store(acc_view_as_operand_a(acc_S).load().to(self.dtype))
         return kv_state
 
     @cute.jit
@@ -722,13 +779,16 @@ class AttentionFwdSm90(AttentionFwdBase):
         wg_row_end: Int32,
         n_block: Int32,
         softmax_scale_log2: Float32,
+        may_mask: cutlass.Constexpr[bool] = True,
     ) -> None:
         """Float32 bias (if any) and boundary-tile mask on S, before the K stage (holding Kf) is released (the
-        wgmma bias is already in the accumulator: ``issue_scores``)."""
+        wgmma bias is already in the accumulator: ``issue_scores``). ``may_mask=False``: an interior block
+        (``AttentionMask.boundary_blocks``), no mask code."""
         if const_expr(self.has_bias and not self.bias_mma):
             self.add_lowrank_bias(acc_S, tScS, bias_a, bias_b[None, None, stage], softmax_scale_log2)
-        if mask.tile_needs_mask(wg_row_start, wg_row_end, n_block):
-            mask.apply(acc_S, tScS, row_start, n_block)
+        if const_expr(may_mask):
+            if mask.tile_needs_mask(wg_row_start, wg_row_end, n_block):
+                mask.apply(acc_S, tScS, row_start, n_block)
 
     @cute.jit
     def scheduler_sync(self, wg_idx: Int32) -> None:

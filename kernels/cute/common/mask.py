@@ -6,7 +6,8 @@ window_right)`` with ``offset = seqlen_k - seqlen_q``; causal is ``has_right`` w
 ``window_right = 0``. ``has_left``/``has_right`` are compile-time, the window sizes runtime.
 
 Only boundary tiles are masked: the kernel asks ``tile_needs_mask`` per (rows, key block) and calls
-``apply`` under that runtime branch; interior tiles pay one comparison per tile.
+``apply`` under that runtime branch; interior tiles pay one comparison per tile, or none where the kernel
+loops over the interior blocks (``boundary_blocks``) separately.
 
 Rows are tile rows; with ``rows_per_position`` = G > 1 (the query heads of a GQA group packed into one
 tile, head fastest) tile row r is query position r // G.
@@ -81,6 +82,29 @@ class AttentionMask(RuntimeFields):
             last_row = cutlass.min(row_end, self.seqlen_q) - 1
             need = need or key_start < last_row + self.offset - self.window_left
         return need
+
+    @cute.jit
+    def boundary_blocks(self, row_start: Int32, row_end: Int32, n_min: Int32, n_max: Int32) -> tuple[Int32, Int32]:
+        """(right, left): of the key blocks [n_min, n_max), the ``right`` last and the ``left`` first are the only
+        ones ``tile_needs_mask`` can find boundary tiles in for rows [row_start, row_end): the key-length tail and
+        the right window bound at the right end, the left bound at the left end (they may overlap). Every block
+        between needs no mask, so a loop over them can leave the mask out."""
+        row_start, row_end = self.position(row_start), self.position_end(row_end)
+        # block n ends past the keys iff (n + 1) * tile_n > seqlen_k, iff n >= seqlen_k // tile_n
+        first_right = self.seqlen_k // self.tile_n
+        if const_expr(self.has_right):
+            # ... and past the first row's last visible key k iff (n + 1) * tile_n - 1 > k, iff n >= (k + 1) // tile_n
+            last_key = row_start + self.offset + self.window_right
+            first_right = cutlass.min(first_right, cutlass.max(last_key + 1, 0) // self.tile_n)
+        right = cutlass.max(n_max - cutlass.max(first_right, n_min), 0)
+        left = Int32(0)
+        if const_expr(self.has_left):
+            # block n starts before the last row's first visible key k iff n * tile_n < k, iff n < ceil(k / tile_n)
+            last_row = cutlass.min(row_end, self.seqlen_q) - 1
+            first_key = last_row + self.offset - self.window_left
+            left_end = cute.ceil_div(cutlass.max(first_key, 0), self.tile_n)
+            left = cutlass.max(cutlass.min(left_end, n_max) - n_min, 0)
+        return right, left
 
     @cute.jit
     def apply(self, acc_S: cute.Tensor, tScS: cute.Tensor, row_base: Int32, n_block: Int32) -> None:

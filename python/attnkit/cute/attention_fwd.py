@@ -79,6 +79,9 @@ class FwdConfig:
     pack_gqa: int = 1
     # consumer warpgroups of 64 query rows: 2 (128-row tiles, 240 registers) or 3 (192 rows, 160)
     num_mma_warpgroups: int = 2
+    # the key blocks no row needs masked in a loop of their own, without mask code (FA4's way); a benchmark variant
+    # until measured
+    split_mask_loops: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -107,12 +110,22 @@ class FwdConfig:
             bias_mma=self.bias_mma,
             pack_gqa=self.pack_gqa,
             num_mma_warpgroups=self.num_mma_warpgroups,
+            split_mask_loops=self.split_mask_loops,
         )
 
 
 # "0": every forward takes two consumer warpgroups (scripts/gpu_check.sh sets it for the rest of its run
 # when the 192-row tiles fail their smoke test, so that the forward is still tested and measured)
 WIDE_TILE_ENV = "ATTNKIT_SM90_FWD_192_ROWS"
+
+
+# "0": the benchmark variants and GPU tests leave out the split mainloop (FwdConfig.split_mask_loops); gpu_check sets
+# it when its smoke group fails
+SPLIT_LOOPS_ENV = "ATTNKIT_SM90_FWD_SPLIT_LOOPS"
+
+
+def split_loops_enabled() -> bool:
+    return os.environ.get(SPLIT_LOOPS_ENV, "1") != "0"
 
 
 def wide_tiles_enabled() -> bool:
@@ -272,13 +285,18 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     ``precompile --variants``): what each FA-style technique is worth is measured, not assumed. At another head
     dim than 128: the default against 128-row tiles, where the default takes 192 (three consumer warpgroups)."""
     base = choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch)
+    # FA4's mainloop: the key blocks no row needs masked in a loop without mask code
+    split = {"interior blocks in their own loop": dataclasses.replace(base, split_mask_loops=True)}
+    if not split_loops_enabled():
+        split = {}
     if head_dim != 128:
-        variants = {"default": base}
+        variants = {"default": base, **split}
         if base.num_mma_warpgroups == 3:
             variants["128 query rows per tile"] = dataclasses.replace(base, num_mma_warpgroups=2)
         return variants
     return {
         "default": base,
+        **split,
         "lazy rescale (threshold 8)": dataclasses.replace(base, rescale_threshold=8.0),
         "poly exp2 on 2 of 8": dataclasses.replace(base, poly_exp2_per_8=2),
         "no ping-pong": dataclasses.replace(base, pingpong=False),
