@@ -344,7 +344,7 @@ def test_80_query_rows_per_step():
         for reduce in (False, True):
             cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, causal, tile_m=80, dq_tma_reduce=reduce)
             assert (cfg.tile_m, cfg.dq_tma_reduce, cfg.num_stages, cfg.ds_stages) == (80, reduce, 2, 2)
-            assert cfg.dq_packed and cfg.make_kernel().dq_swap_ab
+            assert cfg.dq_packed and cfg.make_kernel().dq_transposed
         variants = bwd.variant_configs(causal, 128)
         assert variants["80 query rows per step"].tile_m == variants["80 query rows, dQ atomics"].tile_m == 80
         assert "80 query rows per step" not in bwd.variant_configs(causal, 64)
@@ -354,6 +354,13 @@ def test_80_query_rows_per_step():
             bwd.choose_config(torch.bfloat16, d, dv, False, False, bias_rank=rank, tile_m=80)
     with pytest.raises(ValueError, match="tile_m = 80"):
         AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, False, bias_rank=8, tile_m=80)
+    with pytest.raises(ValueError, match="tile_m = 80"):
+        AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, False, tile_n=64, tile_m=80)
+    # lse2 / D stages are TMA destinations: each 128-byte aligned (80 floats per stage would put the second at 320)
+    for tile_m in (64, 80, 128):
+        d = 64 if tile_m == 128 else 128
+        kernel = AttentionBwdSm90(cutlass.BFloat16, d, d, 2, False, False, tile_m=tile_m)
+        assert kernel.stat_stride >= tile_m and 4 * kernel.stat_stride % 128 == 0
     with pytest.raises(ValueError, match="tile_m = 80"):
         bwd.BwdPostprocessConfig("bf16", 64, tile_m=80).make_kernel()
 
@@ -629,8 +636,8 @@ def _dq_packing_probe(main, post):
     from attnkit.kernels.cute.common.packed import GROUP, packed_offset
 
     # the dQ accumulator's (row, column) are (query, d), or (d, query) where dQ^T is computed
-    shape = (main.head_dim, main.tile_m) if main.dq_swap_ab else (main.tile_m, main.head_dim)
-    row, col = (1, 0) if main.dq_swap_ab else (0, 1)
+    shape = (main.head_dim, main.tile_m) if main.dq_transposed else (main.tile_m, main.head_dim)
+    row, col = (1, 0) if main.dq_transposed else (0, 1)
 
     @cute.jit
     def probe(out: cute.Tensor):  # (256, elements, 5) int32: (query, d) written, offset, (query, d) read back

@@ -6,6 +6,7 @@ code against brute-force references. The numerics test at the end needs an H100 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -150,6 +151,14 @@ def test_three_consumer_warpgroups_where_their_registers_hold():
     assert all(cfg.num_mma_warpgroups == 2 and cfg.tile_m == 128 for cfg in two), two
     with pytest.raises(ValueError, match="num_mma_warpgroups"):
         AttentionFwdSm90(cutlass.BFloat16, 64, 64, 128, 2, False, False, num_mma_warpgroups=4)
+
+
+def test_split_mainloop_needs_the_overlapped_one():
+    base = fwd.choose_config(torch.bfloat16, 128, 128, False, True)
+    assert not base.split_mask_loops and base.intra_wg_overlap
+    assert dataclasses.replace(base, split_mask_loops=True).make_kernel().split_mask_loops
+    with pytest.raises(ValueError, match="split_mask_loops"):
+        dataclasses.replace(base, split_mask_loops=True, intra_wg_overlap=False).make_kernel()
 
 
 def test_192_row_tiles_can_be_switched_off(monkeypatch):

@@ -25,7 +25,8 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
                  P^T and dS^T come out of wgmma in the A-operand register layout, so
                  dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
-                 consumer warpgroups split along d; dQ is added to a float32 buffer.
+                 consumer warpgroups split along d (80-row steps: the MN-major B operand of
+                 dQ^T = K^T dS^T, the warpgroups stacked along d); dQ is added to a float32 buffer.
     postprocess  dq = dQaccum * softmax_scale, converted to the input dtype, each packed element put
                  back at the (row, column) of the dQ MMA's C partition.
 
@@ -212,7 +213,8 @@ class AttentionBwdPostprocessSm90(AttentionBwdBase):
     """dq = dQaccum * softmax_scale in the input dtype. dQaccum's (tile_m, d) tiles are packed in the register
     order of the main kernel's dQ accumulators (common/packed.py): each of the 256 threads here loads what the
     thread of the same index there added (16-byte loads, a warp's 512 bytes contiguous) and stores it at the
-    (row, column) the dQ MMA's C partition gives, two columns per 4-byte store."""
+    (row, column) the dQ MMA's C partition gives, two columns per 4-byte store (dQ^T of 80-row steps: its
+    accumulator pairs are two rows of one column, one 2-byte store each)."""
 
     num_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
 
@@ -324,9 +326,10 @@ class AttentionBwdSm90(AttentionBwdBase):
             raise ValueError(f"dK and dV of d > {NARROW_HEAD_DIM} need tile_n = 64 (they do not fit in registers)")
         if tile_m == 128 and (self.tile_n == 64 or max(head_dim, head_dim_v) > 64):
             raise ValueError("tile_m = 128 takes tile_n = 128 and head dims <= 64 (S^T, dP^T, dK, dV in registers)")
-        if dq_swaps_ab(tile_m) and (head_dim != 64 * NUM_MMA_WARPGROUPS or head_dim_v > head_dim or bias_rank):
+        narrow = self.tile_n == 64 * NUM_MMA_WARPGROUPS and head_dim_v <= head_dim
+        if dq_swaps_ab(tile_m) and (head_dim != 64 * NUM_MMA_WARPGROUPS or not narrow or bias_rank):
             # dQ^T's warpgroups take 64 rows of d each; the factor-gradient code assumes tile_n / tile_m whole
-            raise ValueError(f"tile_m = {tile_m} takes head_dim 128, head_dim_v <= 128 and no bias")
+            raise ValueError(f"tile_m = {tile_m} takes head_dim 128, head_dim_v <= 128, tile_n = 128 and no bias")
         # P^T / dS^T smem buffers: two let a warpgroup write the next ones while the other still reads these
         if ds_stages not in (1, 2):
             raise ValueError(f"ds_stages must be 1 or 2, got {ds_stages}")
@@ -401,6 +404,12 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.packs_dq(self.dq_tma_reduce, self.bias_rank, self.bias_mma, self.head_dim, self.head_dim_v)
 
     @property
+    def stat_stride(self) -> int:
+        """Floats between the pipeline stages of lse2 / D in smem: tile_m rounded up to 32, so that every stage
+        starts 128-byte aligned, as a TMA (tensor) load's destination must (80 rows: 96, not 80)."""
+        return -(-self.tile_m // 32) * 32
+
+    @property
     def dq_under_dk(self) -> bool:
         """dQ is added (atomics, or stored for the reduce-add) while the dK wgmma still runs, as FA4 does, instead of
         after it: without a bias (whose factor gradients take that slot) and outside the deterministic mode (whose
@@ -409,7 +418,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.allow_dq_under_dk and not self.has_bias and not self.deterministic
 
     @property
-    def dq_swap_ab(self) -> bool:
+    def dq_transposed(self) -> bool:
         """dQ^T = K^T dS^T (``dq_swaps_ab``): 80-row query tiles."""
         return dq_swaps_ab(self.tile_m)
 
@@ -466,8 +475,8 @@ class AttentionBwdSm90(AttentionBwdBase):
             (stages * tm * dv * elem, 1024),  # sdO
             (ds, 1024),  # sdS
             (ds if self.dkv_split_d else 0, 1024),  # sP
-            (4 * tm * stages, 128),  # sLSE2
-            (4 * tm * stages, 128),  # sDpsum
+            (4 * self.stat_stride * stages, 128),  # sLSE2
+            (4 * self.stat_stride * stages, 128),  # sDpsum
             (bias_elem * stages * tm * rank if self.has_bias else 0, 1024),  # sQf
             (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
             (4 * (tn * (tm + 4) - 4) if self.fma_factor_grads else 0, 128),  # sdSf: (tn, tm) rows padded by 4
@@ -531,7 +540,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         kv_bytes = cute.size_in_bytes(self.dtype, sK_layout) + cute.size_in_bytes(self.dtype, sV_layout)
         # lse2 and D of the query block travel with Q and dO: (b, h, s) -> (s, h, b)
         mLSE2, mDpsum = [cute.make_tensor(t.iterator, cute.select(t.layout, mode=[2, 1, 0])) for t in (mLSE2, mDpsum)]
-        sStat_layout = cute.make_layout((tm, self.num_stages))
+        sStat_layout = cute.make_layout((tm, self.num_stages), stride=(1, self.stat_stride))
         tma_atom_LSE2, tma_LSE2 = cpasync.make_tiled_tma_atom(load_op, mLSE2, cute.make_layout(tm), (tm,))
         tma_atom_Dpsum, tma_Dpsum = cpasync.make_tiled_tma_atom(load_op, mDpsum, cute.make_layout(tm), (tm,))
         q_bytes += 2 * 4 * tm
@@ -706,6 +715,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         if warp_idx < WARP_ROLES.mma_wg1[0]:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             if const_expr(self.dq_reduce_warp):
+                # the producer warpgroup's second warp (WARP_ROLES.load names the whole producer warpgroup)
                 if warp_idx == WARP_ROLES.load[1]:
                     self.reduce_dq(mdQaccum, sdQ, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max)
             if warp_idx == WARP_ROLES.load[0]:
@@ -729,7 +739,8 @@ class AttentionBwdSm90(AttentionBwdBase):
 
     def sds_layout(self) -> cute.ComposedLayout:
         """dS^T (and P^T with dkv_split_d), (tile_n, tile_m, ds_stages), queries contiguous, swizzled: the S^T
-        accumulator's layout as stored, and the MN-major A operand of dQ = dS K."""
+        accumulator's layout as stored, and the MN-major A operand of dQ = dS K (with ``dq_transposed`` the MN-major
+        B operand of dQ^T = K^T dS^T; 80 queries take the 32-byte swizzle)."""
         return _smem_layout(self.dtype, self.tile_n, self.tile_m, self.ds_stages, self.tile_m)
 
     def sdq_layout(self) -> cute.Layout:
@@ -1039,7 +1050,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_shape_A((tn, tm)))
             tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
         acc_dK = cute.make_rmem_tensor(thr_mma_dk.partition_shape_C((tn, d)), Float32)
-        if const_expr(self.dq_swap_ab):
+        if const_expr(self.dq_transposed):
             # dQ^T = K^T dS^T: A = K^T (d, tile_n) MN-major, this warpgroup's 64 rows of d; B = dS^T read as
             # (tile_m, tile_n), MN-major
             tdQrKt = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sK)))
@@ -1174,7 +1185,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 # 5. dQ = dS K (this warpgroup's d columns); dK += dS^T Q; under them, the factor gradients
                 # from the float32 dS in smem (deterministic mode: in this key block's turn, step 7)
                 acc_dQ = cute.make_rmem_tensor(acc_shape_dQ, Float32)
-                if const_expr(self.dq_swap_ab):
+                if const_expr(self.dq_transposed):
                     sm90.gemm(tiled_mma_dq, acc_dQ, tdQrKt, tdQrdS[None, None, None, ds_stage], True, -1)
                 else:
                     sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)

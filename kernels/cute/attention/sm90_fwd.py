@@ -91,6 +91,8 @@ class AttentionFwdSm90(AttentionFwdBase):
         self.intra_wg_overlap = intra_wg_overlap
         # the overlapped mainloop's key blocks in up to three loops, FA4's way: the boundary blocks at either end
         # (masked where tile_needs_mask says) and the interior ones between, with no mask code at all
+        if split_mask_loops and not intra_wg_overlap:
+            raise ValueError("split_mask_loops splits the overlapped mainloop: it needs intra_wg_overlap")
         self.split_mask_loops = split_mask_loops
         # large head dims: the epilogue writes O into Q's buffer, released only after the store
         if o_aliases_q and head_dim_v > head_dim:

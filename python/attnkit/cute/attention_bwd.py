@@ -42,8 +42,9 @@ _CACHE = CompileCache("attention_bwd_sm90")
 
 SMEM_CAPACITY = 227 * 1024
 
-# Padding of the float32 work buffers along the sequence: whole main-kernel tiles, so the main
-# kernel reads lse2 / D and adds dQ and the factor gradients without bounds checks.
+# Padding of the float32 work buffers along the sequence: whole main-kernel tiles (the query side also a multiple of
+# tile_m: 640 rows for 80), so the main kernel reads lse2 / D and adds dQ and the factor gradients without bounds
+# checks.
 SEQ_PAD = 128
 
 # head_dim -> Q/dO pipeline stages. Not measured on an H100 yet: two stages let the producer load
@@ -74,8 +75,9 @@ class BwdConfig:
     bias_rank: int = 0  # padded: a multiple of 4 (float32 factors) or 16 (bias_mma); 0 = no bias
     bias_mma: bool = False  # factors in the input dtype: S^T's bias term on the tensor cores
     num_stages: int = 2
-    # dQ: False = float32 vector atomics from registers; True = smem + one bulk (TMA) reduce-add per warpgroup (the
-    # default where it costs no pipeline stage; not measured yet, bench_variants compares them)
+    # dQ: False = float32 vector atomics from registers; True = smem + one bulk (TMA) reduce-add per warpgroup, or per
+    # tile from a producer warp with dq_reduce_warp (the default where it costs no pipeline stage; bench_variants
+    # compares them)
     dq_tma_reduce: bool = False
     # dQ (and the query-factor gradients) added in a fixed key-block order: bitwise reproducible
     deterministic: bool = False
