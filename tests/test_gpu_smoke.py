@@ -38,38 +38,26 @@ def test_wrong_rows_are_located_by_query_block(capsys, poison):
     assert ("NaN 176/" in text) == (poison == "nan")
 
 
+CUTE_GROUPS = [
+    "cute-fwd",
+    "cute-fwd-wide",
+    "cute-fwd-192",
+    "cute-fwd-split",
+    "cute-bwd",
+    "cute-bwd-reduce",
+    "cute-bwd-wide",
+    "cute-bwd-bias-tc",
+    "cute-bwd-80",
+    "cute-bwd-reduce-warp",
+]
+
+
 def test_every_group_has_cases():
-    assert set(gpu_smoke.GROUPS) == {
-        "cute-fwd",
-        "cute-fwd-wide",
-        "cute-fwd-192",
-        "cute-fwd-split",
-        "cute-bwd",
-        "cute-bwd-reduce",
-        "cute-bwd-wide",
-        "cute-bwd-bias-tc",
-        "cute-bwd-80",
-        "cute-bwd-reduce-warp",
-        "triton",
-    }
+    assert set(gpu_smoke.GROUPS) == {*CUTE_GROUPS, "triton"}
     assert all(gpu_smoke.GROUPS.values())
 
 
-@pytest.mark.parametrize(
-    "group",
-    [
-        "cute-fwd",
-        "cute-fwd-wide",
-        "cute-fwd-192",
-        "cute-fwd-split",
-        "cute-bwd",
-        "cute-bwd-reduce",
-        "cute-bwd-wide",
-        "cute-bwd-bias-tc",
-        "cute-bwd-80",
-        "cute-bwd-reduce-warp",
-    ],
-)
+@pytest.mark.parametrize("group", CUTE_GROUPS)
 def test_smoke_configs_are_precompiled(monkeypatch, group):
     """gpu_check compiles on every core before the smoke runs; a case outside that set compiles serially there."""
     pytest.importorskip("cutlass")
