@@ -113,8 +113,16 @@ timeout_plugin=()
 if "$py" -c "import pytest_timeout" >/dev/null 2>&1; then
   timeout_plugin=(--timeout 120)
 fi
+# the files in order of what the run must not miss if the limit cuts the stage short: the CuTe forward and backward,
+# the Triton attention, then the rest; a file of a failed smoke group is left out
+test_paths=()
+for f in tests/test_cute_sm90_fwd_compile.py tests/test_cute_sm90_bwd_compile.py tests/test_triton_attention.py \
+  tests/test_*.py; do
+  [[ " ${test_paths[*]} " == *" $f "* || " ${pytest_ignore[*]} " == *" $f "* ]] && continue
+  test_paths+=("$f")
+done
 timeout -k 10 "$test_s" "$py" -m pytest -m "gpu or sm90" -q --maxfail 20 -ra -p no:cacheprovider \
-  "${timeout_plugin[@]}" "${pytest_ignore[@]}" 2>&1 | tee "$out/tests.log"
+  "${timeout_plugin[@]}" "${test_paths[@]}" 2>&1 | tee "$out/tests.log"
 rc=${PIPESTATUS[0]}
 last=$(grep -E "[0-9]+ (passed|failed|skipped|errors?|deselected)|no tests ran" "$out/tests.log" | tail -n 1)
 if [ "$rc" -eq 5 ]; then
@@ -130,30 +138,35 @@ if [ -z "$sanitizer" ]; then
 elif [ -z "$sanitize_backends" ]; then
   summary+=("sanitizers: skipped, every backend failed its smoke test")
 else
-  # tool LIMIT ARGS...: one sanitizer run over scripts/sanitizer_cases.py, recorded as a stage
+  # NAME TOOL LIMIT ARGS...: one sanitizer run over scripts/sanitizer_cases.py, recorded as stage NAME (log NAME.log)
   sanitize() {
-    local tool=$1 limit=$2
-    shift 2
-    echo "gpu_check: compute-sanitizer $tool (limit ${limit} s)"
+    local name=$1 tool=$2 limit=$3
+    shift 3
+    local log=$out/$name.log
+    echo "gpu_check: compute-sanitizer $tool, $name (limit ${limit} s)"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$limit" "$sanitizer" --tool "$tool" --error-exitcode 3 \
-      --target-processes all "$py" scripts/sanitizer_cases.py "$@" >"$out/$tool.log" 2>&1
+      --target-processes all "$py" scripts/sanitizer_cases.py "$@" >"$log" 2>&1
     local rc=$?
-    tail -n 30 "$out/$tool.log"
+    tail -n 30 "$log"
     local found
-    found=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$out/$tool.log" | tail -n 1 | sed 's/^=* *//')
+    found=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1 | sed 's/^=* *//')
     local detail
     case $rc in
       3) detail="$tool reported errors: $found" ;;
       0) detail=$found ;;
       124 | 137) detail="after ${limit} s: no verdict" ;;
-      *) detail="a case raised (see $tool.log); ${found:-no summary}" ;;
+      *) detail="a case raised (see $name.log); ${found:-no summary}" ;;
     esac
-    record "$tool" "$rc" "$detail"
+    record "$name" "$rc" "$detail"
   }
-  sanitize memcheck "$sanitizer_s" --backends "$sanitize_backends" "${sanitizer_flags[@]}"
+  sanitize memcheck memcheck "$sanitizer_s" --backends "$sanitize_backends" "${sanitizer_flags[@]}"
   if [[ ",$sanitize_backends," == *,cute,* ]]; then
     # shared-memory hazards between the warp roles of the CuTe kernels (TMA, mbarriers, named barriers)
-    sanitize racecheck "$racecheck_s" --backends cute --tiny "${sanitizer_flags[@]}"
+    sanitize racecheck racecheck "$racecheck_s" --backends cute --tiny --variants without "${sanitizer_flags[@]}"
+    # the backward variants in a run of their own, so that a slow one cannot cost the defaults their verdict
+    if [[ " ${sanitizer_flags[*]} " != *" --no-cute-bwd "* ]]; then
+      sanitize racecheck-variants racecheck "$racecheck_s" --backends cute --variants only
+    fi
   fi
 fi
 

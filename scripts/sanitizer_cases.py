@@ -1,6 +1,6 @@
 """Small shapes through the attnkit backends, forward and backward, for compute-sanitizer (gpu_check.sh).
 
-    python scripts/sanitizer_cases.py [--backends triton,cute] [--tiny] [--no-wide]
+    python scripts/sanitizer_cases.py [--backends triton,cute] [--tiny] [--no-wide] [--variants with|without|only]
 
 ``--tiny``: one short causal case per backend (racecheck is slow); ``--no-wide``: leave out the head dims above 128
 (their backward failed its smoke test). The CuTe backend also runs the backward variants that passed their smoke
@@ -111,18 +111,24 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--no-wide", action="store_true")
     p.add_argument("--no-cute-bwd", action="store_true", help="the CuTe attention forward only")
+    p.add_argument(
+        "--variants",
+        choices=["with", "without", "only"],
+        default="with",
+        help="the CuTe backward variants (cute_bwd_variants) besides the shapes, not at all, or alone",
+    )
     args = p.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     for backend in backends:
-        for s in TINY if args.tiny else SHAPES:
+        for s in (TINY if args.tiny else SHAPES) if args.variants != "only" else []:
             if args.no_wide and s[4] > 128:
                 continue
             backward = not (args.no_cute_bwd and backend == "cute")
             case(f"attention {backend} {s}", attention(backend, *s, backward=backward))
-        if backend == "cute" and not args.no_cute_bwd:
+        if backend == "cute" and not args.no_cute_bwd and args.variants != "without":
             for name, fn in cute_bwd_variants():
                 case(name, fn)
-    if "triton" in backends and not args.tiny:
+    if "triton" in backends and not args.tiny and args.variants != "only":
         case("lightning triton", lightning("triton"))
     return 1 if failures else 0
 
