@@ -30,6 +30,9 @@ HEAD_DIM = 128
 SEQLENS = (4096, 8192)
 QUICK = (8192,)
 ONE_SECTION = 1 << 60
+# the causal order's L2 section budget (attnkit.cute.schedule, default 32 MiB): one section of every head, half and
+# twice the default
+SECTION_VARIANTS = {"one L2 section": ONE_SECTION, "L2 sections of 16 MiB": 16 << 20, "L2 sections of 64 MiB": 64 << 20}
 
 
 GROUP = 8
@@ -69,7 +72,7 @@ def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     kw = dict(softmax_scale=1.0 / math.sqrt(head_dim), window_left=-1, window_right=0 if causal else -1)
     variants = fwd.variant_configs(causal, head_dim)
     if q.shape[2] == k.shape[2]:
-        sections = ["one L2 section"] if causal and head_dim == HEAD_DIM else []
+        sections = list(SECTION_VARIANTS) if causal and head_dim == HEAD_DIM else []
         names = [n for n in variants if not n.startswith("pack GQA")] + sections
     else:
         # whichever the launcher picks for this shape is the default; the other one is the variant
@@ -79,8 +82,8 @@ def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
         variants["default"] = None
     calls = {}
     for name in names:
-        if name == "one L2 section":
-            calls[name] = _with_sections(calls["default"], ONE_SECTION)
+        if name in SECTION_VARIANTS:
+            calls[name] = _with_sections(calls["default"], SECTION_VARIANTS[name])
         else:
             calls[name] = lambda cfg=variants[name]: fwd.attention_fwd(q, k, v, None, None, **kw, config=cfg)
     return calls
@@ -117,7 +120,8 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
         for name, f in flags.items()
     }
     if causal:
-        calls["one L2 section"] = _with_sections(calls["default"], ONE_SECTION)
+        for name, nbytes in SECTION_VARIANTS.items():
+            calls[name] = _with_sections(calls["default"], nbytes)
     return calls
 
 

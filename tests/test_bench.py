@@ -88,7 +88,7 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
         (n, 8, False, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, False, 128, ["default", "one head per tile"]),
         (n, 1, False, 64, tiles),
-        (n, 1, True, 128, [*switches, "one L2 section"]),
+        (n, 1, True, 128, [*switches, *bench_variants.SECTION_VARIANTS]),
         (n, 8, True, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, True, 128, ["default", "one head per tile"]),
         (n, 1, True, 64, tiles),
