@@ -588,7 +588,7 @@ def _ds_store_probe(kernel):
             _, thr_copy = kernel.make_ds_store(tiled_mma_sdp, t)
             src = thr_copy.retile(tiled_mma_sdp.get_slice(t).partition_C(cute.make_identity_tensor(shape)))
             dst = thr_copy.partition_D(cute.make_identity_tensor(shape))
-            dst_smem = thr_copy.partition_D(plain[None, None, 0])
+            dst_smem = thr_copy.partition_D(kernel.ds_store_view(plain)[None, None, 0])
             for i in cutlass.range(cute.size(dst), unroll_full=True):
                 out[t, i, 0] = src[i][0]
                 out[t, i, 1] = src[i][1]
@@ -603,8 +603,8 @@ def _ds_store_probe(kernel):
 def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_it(head_dim, tile_m):
     """dS^T (P^T) goes to smem by stmatrix, a warp-wide exchange: each instruction of a warp must write exactly the
     (key, query) elements its 32 threads hold, every element of the tile once, each thread's 8 elements one row's 8
-    consecutive queries at a 16-byte aligned offset (which the 16-byte granular swizzle keeps contiguous; 80-query
-    rows take the 32-byte swizzle)."""
+    consecutive queries at a 16-byte aligned offset (which the 16-byte granular swizzle keeps contiguous); with 80
+    queries dS itself, keys contiguous, by the transposing stmatrix: 8 consecutive keys of one query."""
     from cutlass.cute.runtime import from_dlpack
 
     kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True, tile_m=tile_m)
@@ -626,8 +626,10 @@ def test_ds_stmatrix_store_writes_each_accumulator_element_where_the_tile_holds_
             written = sorted(map(tuple, dst[lanes, vals].reshape(-1, 2).tolist()))
             assert held == written, f"warp {warp}, stmatrix {a}: writes other elements than its threads hold"
     rows = dst.view(256, instructions, 8, 2)
-    assert (rows[..., 0] == rows[..., :1, 0]).all(), "a thread's 8 elements share one key row"
-    assert torch.equal(rows[..., 1] - rows[..., :1, 1], torch.arange(8).expand_as(rows[..., 1]))
+    # dS^T: a row is 8 queries of one key; dS (dq_transposed, transposing stmatrix): 8 keys of one query
+    fixed, runs_along = (1, 0) if kernel.dq_transposed else (0, 1)
+    assert (rows[..., fixed] == rows[..., :1, fixed]).all(), "a thread's 8 elements share one smem row"
+    assert torch.equal(rows[..., runs_along] - rows[..., :1, runs_along], torch.arange(8).expand_as(rows[..., 0]))
     runs = offset.view(256, instructions, 8)
     assert (runs[..., :1] % 8 == 0).all() and torch.equal(runs - runs[..., :1], torch.arange(8).expand_as(runs))
 

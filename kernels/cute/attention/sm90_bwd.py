@@ -25,8 +25,8 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
                  P^T and dS^T come out of wgmma in the A-operand register layout, so
                  dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
-                 consumer warpgroups split along d (80-row steps: the MN-major B operand of
-                 dQ^T = K^T dS^T, the warpgroups stacked along d); dQ is added to a float32 buffer.
+                 consumer warpgroups split along d (80-row steps: dS, key-contiguous, the K-major B
+                 operand of dQ^T = K^T dS^T, the warpgroups stacked along d); dQ is added to a float32 buffer.
     postprocess  dq = dQaccum * softmax_scale, converted to the input dtype, each packed element put
                  back at the (row, column) of the dQ MMA's C partition.
 
@@ -199,11 +199,11 @@ def dq_swaps_ab(tile_m: int) -> bool:
 def dq_tiled_mma(dtype: type[cutlass.Numeric], head_dim: int, tile_m: int = 64) -> cute.TiledMma:
     """dQ = dS K: the warpgroups side by side along d (d / 2 columns each), dS read query-contiguous (MN-major A),
     K^T MN-major. With ``dq_swaps_ab(tile_m)`` dQ^T = K^T dS^T instead: the warpgroups stacked along d (64 rows
-    each, so d = 128), every query of the tile on N, K^T (d-contiguous) and dS^T (query-contiguous) both MN-major.
+    each, so d = 128), every query of the tile on N, K^T (d-contiguous) MN-major and dS (key-contiguous) K-major.
     Its C partition is also how the postprocess reads dQaccum's packed tiles back."""
     if dq_swaps_ab(tile_m):
         assert head_dim == 64 * NUM_MMA_WARPGROUPS, f"dQ^T takes d = {64 * NUM_MMA_WARPGROUPS}, got {head_dim}"
-        return sm90.make_tiled_mma(dtype, "MN", "MN", tile_m, num_warpgroups=NUM_MMA_WARPGROUPS)
+        return sm90.make_tiled_mma(dtype, "MN", "K", tile_m, num_warpgroups=NUM_MMA_WARPGROUPS)
     return sm90.make_tiled_mma(
         dtype, "MN", "MN", head_dim // NUM_MMA_WARPGROUPS, num_warpgroups=NUM_MMA_WARPGROUPS, warpgroups_along_n=True
     )
@@ -739,9 +739,16 @@ class AttentionBwdSm90(AttentionBwdBase):
 
     def sds_layout(self) -> cute.ComposedLayout:
         """dS^T (and P^T with dkv_split_d), (tile_n, tile_m, ds_stages), queries contiguous, swizzled: the S^T
-        accumulator's layout as stored, and the MN-major A operand of dQ = dS K (with ``dq_transposed`` the MN-major
-        B operand of dQ^T = K^T dS^T; 80 queries take the 32-byte swizzle)."""
+        accumulator's layout as stored, and the MN-major A operand of dQ = dS K. With ``dq_transposed``, dS instead,
+        (tile_m, tile_n, ds_stages), keys contiguous (128-byte swizzle, which 80 queries per row would not allow):
+        the K-major B operand of dQ^T = K^T dS^T, as FA4 stores it, written by transposing stmatrix."""
+        if const_expr(self.dq_transposed):
+            return sm90.make_smem_layout(self.dtype, self.tile_m, self.tile_n, self.ds_stages)
         return _smem_layout(self.dtype, self.tile_n, self.tile_m, self.ds_stages, self.tile_m)
+
+    def ds_store_view(self, sdS: cute.Tensor) -> cute.Tensor:
+        """The dS smem tile as the S^T accumulator is stored into it: (tile_n, tile_m[, stages])."""
+        return _transpose_view(sdS) if const_expr(self.dq_transposed) else sdS
 
     def sdq_layout(self) -> cute.Layout:
         """The dQ staging buffer of the bulk reduce-add: the float32 (tile_m, d) tile packed in the accumulators'
@@ -806,7 +813,9 @@ class AttentionBwdSm90(AttentionBwdBase):
         """The copy of an S^T-shaped register tile (dS^T, P^T) into its swizzled smem tile: stmatrix, one 16x16
         block per instruction (its rows 16 contiguous bytes of the tile), instead of a 4-byte store and a
         swizzled address per column pair."""
-        atom = cute.make_copy_atom(warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
+        # dq_transposed: dS stored keys-contiguous, each 16-byte row 8 keys of one query (a column of the fragment)
+        op = warp.StMatrix8x8x16bOp(transpose=self.dq_transposed, num_matrices=4)
+        atom = cute.make_copy_atom(op, self.dtype)
         return atom, cute.make_tiled_copy_C(atom, tiled_mma_sdp).get_slice(tidx)
 
     @cute.jit
@@ -1040,7 +1049,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         # accumulator's own addresses
         smem_copy_dS, smem_thr_copy_dS = self.make_ds_store(tiled_mma_sdp, tidx)
         partition_dS = smem_thr_copy_dS.partition_D if const_expr(self.ds_stmatrix) else thr_mma_sdp.partition_C
-        tSsdS = partition_dS(sdS)
+        tSsdS = partition_dS(self.ds_store_view(sdS))
         tSsP = None
         if const_expr(self.dkv_split_d):
             tdVrP = wg_mma_dv.make_fragment_A(wg_mma_dv.partition_A(sP))
@@ -1051,10 +1060,10 @@ class AttentionBwdSm90(AttentionBwdBase):
             tdKrdS = wg_mma_dk.make_fragment_A(wg_mma_dk.partition_shape_A((tn, tm)))
         acc_dK = cute.make_rmem_tensor(thr_mma_dk.partition_shape_C((tn, d)), Float32)
         if const_expr(self.dq_transposed):
-            # dQ^T = K^T dS^T: A = K^T (d, tile_n) MN-major, this warpgroup's 64 rows of d; B = dS^T read as
-            # (tile_m, tile_n), MN-major
+            # dQ^T = K^T dS^T: A = K^T (d, tile_n) MN-major, this warpgroup's 64 rows of d; B = dS (tile_m, tile_n),
+            # K-major
             tdQrKt = wg_mma_dq.make_fragment_A(wg_mma_dq.partition_A(_transpose_view(sK)))
-            tdQrdS = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(_transpose_view(sdS)))
+            tdQrdS = wg_mma_dq.make_fragment_B(wg_mma_dq.partition_B(sdS))
             acc_shape_dQ = thr_mma_dq.partition_shape_C((d, tm))
         else:
             # dQ = dS K: A = dS (tile_m, tile_n) MN-major, B = K^T (d, tile_n) MN-major
