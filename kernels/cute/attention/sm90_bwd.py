@@ -196,14 +196,23 @@ def dq_swaps_ab(tile_m: int) -> bool:
     return tile_m % 64 != 0
 
 
+def dq_rows_per_warpgroup(tile_m: int) -> bool:
+    """dQ = dS K with each warpgroup on 64 query rows and every column of d (128-row steps, FA3 / FA4's layout):
+    64 x d wgmmas, each dS tile read once, instead of two 64 x d / 2 ones per warpgroup."""
+    return tile_m == 64 * NUM_MMA_WARPGROUPS
+
+
 def dq_tiled_mma(dtype: type[cutlass.Numeric], head_dim: int, tile_m: int = 64) -> cute.TiledMma:
-    """dQ = dS K: the warpgroups side by side along d (d / 2 columns each), dS read query-contiguous (MN-major A),
-    K^T MN-major. With ``dq_swaps_ab(tile_m)`` dQ^T = K^T dS^T instead: the warpgroups stacked along d (64 rows
-    each, so d = 128), every query of the tile on N, K^T (d-contiguous) MN-major and dS (key-contiguous) K-major.
+    """dQ = dS K: the warpgroups side by side along d (d / 2 columns each), or stacked along the queries where the
+    tile has a 64-row block for each (``dq_rows_per_warpgroup``); dS read query-contiguous (MN-major A), K^T MN-major.
+    With ``dq_swaps_ab(tile_m)`` dQ^T = K^T dS^T instead: the warpgroups stacked along d (64 rows each, so d = 128),
+    every query of the tile on N, K^T (d-contiguous) MN-major and dS (key-contiguous) K-major.
     Its C partition is also how the postprocess reads dQaccum's packed tiles back."""
     if dq_swaps_ab(tile_m):
         assert head_dim == 64 * NUM_MMA_WARPGROUPS, f"dQ^T takes d = {64 * NUM_MMA_WARPGROUPS}, got {head_dim}"
         return sm90.make_tiled_mma(dtype, "MN", "K", tile_m, num_warpgroups=NUM_MMA_WARPGROUPS)
+    if dq_rows_per_warpgroup(tile_m):
+        return sm90.make_tiled_mma(dtype, "MN", "MN", head_dim, num_warpgroups=NUM_MMA_WARPGROUPS)
     return sm90.make_tiled_mma(
         dtype, "MN", "MN", head_dim // NUM_MMA_WARPGROUPS, num_warpgroups=NUM_MMA_WARPGROUPS, warpgroups_along_n=True
     )
@@ -367,8 +376,9 @@ class AttentionBwdSm90(AttentionBwdBase):
         self.split_heads = split_heads
         self.num_threads = WARPGROUP_THREADS * (1 + NUM_MMA_WARPGROUPS)
         self.num_mma_threads = WARPGROUP_THREADS * NUM_MMA_WARPGROUPS
-        # dQ = dS K is split along d: each warpgroup owns d / 2 columns
-        self.dq_cols = head_dim // NUM_MMA_WARPGROUPS
+        # dQ's columns per warpgroup: d / 2 where dQ = dS K is split along d (or dQ^T along its rows), d where the
+        # warpgroups take 64 query rows each (dq_rows_per_warpgroup); K's smem swizzle atom spans them
+        self.dq_cols = head_dim if dq_rows_per_warpgroup(tile_m) else head_dim // NUM_MMA_WARPGROUPS
         # factor gradients: blocks of 4 rows x 4 rank columns, each summed over `split` slices of the other
         # tile side in neighbouring lanes; query blocks take tile_n / tile_m times the slices of key blocks (the
         # key side is that much longer), so that every item has the same length and every consumer thread an
@@ -1420,7 +1430,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         cute.arch.fence_view_async_shared()
         barrier_sync(barrier, WARPGROUP_THREADS)
         if is_leader:
-            half = self.tile_m * self.dq_cols
+            half = self.tile_m * self.head_dim // NUM_MMA_WARPGROUPS
             sm90.bulk_reduce_add_f32(gdQ + wg_idx * half, sdQ.iterator + wg_idx * half, 4 * half)
             cute.arch.cp_async_bulk_commit_group()
 
