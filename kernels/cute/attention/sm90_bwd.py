@@ -25,8 +25,9 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
                  P^T and dS^T come out of wgmma in the A-operand register layout, so
                  dV += P^T dO and dK += dS^T Q take A from registers. dS^T is also written to
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
-                 consumer warpgroups split along d (80-row steps: dS, key-contiguous, the K-major B
-                 operand of dQ^T = K^T dS^T, the warpgroups stacked along d); dQ is added to a float32 buffer.
+                 consumer warpgroups split along d (128-row steps: 64 query rows each; 80-row steps:
+                 dS, key-contiguous, the K-major B operand of dQ^T = K^T dS^T, the warpgroups stacked
+                 along d); dQ is added to a float32 buffer.
     postprocess  dq = dQaccum * softmax_scale, converted to the input dtype, each packed element put
                  back at the (row, column) of the dQ MMA's C partition.
 
