@@ -27,6 +27,9 @@ FWD_CASES = [
     # key tiles of 112 (d = 192) and, with a left window bound, 64 (d = 256)
     (1, 333, 1000, 2, 1, 192, -1, 0, 0),
     (1, 500, 700, 2, 2, 256, 64, 16, 0),
+    # the ends of the bias ranks: 1 (float32 factors, padded to 4) and 64 (in the input dtype, four wgmma k16 slices)
+    (1, 300, 500, 2, 2, 128, -1, -1, 1),
+    (1, 333, 333, 2, 1, 64, -1, 0, -64),
 ]
 FWD_DTYPES = [torch.bfloat16, torch.float16]
 # d = 64 cases whose default takes three consumer warpgroups, run with two (bench_variants' other tile), bf16
@@ -70,6 +73,8 @@ BWD_CASES = [
     # factors in the input dtype: the bias slices of S^T on the tensor cores
     (2, 500, 700, 4, 4, 128, -1, 0, -8),
     (1, 333, 1000, 4, 2, 64, 64, 16, -24),
+    # rank 1 (float32 factors, padded to 4)
+    (1, 300, 500, 2, 2, 128, -1, -1, 1),
 ]
 # (dtype, dQ mode): the launcher's flags for each mode
 BWD_MODES = [
