@@ -318,8 +318,9 @@ def _choose_config(
         tile_m=tile_m,
         arch=arch,
     )
-    if bias_rank or deterministic:
-        cfg = dataclasses.replace(cfg, dq_under_dk=False)  # nothing to decide there (AttentionBwdSm90.dq_under_dk)
+    if not cfg.make_kernel().dq_under_dk:
+        # False where it decides nothing (a bias, the deterministic mode): one config, not two alike
+        cfg = dataclasses.replace(cfg, dq_under_dk=False)
     if not tc_factor_grads and cfg.make_kernel().tc_factor_grads:
         # False only where it decides something (one config, not two alike)
         cfg = dataclasses.replace(cfg, tc_factor_grads=False)
