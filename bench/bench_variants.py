@@ -1,8 +1,8 @@
 """What each switch of the CuTe sm90 attention kernels is worth, bf16, D = 128, 16,384 tokens, H = 16: the forward
 with each FA-style technique turned off (or on) against the default config (and at D = 64, H = 32, 128-row tiles
-against the default 192), the backward with each way dQ reaches its float32 buffer (also at D = 64, H = 32, with
-64 query rows per step against the default 128), and for causal
-shapes the L2-sectioned tile order against one section of every head. With
+against the default 192), its schedule (persistent, or one CTA per tile) against the other one, the backward with
+each way dQ reaches its float32 buffer (also at D = 64, H = 32, with 64 query rows per step against the default
+128), and for causal shapes the L2-sectioned tile order against one section of every head. With
 8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at full
 length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding), where
 it does.
@@ -33,6 +33,22 @@ ONE_SECTION = 1 << 60
 # the causal order's L2 section budget (attnkit.cute.schedule, default 32 MiB): one section of every head, half and
 # twice the default
 SECTION_VARIANTS = {"one L2 section": ONE_SECTION, "L2 sections of 16 MiB": 16 << 20, "L2 sections of 64 MiB": 64 << 20}
+
+
+# the forward's CTAs (attnkit.cute.schedule.forward_ctas): the default is persistent without a causal mask and one
+# CTA per tile with it; each variant is the other one
+SCHEDULE_VARIANTS = {False: {"one tile per CTA": False}, True: {"persistent (static)": True}}
+
+
+def _with_schedule(fn: Callable[[], object], persistent: bool) -> Callable[[], object]:
+    """fn with the forward persistent (True) or one CTA per tile (False)."""
+    from attnkit.cute import schedule
+
+    def call():
+        with schedule.persistent(persistent):
+            return fn()
+
+    return call
 
 
 GROUP = 8
@@ -73,7 +89,7 @@ def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     variants = fwd.variant_configs(causal, head_dim)
     if q.shape[2] == k.shape[2]:
         sections = list(SECTION_VARIANTS) if causal and head_dim == HEAD_DIM else []
-        names = [n for n in variants if not n.startswith("pack GQA")] + sections
+        names = [n for n in variants if not n.startswith("pack GQA")] + list(SCHEDULE_VARIANTS[causal]) + sections
     else:
         # whichever the launcher picks for this shape is the default; the other one is the variant
         packs = fwd.pack_gqa_for(q.shape[2] // k.shape[2], q.shape[1], 0) > 1
@@ -84,6 +100,8 @@ def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     for name in names:
         if name in SECTION_VARIANTS:
             calls[name] = _with_sections(calls["default"], SECTION_VARIANTS[name])
+        elif name in SCHEDULE_VARIANTS[causal]:
+            calls[name] = _with_schedule(calls["default"], SCHEDULE_VARIANTS[causal][name])
         else:
             calls[name] = lambda cfg=variants[name]: fwd.attention_fwd(q, k, v, None, None, **kw, config=cfg)
     return calls

@@ -86,7 +86,9 @@ def poison(nbytes: int) -> None:
     del blocks
 
 
-def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, split=False):
+def cute_fwd_case(
+    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, split=False, persistent=None
+):
     from attnkit.cute import attention_fwd as fwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_forward
@@ -95,7 +97,7 @@ def cute_fwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_b
         q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
         poison(b * max(sq, sk) * h * d * 4)
-        with schedule.section_bytes(l2_budget):
+        with schedule.section_bytes(l2_budget), schedule.persistent(persistent):
             out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw, config=run.config() if split else None)
             torch.cuda.synchronize()
         out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
@@ -198,8 +200,12 @@ GROUPS = {
         "d64 bf16 bias r24 (wgmma)": cute_fwd_case(1, 333, 1000, 2, 2, 64, -1, -1, -24),
         "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(2, 700, 700, 4, 2, 128, -1, 0, -8),
         "d96 full": cute_fwd_case(1, 300, 300, 2, 2, 96, -1, -1, 0),
-        "d128 causal persistent, 8-head L2 sections": cute_fwd_case(
+        # causal forwards launch one CTA per tile (attnkit.cute.schedule.forward_ctas); persistent is a variant
+        "d128 causal, 8-head L2 sections": cute_fwd_case(
             4, 2048, 2048, 8, 2, 128, -1, 0, 0, l2_budget=2 * 2048 * 256 * 2
+        ),
+        "d128 causal persistent, 8-head L2 sections": cute_fwd_case(
+            4, 2048, 2048, 8, 2, 128, -1, 0, 0, l2_budget=2 * 2048 * 256 * 2, persistent=True
         ),
         "d128 full persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 128, -1, -1, 0),
         "d128 decode, 8 heads per K/V head packed": cute_fwd_case(2, 1, 1000, 8, 1, 128, -1, 0, 0),
@@ -219,7 +225,9 @@ GROUPS = {
         "d64 full": cute_fwd_case(2, 300, 300, 4, 4, 64, -1, -1, 0),
         "d64 causal sq<sk gqa": cute_fwd_case(1, 77, 1000, 4, 2, 64, -1, 0, 0),
         "d64 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 64, -1, 0, 0),
-        "d64 fp16 causal persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 64, -1, 0, 0, dtype=torch.float16),
+        "d64 fp16 causal persistent": cute_fwd_case(
+            4, 2048, 2048, 8, 8, 64, -1, 0, 0, dtype=torch.float16, persistent=True
+        ),
         "d64 bf16 bias r24 (wgmma)": cute_fwd_case(1, 333, 1000, 2, 2, 64, -1, -1, -24),
     },
     # the split mainloop (interior key blocks in a loop without mask code; a benchmark variant): a group of its own,

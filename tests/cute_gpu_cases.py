@@ -32,6 +32,14 @@ FWD_CASES = [
     (1, 333, 333, 2, 1, 64, -1, 0, -64),
 ]
 FWD_DTYPES = [torch.bfloat16, torch.float16]
+# more tiles than an H100 has SMs (FWD_CASES have fewer), each run persistent and one CTA per tile
+# (attnkit.cute.schedule.forward_ctas): causal at d = 128 in 8-head L2 sections and at d = 64 (192-row tiles), and
+# without a mask, bf16
+FWD_SCHEDULE_CASES = [
+    (4, 2048, 2048, 8, 2, 128, -1, 0, 0),
+    (2, 2048, 2048, 16, 16, 64, -1, 0, 0),
+    (4, 2048, 2048, 8, 8, 128, -1, -1, 0),
+]
 # d = 64 cases whose default takes three consumer warpgroups, run with two (bench_variants' other tile), bf16
 FWD_TWO_WG_CASES = [
     (2, 77, 1000, 4, 2, 64, -1, 0, 0),
@@ -208,6 +216,8 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
             if dtype == torch.bfloat16:  # the split mainloop's GPU test runs the bf16 cases
                 found.append(split_loops(cfg))
+    for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_SCHEDULE_CASES:
+        found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
     _b, sq, _sk, h, hkv = DV_SHAPE
     for d, dv, wr in FWD_DV_CASES:
         found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, dv, -1, wr))

@@ -311,26 +311,77 @@ def test_dq_reduce_warp_takes_the_reduce_add_out_of_the_consumer_loop(cache_dir,
         AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, False, dq_reduce_warp=True)
 
 
-@pytest.mark.parametrize("dq_mode", ["atomics", "tma_reduce", "reduce_warp"])
-def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, dq_mode):
+# every dQ path that takes dq_under_dk: d = 128 with 64 query rows in each dQ mode, d = 64 with 128 rows (the
+# default there, dQ split by rows) with and without the reduce warp, d = 128 with 80 rows (dQ transposed) and
+# d = 256 (key blocks of 64 split along d)
+_DQ_UNDER_DK = {
+    "d128 atomics": (128, dict(dq_tma_reduce=False)),
+    "d128 tma_reduce": (128, dict(dq_tma_reduce=True)),
+    "d128 reduce_warp": (128, dict(dq_tma_reduce=True, dq_reduce_warp=True)),
+    "d64 128 rows": (64, dict()),
+    "d64 128 rows, reduce warp": (64, dict(dq_reduce_warp=True)),
+    "d128 80 rows, tma_reduce": (128, dict(tile_m=80, dq_tma_reduce=True)),
+    "d128 80 rows, atomics": (128, dict(tile_m=80, dq_tma_reduce=False)),
+    "d256": (256, dict()),
+}
+
+
+def _last_group_registers(loop: list[str], wait: int) -> set[int]:
+    """The registers of the wgmma group issued last before ``loop[wait]`` (back to its WARPGROUP.ARRIVE): each
+    HGMMA's accumulators (N / 2 per thread for 64 x N float32) and its A operand when in registers (4 per k16)."""
+    regs: set[int] = set()
+    j = wait - 1
+    while j >= 0 and precompile.opcode(loop[j]) != "WARPGROUP.ARRIVE":
+        m = re.match(r"(?:@!?U?P\w+ )?HGMMA\.64x(\d+)x16\S* R(\d+), (?:R(\d+)|gdesc)", loop[j])
+        if m:
+            acc = int(m.group(2))
+            regs |= set(range(acc, acc + int(m.group(1)) // 2))
+            if m.group(3) is not None:
+                regs |= set(range(int(m.group(3)), int(m.group(3)) + 4))
+        j -= 1
+    return regs
+
+
+def _written_register(instruction: str) -> int | None:
+    """The first destination register of an instruction that writes one (not stores, reductions or barriers)."""
+    words = instruction.split()
+    if words[0].startswith("@"):
+        words = words[1:]
+    if len(words) < 2 or words[0].startswith(("ST", "RED", "BAR", "UBLK", "WARPGROUP", "HGMMA")):
+        return None
+    m = re.match(r"R(\d+)", words[1])
+    return int(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("case", list(_DQ_UNDER_DK))
+def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, case):
     """dq_under_dk (FA4's order): the loop waits for dQ with dK's wgmma group still in flight (wait_group 1), adds or
-    stores dQ, then waits for dK (wait_group 0); with dq_under_dk=False the first dQ access comes after the full
-    wait. No bias and not deterministic: those keep the full wait (their own work takes that slot)."""
-    flags = cute_gpu_cases.DQ_FLAGS[dq_mode]
-    first_access = {"atomics": "REDG.E.ADD.F32x4", "tma_reduce": "STS.128", "reduce_warp": "STS.128"}[dq_mode]
-    for under in (True, False):
-        cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, False, dq_under_dk=under, **flags)
+    stores dQ, then waits for dK (wait_group 0); nothing in between writes a register of the dK group (its
+    accumulators, its dS^T operand). With dq_under_dk=False the first dQ access comes after the full wait. No bias
+    and not deterministic: those keep the full wait (their own work takes that slot)."""
+    head_dim, flags = _DQ_UNDER_DK[case]
+    for under in (True, False) if head_dim == 128 and "tile_m" not in flags else (True,):
+        cfg = bwd.choose_config(torch.bfloat16, head_dim, head_dim, False, False, dq_under_dk=under, **flags)
         assert cfg.dq_under_dk == under and cfg.make_kernel().dq_under_dk == under
+        if not flags:
+            assert under, "the default takes dq_under_dk"
         bwd.compile_config(cfg)
         sass = precompile.sass_of(bwd.cache().cubin(cfg))
         assert precompile.sass_summary(sass)["LDL"] == 0
         loop = precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))
+        first_access = "STS.128" if cfg.dq_tma_reduce else "REDG.E.ADD.F32x4"
         store = next(i for i, t in enumerate(loop) if precompile.opcode(t).startswith(first_access))
         waits = [(i, t.split()[-1]) for i, t in enumerate(loop) if precompile.opcode(t) == "WARPGROUP.DEPBAR.LE"]
-        before = [w for i, w in waits if i < store]
-        assert before[-1] == ("0x1" if under else "0x0"), (under, waits, store)
-        if under:
-            assert any(i > store and w == "0x0" for i, w in waits), "dK is waited for after the dQ store"
+        before = [(i, w) for i, w in waits if i < store]
+        assert before[-1][1] == ("0x1" if under else "0x0"), (under, waits, store)
+        if not under:
+            continue
+        after = [i for i, w in waits if i > store and w == "0x0"]
+        assert after, "dK is waited for after the dQ store"
+        in_flight = _last_group_registers(loop, before[-1][0])
+        assert len(in_flight) >= 16, in_flight  # the dK accumulators at least
+        clobbered = [t for t in loop[before[-1][0] + 1 : after[0]] if _written_register(t) in in_flight]
+        assert not clobbered, clobbered
     for kw in (dict(bias_rank=8), dict(deterministic=True)):
         assert not bwd.choose_config(torch.bfloat16, 128, 128, False, False, **kw).dq_under_dk
 

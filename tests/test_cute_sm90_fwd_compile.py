@@ -288,6 +288,23 @@ def test_causal_sections_are_whole_groups_whose_kv_fits_l2():
     assert fwd.heads_per_section(128, 64, 64, 2, 1, 48) == 48
 
 
+def test_causal_forwards_launch_one_cta_per_tile():
+    """Persistent (one CTA per SM) where every tile costs the same; one CTA per tile, longest first, where they differ;
+    schedule.persistent forces either for the benchmark's variant and restores the choice after."""
+    from attnkit.cute import schedule
+
+    assert schedule.forward_ctas(132, longest_first=False) == 132
+    assert schedule.forward_ctas(132, longest_first=True) == schedule.ONE_TILE_PER_CTA
+    # the kernel's grid is min(tiles, max_ctas), an Int32
+    assert schedule.ONE_TILE_PER_CTA == 2**31 - 1
+    with schedule.persistent(True):
+        assert schedule.forward_ctas(132, longest_first=True) == 132
+        with schedule.persistent(False):
+            assert schedule.forward_ctas(132, longest_first=False) == schedule.ONE_TILE_PER_CTA
+        assert schedule.forward_ctas(132, longest_first=False) == 132
+    assert schedule.forward_ctas(132, longest_first=True) == schedule.ONE_TILE_PER_CTA
+
+
 def test_exp2_exponent_trick_in_float32_bits():
     """exp2_poly's construction, replayed on float32 bit patterns: clamp at -126, floor(x) from the low bits of
     x + 1.5 * 2^23 rounded down, 2^frac by Horner, then floor(x) << 23 added to the bits of 2^frac."""
@@ -351,6 +368,21 @@ def test_numerics_with_interior_blocks_in_their_own_loop(b, sq, sk, h, hkv, d, w
         pytest.skip(f"{fwd.SPLIT_LOOPS_ENV}=0: the split mainloop failed gpu_check's smoke test")
     cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.split_loops(cfg))
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_SCHEDULE_CASES)
+@pytest.mark.parametrize("persistent", [True, False])
+def test_numerics_persistent_and_one_cta_per_tile(b, sq, sk, h, hkv, d, wl, wr, rank, persistent):
+    """Both schedules of the forward (the launcher picks one; bench_variants times the other) with more tiles than
+    SMs, so that persistent CTAs take several tiles each."""
+    from attnkit.cute import schedule
+
+    tiles = b * h * -(-sq // fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr).tile_m)
+    assert tiles > torch.cuda.get_device_properties(0).multi_processor_count
+    with schedule.persistent(persistent):
+        _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16)
 
 
 @pytest.mark.gpu

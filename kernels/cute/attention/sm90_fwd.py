@@ -1,4 +1,4 @@
-"""Attention forward for Hopper (sm90): TMA + wgmma, warp-specialized, persistent.
+"""Attention forward for Hopper (sm90): TMA + wgmma, warp-specialized, persistent or one CTA per tile.
 
 Supported: fp16/bf16; head dims 64, 96, 128, 192, 256 (q/k and v may differ); any sequence lengths
 (TMA zero-fills and clips the tails); causal (bottom-right) and sliding windows, masked only on
@@ -22,11 +22,12 @@ Shared-memory pipelines (mbarrier full/empty pairs): Q (1 stage, Q and its bias 
 K (+ key bias factors) and V (``num_stages`` each, advanced together). The producer loads a tile's
 first K block before its Q, and with ``intra_wg_overlap`` the consumers release Q after their last
 S = Q K^T, so the next tile's first loads run under this tile's last P V and epilogue. The
-persistent schedule runs causal tiles longest first in sections of heads whose K/V fit in L2
-(``common/tile_scheduler.py``). With ``pingpong`` the consumers take turns issuing wgmma (round
-robin, one named barrier each), so one warpgroup's softmax runs under the others' GEMMs; with
-``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and O += P(n+1) V(n+1) back to back and
-computes softmax(n) while the latter is in flight.
+schedule (``common/tile_scheduler.py``) runs causal tiles longest first in sections of heads whose
+K/V fit in L2; ``max_ctas`` makes it persistent (the SM count) or one CTA per tile (the launcher's
+choice for causal, ``attnkit.cute.schedule.forward_ctas``). With ``pingpong`` the consumers take
+turns issuing wgmma (round robin, one named barrier each), so one warpgroup's softmax runs under the
+others' GEMMs; with ``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and O += P(n+1) V(n+1)
+back to back and computes softmax(n) while the latter is in flight.
 """
 
 import math

@@ -1,6 +1,8 @@
 """Static persistent tile scheduler: CTA ``c`` of ``G`` takes tiles c, c + G, c + 2G, ...
 
-Every warp role walks the same sequence independently, so no scheduling traffic is needed. The
+Every warp role walks the same sequence independently, so no scheduling traffic is needed. With ``G``
+the number of tiles (``grid(max_ctas)`` with ``max_ctas`` at least that) every CTA takes one tile and the
+hardware hands out the tiles in this order as SMs free up. The
 linear order is chosen so that concurrently running CTAs share K/V in L2 and, where the work per
 query block differs, do the most work first:
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .compile_cache import CompileCache
-from .schedule import section_heads
+from .schedule import forward_ctas, section_heads
 from .tensors import prepare_factor, tma_ready, to_cute
 
 __all__ = [
@@ -456,7 +456,8 @@ def attention_fwd(
         softmax_scale * math.log2(math.e),
         _window_arg(window_left, seqlen_q, k.shape[1]),
         _window_arg(window_right, seqlen_q, k.shape[1]),
-        _sm_count(q.device),
+        # persistent, or one CTA per tile where the tiles' work differs (schedule.py)
+        forward_ctas(_sm_count(q.device), cfg.window_right),
         # packed, the schedule's heads are K/V heads
         heads_per_section(k.shape[1], head_dim, head_dim_v, q.element_size(), group, batch * num_heads) // cfg.pack_gqa,
         stream,

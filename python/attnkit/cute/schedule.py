@@ -1,9 +1,18 @@
-"""Host side of the causal tile order (kernels/cute/common/tile_scheduler.py): how many heads one section holds.
+"""Host side of the tile order (kernels/cute/common/tile_scheduler.py): how many CTAs the forward launches, and
+how many heads one section of the causal order holds.
 
 A section's tiles run together, so the data its heads share across tiles (K/V in the forward, Q/dO in the
 backward) should fit in L2 together. An H100 has 50 MB of L2; the rest of the budget is left to the streams
 each tile reads once. On the H100 (2026-11-27, bench/RESULTS.md) one section of every head took 1.14x the time of
 the default in the causal forward; bench_variants also times half and twice this budget.
+
+CTAs: the forward is persistent (one CTA per SM, CTA c of G taking tiles c, c + G, ...) where every tile costs the
+same. Where the tiles' work differs (causal and right-windowed attention, in their longest-first order) it launches
+one CTA per tile in that order, so the hardware hands the next tile to whichever SM frees first: FA4's choice on
+sm90, and this backward's. The static assignment is unbalanced there: with a tile's time proportional to its key
+blocks, CTA c's share at B2 H16 N8192 D128 causal (128-row tiles, 8-head sections, 132 SMs) ends at 1.16x the
+ideal makespan, greedy dispatch at 1.00x (a model, not a measurement; the H100 measured this forward at 0.88x FA4's,
+2026-11-27). bench_variants times the persistent schedule against it ("persistent (static)").
 """
 
 from __future__ import annotations
@@ -11,6 +20,31 @@ from __future__ import annotations
 import contextlib
 
 L2_SECTION_BYTES = 32 * 1024 * 1024
+
+# the forward kernel's max_ctas that launches one CTA per tile (its grid is min(tiles, max_ctas))
+ONE_TILE_PER_CTA = 2**31 - 1
+
+# None: forward_ctas decides; True / False: every forward persistent / one CTA per tile (tests and benchmarks)
+_PERSISTENT: bool | None = None
+
+
+@contextlib.contextmanager
+def persistent(flag: bool | None):
+    """Forwards launched inside are persistent (True), one CTA per tile (False) or as forward_ctas picks (None)."""
+    global _PERSISTENT
+    saved = _PERSISTENT
+    _PERSISTENT = flag
+    try:
+        yield
+    finally:
+        _PERSISTENT = saved
+
+
+def forward_ctas(sm_count: int, longest_first: bool) -> int:
+    """The forward's ``max_ctas``: the SM count (persistent) where every tile costs the same, one CTA per tile where
+    the tiles run longest first (causal or a right window bound)."""
+    persist = not longest_first if _PERSISTENT is None else _PERSISTENT
+    return sm_count if persist else ONE_TILE_PER_CTA
 
 
 @contextlib.contextmanager
