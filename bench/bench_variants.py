@@ -1,11 +1,11 @@
 """What each switch of the CuTe sm90 attention kernels is worth, bf16, D = 128, 16,384 tokens, H = 16: the forward
-with each FA-style technique turned off (or on) against the default config (and at D = 64, H = 32, 128-row tiles
-against the default 192), its schedule (persistent, or one CTA per tile) against the other one, the backward with
-each way dQ reaches its float32 buffer (also at D = 64, H = 32, with 64 query rows per step against the default
-128), and for causal shapes the L2-sectioned tile order against one section of every head. With
-8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at full
-length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding), where
-it does.
+with each FA-style technique turned off (or on) against the default config, non-causal with FA3's 176-key tiles (and
+at D = 64, H = 32, 128-row tiles against the default 192), its schedule (persistent, or one CTA per tile) against
+the other one, the backward with each way dQ reaches its float32 buffer (also at D = 64, H = 32, with 64 query rows
+per step against the default 128), and for causal shapes the L2-sectioned tile order against one section of every
+head. With 8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at
+full length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding),
+where it does.
 
 Kernels are called through their launchers (attnkit.cute.attention_fwd / attention_bwd) with the variant's
 config, so only the kernel differs; the configs are `variant_configs` of those modules, which `python -m

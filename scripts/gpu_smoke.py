@@ -22,7 +22,6 @@ wrong or raised.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from cute_gpu_cases import DQ_FLAGS  # noqa: E402
+from cute_gpu_cases import DQ_FLAGS, split_loops, wide_key_tiles  # noqa: E402
 from numerics import max_err  # noqa: E402
 
 BLOCK = 64
@@ -87,7 +86,7 @@ def poison(nbytes: int) -> None:
 
 
 def cute_fwd_case(
-    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, split=False, persistent=None
+    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, variant=None, persistent=None
 ):
     from attnkit.cute import attention_fwd as fwd
     from attnkit.cute import schedule
@@ -98,7 +97,7 @@ def cute_fwd_case(
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
         poison(b * max(sq, sk) * h * d * 4)
         with schedule.section_bytes(l2_budget), schedule.persistent(persistent):
-            out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw, config=run.config() if split else None)
+            out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw, config=run.config() if variant else None)
             torch.cuda.synchronize()
         out64, lse64 = attention_forward(q, k, v, qf, kf, compute_dtype=torch.float64, **kw)
         out_lp, lse_lp = attention_forward(q, k, v, qf, kf, compute_dtype=dtype, **kw)
@@ -111,10 +110,11 @@ def cute_fwd_case(
         finite = [torch.where(fin, x, 0.0) for x in (lse, lse64, lse_lp)]
         return verdict("lse", *finite, seq_dim=2) and ok
 
-    # the config the case runs (a CPU test checks that gpu_check's precompile builds it)
+    # the config the case runs (a CPU test checks that gpu_check's precompile builds it): the launcher's, or a
+    # benchmark variant of it
     def config():
         cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
-        return dataclasses.replace(cfg, split_mask_loops=True) if split else cfg
+        return variant(cfg) if variant else cfg
 
     run.config = config
     return run
@@ -233,15 +233,24 @@ GROUPS = {
     # the split mainloop (interior key blocks in a loop without mask code; a benchmark variant): a group of its own,
     # so that its failure only leaves it out (ATTNKIT_SM90_FWD_SPLIT_LOOPS=0)
     "cute-fwd-split": {
-        "d128 full, seqlen_k tail": cute_fwd_case(2, 300, 333, 4, 4, 128, -1, -1, 0, split=True),
-        "d128 causal gqa": cute_fwd_case(2, 1000, 1000, 4, 2, 128, -1, 0, 0, split=True),
-        "d128 causal sq<sk": cute_fwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0, split=True),
-        "d128 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 128, -1, 0, 0, split=True),
-        "d128 window": cute_fwd_case(1, 1000, 1200, 2, 2, 128, 300, 16, 0, split=True),
-        "d64 causal (192-row tiles)": cute_fwd_case(1, 2048, 2048, 4, 4, 64, -1, 0, 0, split=True),
-        "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0, split=True),
-        "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(1, 700, 700, 4, 2, 128, -1, 0, -8, split=True),
-        "d64 float32 bias r3 window": cute_fwd_case(1, 333, 1000, 2, 2, 64, 64, 16, 3, split=True),
+        "d128 full, seqlen_k tail": cute_fwd_case(2, 300, 333, 4, 4, 128, -1, -1, 0, variant=split_loops),
+        "d128 causal gqa": cute_fwd_case(2, 1000, 1000, 4, 2, 128, -1, 0, 0, variant=split_loops),
+        "d128 causal sq<sk": cute_fwd_case(1, 77, 1000, 4, 2, 128, -1, 0, 0, variant=split_loops),
+        "d128 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 128, -1, 0, 0, variant=split_loops),
+        "d128 window": cute_fwd_case(1, 1000, 1200, 2, 2, 128, 300, 16, 0, variant=split_loops),
+        "d64 causal (192-row tiles)": cute_fwd_case(1, 2048, 2048, 4, 4, 64, -1, 0, 0, variant=split_loops),
+        "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0, variant=split_loops),
+        "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(1, 700, 700, 4, 2, 128, -1, 0, -8, variant=split_loops),
+        "d64 float32 bias r3 window": cute_fwd_case(1, 333, 1000, 2, 2, 64, 64, 16, 3, variant=split_loops),
+    },
+    # FA3's non-causal key tile at d = 128 (176 keys, O over Q; a benchmark variant): a group of its own, so that its
+    # failure only leaves it out (ATTNKIT_SM90_FWD_176_KEYS=0)
+    "cute-fwd-176": {
+        "d128 full, seqlen_k tail": cute_fwd_case(2, 300, 333, 4, 4, 128, -1, -1, 0, variant=wide_key_tiles),
+        "d128 full gqa, several tiles per CTA": cute_fwd_case(
+            4, 2048, 2048, 8, 2, 128, -1, -1, 0, variant=wide_key_tiles
+        ),
+        "d128 full sq<sk gqa": cute_fwd_case(1, 77, 1000, 4, 2, 128, -1, -1, 0, variant=wide_key_tiles),
     },
     # the launcher's default dQ mode, the TMA reduce-add (and d = 64's 128 query rows per step): a group of its own,
     # so that its failure leaves the backward in the run with dQ by atomics (ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0)
@@ -337,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
     from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
-    from attnkit.cute.attention_fwd import SPLIT_LOOPS_ENV, WIDE_TILE_ENV
+    from attnkit.cute.attention_fwd import SPLIT_LOOPS_ENV, WIDE_KEY_TILE_ENV, WIDE_TILE_ENV
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
     env = {"cute-fwd": [(WIDE_TILE_ENV, "0")], "cute-fwd-192": [(WIDE_TILE_ENV, None)]}
-    env |= {"cute-fwd-split": [(SPLIT_LOOPS_ENV, None)]}
+    env |= {"cute-fwd-split": [(SPLIT_LOOPS_ENV, None)], "cute-fwd-176": [(WIDE_KEY_TILE_ENV, None)]}
     env |= {"cute-bwd": [(DQ_TMA_REDUCE_ENV, "0")], "cute-bwd-wide": [(DQ_TMA_REDUCE_ENV, "0")]}
     env |= {"cute-bwd-reduce": [(DQ_TMA_REDUCE_ENV, None)]}
     env |= {"cute-bwd-bias-tc": [(DQ_TMA_REDUCE_ENV, "0"), (TC_FACTOR_GRADS_ENV, None)]}

@@ -32,6 +32,13 @@ FWD_CASES = [
     (1, 333, 333, 2, 1, 64, -1, 0, -64),
 ]
 FWD_DTYPES = [torch.bfloat16, torch.float16]
+# non-causal d = 128 cases run with FA3's 176-key tiles (bench_variants' variant), bf16: key tails of every kind
+FWD_WIDE_KEY_TILE_CASES = [
+    (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
+    (1, 77, 1000, 4, 2, 128, -1, -1, 0),
+    (1, 4097, 4097, 2, 1, 128, -1, -1, 0),
+    (1, 1, 176, 2, 2, 128, -1, -1, 0),
+]
 # more tiles than an H100 has SMs (FWD_CASES have fewer), each run persistent and one CTA per tile
 # (attnkit.cute.schedule.forward_ctas): causal at d = 128 in 8-head L2 sections and at d = 64 (192-row tiles), and
 # without a mask, bf16
@@ -52,6 +59,13 @@ def split_loops(cfg):
     import dataclasses
 
     return dataclasses.replace(cfg, split_mask_loops=True)
+
+
+def wide_key_tiles(cfg):
+    """A d = 128 forward config with FA3's 176-key tiles, O over Q (bench_variants' variant, non-causal)."""
+    from attnkit.cute import attention_fwd as fwd
+
+    return fwd.wide_key_tiles(cfg)
 
 
 def two_warpgroups(cfg):
@@ -216,6 +230,8 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
             if dtype == torch.bfloat16:  # the split mainloop's GPU test runs the bf16 cases
                 found.append(split_loops(cfg))
+    for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_WIDE_KEY_TILE_CASES:
+        found.append(wide_key_tiles(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)))
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_SCHEDULE_CASES:
         found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
     _b, sq, _sk, h, hkv = DV_SHAPE

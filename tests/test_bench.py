@@ -86,7 +86,7 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     # the schedule the default does not take: persistent without a causal mask, one CTA per tile with it
     full, causal = "one tile per CTA", "persistent (static)"
     assert calls == [
-        (n, 1, False, 128, [*switches, full]),
+        (n, 1, False, 128, [switches[0], split, "key tiles of 176, O over Q", *switches[2:], full]),
         (n, 8, False, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, False, 128, ["default", "one head per tile"]),
         (n, 1, False, 64, [*tiles, full]),

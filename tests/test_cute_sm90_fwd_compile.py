@@ -74,6 +74,20 @@ def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
     _assert_one_exp2_per_score(cfg, sass)
 
 
+def test_176_key_tiles_are_a_non_causal_d128_variant():
+    """FA3's non-causal d = 128 tile: 176 keys per block, O over Q (Q + 2 x (K + V) = 208 KiB leaves no room for O)."""
+    cfg = fwd.variant_configs(False, 128)[fwd.WIDE_KEY_TILE_VARIANT]
+    assert (cfg.tile_n, cfg.o_aliases_q, cfg.num_stages) == (176, True, 2)
+    assert cfg.make_kernel().smem_bytes() <= fwd.SMEM_CAPACITY
+    assert fwd.WIDE_KEY_TILE_VARIANT not in fwd.variant_configs(True, 128)
+    for wrong in (
+        fwd.choose_config(torch.bfloat16, 64, 64, False, False),
+        fwd.choose_config(torch.bfloat16, 128, 128, False, False, bias_rank=8),
+    ):
+        with pytest.raises(ValueError, match="176"):
+            fwd.wide_key_tiles(wrong)
+
+
 def test_forward_launcher_rejects_a_config_that_disagrees_with_the_inputs():
     q = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
     wrong = fwd.choose_config(torch.bfloat16, 128, 128, False, False)
@@ -368,6 +382,17 @@ def test_numerics_with_interior_blocks_in_their_own_loop(b, sq, sk, h, hkv, d, w
         pytest.skip(f"{fwd.SPLIT_LOOPS_ENV}=0: the split mainloop failed gpu_check's smoke test")
     cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.split_loops(cfg))
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_WIDE_KEY_TILE_CASES)
+def test_numerics_with_176_key_tiles(b, sq, sk, h, hkv, d, wl, wr, rank):
+    """FA3's non-causal d = 128 key tile, O over Q (the variant bench_variants times): the same results, bf16."""
+    if not fwd.wide_key_tiles_enabled():
+        pytest.skip(f"{fwd.WIDE_KEY_TILE_ENV}=0: the 176-key tiles failed gpu_check's smoke test")
+    cfg = cute_gpu_cases.wide_key_tiles(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
+    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cfg)
 
 
 @pytest.mark.gpu

@@ -43,6 +43,7 @@ CUTE_GROUPS = [
     "cute-fwd-wide",
     "cute-fwd-192",
     "cute-fwd-split",
+    "cute-fwd-176",
     "cute-bwd",
     "cute-bwd-reduce",
     "cute-bwd-wide",
@@ -78,6 +79,7 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.num_mma_warpgroups == 3, name
         if mod is attention_fwd:
             assert cfg.split_mask_loops == (group == "cute-fwd-split"), name
+            assert (cfg.tile_n == 176) == (group == "cute-fwd-176"), name
         if group == "cute-bwd-reduce":
             assert cfg.dq_tma_reduce, name
         if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):

@@ -280,6 +280,23 @@ def config_for(
 VARIANT_HEAD_DIMS = (128, 64)
 
 
+WIDE_KEY_TILE_VARIANT = "key tiles of 176, O over Q"
+# "0": the benchmark variants and GPU tests leave out the 176-key tiles; gpu_check sets it when their smoke group fails
+WIDE_KEY_TILE_ENV = "ATTNKIT_SM90_FWD_176_KEYS"
+
+
+def wide_key_tiles_enabled() -> bool:
+    return os.environ.get(WIDE_KEY_TILE_ENV, "1") != "0"
+
+
+def wide_key_tiles(cfg: FwdConfig) -> FwdConfig:
+    """``cfg`` with FA3's non-causal d = 128 key tile: 176 keys per block (Q + two stages of K and V fill 208 KiB of
+    shared memory, so O goes over Q). A benchmark variant until an H100 run times it."""
+    if (cfg.head_dim, cfg.head_dim_v, cfg.num_mma_warpgroups, cfg.bias_rank) != (128, 128, 2, 0):
+        raise ValueError(f"176-key tiles are sized for d = dv = 128, 128-row tiles, no bias: {cfg}")
+    return dataclasses.replace(cfg, tile_n=176, o_aliases_q=True)
+
+
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, FwdConfig]:
     """The default bf16 config and one variant per on/off switch, for ``bench/bench_variants.py`` (and
     ``precompile --variants``): what each FA-style technique is worth is measured, not assumed. At another head
@@ -294,9 +311,12 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
         if base.num_mma_warpgroups == 3:
             variants["128 query rows per tile"] = dataclasses.replace(base, num_mma_warpgroups=2)
         return variants
+    # FA3's (C++) non-causal tile at d = 128: 176 keys per block, O written over Q (no room for both)
+    wide_n = {WIDE_KEY_TILE_VARIANT: wide_key_tiles(base)} if not causal and wide_key_tiles_enabled() else {}
     return {
         "default": base,
         **split,
+        **wide_n,
         "lazy rescale (threshold 8)": dataclasses.replace(base, rescale_threshold=8.0),
         "poly exp2 on 2 of 8": dataclasses.replace(base, poly_exp2_per_8=2),
         "no ping-pong": dataclasses.replace(base, pingpong=False),
