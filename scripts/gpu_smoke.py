@@ -33,7 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from cute_gpu_cases import DQ_FLAGS, split_loops, wide_key_tiles  # noqa: E402
+from cute_gpu_cases import DQ_FLAGS, dynamic_schedule, split_loops, wide_key_tiles  # noqa: E402
 from numerics import max_err  # noqa: E402
 
 BLOCK = 64
@@ -252,6 +252,16 @@ GROUPS = {
         ),
         "d128 full sq<sk gqa": cute_fwd_case(1, 77, 1000, 4, 2, 128, -1, -1, 0, variant=wide_key_tiles),
     },
+    # FA3's dynamic persistent schedule (CTAs take tiles from a global counter; a benchmark variant): a group of its
+    # own, so that its failure (or hang) only leaves it out (ATTNKIT_SM90_FWD_DYNAMIC=0)
+    "cute-fwd-dynamic": {
+        "d128 causal, 8-head L2 sections": cute_fwd_case(
+            4, 2048, 2048, 8, 2, 128, -1, 0, 0, l2_budget=2 * 2048 * 256 * 2, variant=dynamic_schedule
+        ),
+        "d64 causal (192-row tiles)": cute_fwd_case(2, 2048, 2048, 16, 16, 64, -1, 0, 0, variant=dynamic_schedule),
+        "d128 window sq<sk": cute_fwd_case(2, 2048, 3000, 8, 8, 128, 500, 0, 0, variant=dynamic_schedule),
+        "d128 causal, fewer tiles than SMs": cute_fwd_case(2, 77, 1000, 4, 2, 128, -1, 0, 0, variant=dynamic_schedule),
+    },
     # the launcher's default dQ mode, the TMA reduce-add (and d = 64's 128 query rows per step): a group of its own,
     # so that its failure leaves the backward in the run with dQ by atomics (ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0)
     "cute-bwd-reduce": {
@@ -346,11 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
     from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
-    from attnkit.cute.attention_fwd import SPLIT_LOOPS_ENV, WIDE_KEY_TILE_ENV, WIDE_TILE_ENV
+    from attnkit.cute.attention_fwd import DYNAMIC_ENV, SPLIT_LOOPS_ENV, WIDE_KEY_TILE_ENV, WIDE_TILE_ENV
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
     env = {"cute-fwd": [(WIDE_TILE_ENV, "0")], "cute-fwd-192": [(WIDE_TILE_ENV, None)]}
     env |= {"cute-fwd-split": [(SPLIT_LOOPS_ENV, None)], "cute-fwd-176": [(WIDE_KEY_TILE_ENV, None)]}
+    env |= {"cute-fwd-dynamic": [(DYNAMIC_ENV, None)]}
     env |= {"cute-bwd": [(DQ_TMA_REDUCE_ENV, "0")], "cute-bwd-wide": [(DQ_TMA_REDUCE_ENV, "0")]}
     env |= {"cute-bwd-reduce": [(DQ_TMA_REDUCE_ENV, None)]}
     env |= {"cute-bwd-bias-tc": [(DQ_TMA_REDUCE_ENV, "0"), (TC_FACTOR_GRADS_ENV, None)]}

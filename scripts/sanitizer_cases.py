@@ -3,14 +3,15 @@
     python scripts/sanitizer_cases.py [--backends triton,cute] [--tiny] [--no-wide] [--variants with|without|only]
 
 ``--tiny``: one short causal case per backend (racecheck is slow); ``--no-wide``: leave out the head dims above 128
-(their backward failed its smoke test). The CuTe backend also runs the backward variants that passed their smoke
-tests (``cute_bwd_variants``). Exit status 1 if a case raised.
+(their backward failed its smoke test). The CuTe backend also runs the backward and forward variants that passed
+their smoke tests (``cute_bwd_variants``, ``cute_fwd_variants``). Exit status 1 if a case raised.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import attnkit
 import torch
@@ -77,6 +78,35 @@ def cute_bwd_variant(sq, sk, d, causal, **flags):
     return run
 
 
+def cute_fwd_variant(b, sq, sk, h, d, causal, variant):
+    """The CuTe forward launcher with a benchmark variant's config (``variant`` maps the launcher's config to it)."""
+
+    def run():
+        from attnkit.cute import attention_fwd as fwd
+
+        q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for s in (sq, sk, sk))
+        wr = 0 if causal else -1
+        cfg = variant(fwd.config_for(torch.bfloat16, sq, h, h, d, d, -1, wr))
+        fwd.attention_fwd(q, k, v, None, None, softmax_scale=d**-0.5, window_left=-1, window_right=wr, config=cfg)
+
+    return run
+
+
+def cute_fwd_variants() -> list:
+    """(name, case) of the forward variants that passed gpu_check's smoke test and pass data in shared memory in a
+    new way: the dynamic schedule's tile handoff, with more tiles (134, most of them empty) than an H100 has SMs so
+    that CTAs hand over several."""
+    import dataclasses
+
+    from attnkit.cute import attention_fwd as fwd
+
+    found = []
+    if fwd.dynamic_schedule_enabled():
+        dynamic = partial(dataclasses.replace, dynamic_schedule=True)
+        found.append(("cute fwd dynamic schedule", cute_fwd_variant(1, 128 * 134, 256, 1, 128, True, dynamic)))
+    return found
+
+
 def cute_bwd_variants() -> list:
     """(name, case) of the backward variants that passed gpu_check's smoke test: the 80-row steps, the producer
     warp's dQ reduce-add (its named barriers hand one smem buffer back and forth)."""
@@ -115,7 +145,7 @@ def main() -> int:
         "--variants",
         choices=["with", "without", "only"],
         default="with",
-        help="the CuTe backward variants (cute_bwd_variants) besides the shapes, not at all, or alone",
+        help="the CuTe variants (cute_bwd_variants, cute_fwd_variants) besides the shapes, not at all, or alone",
     )
     args = p.parse_args()
     backends = [b for b in args.backends.split(",") if b]
@@ -127,6 +157,9 @@ def main() -> int:
             case(f"attention {backend} {s}", attention(backend, *s, backward=backward))
         if backend == "cute" and not args.no_cute_bwd and args.variants != "without":
             for name, fn in cute_bwd_variants():
+                case(name, fn)
+        if backend == "cute" and args.variants != "without":
+            for name, fn in cute_fwd_variants():
                 case(name, fn)
     if "triton" in backends and not args.tiny and args.variants != "only":
         case("lightning triton", lightning("triton"))

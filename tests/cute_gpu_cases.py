@@ -32,6 +32,14 @@ FWD_CASES = [
     (1, 333, 333, 2, 1, 64, -1, 0, -64),
 ]
 FWD_DTYPES = [torch.bfloat16, torch.float16]
+# cases run with the dynamic persistent schedule (bench_variants' causal variant), bf16: CTAs taking several tiles,
+# causal at d = 128 (8-head L2 sections) and d = 64 (192-row tiles), windowed, and fewer tiles than SMs
+FWD_DYNAMIC_CASES = [
+    (4, 2048, 2048, 8, 2, 128, -1, 0, 0),
+    (2, 2048, 2048, 16, 16, 64, -1, 0, 0),
+    (2, 2048, 3000, 8, 8, 128, 500, 0, 0),
+    (2, 77, 1000, 4, 2, 128, -1, 0, 0),
+]
 # non-causal d = 128 cases run with FA3's 176-key tiles (bench_variants' variant), bf16: key tails of every kind
 FWD_WIDE_KEY_TILE_CASES = [
     (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
@@ -66,6 +74,13 @@ def wide_key_tiles(cfg):
     from attnkit.cute import attention_fwd as fwd
 
     return fwd.wide_key_tiles(cfg)
+
+
+def dynamic_schedule(cfg):
+    """A forward config with FA3's dynamic persistent schedule (bench_variants' causal variant)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, dynamic_schedule=True)
 
 
 def two_warpgroups(cfg):
@@ -230,6 +245,8 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
             if dtype == torch.bfloat16:  # the split mainloop's GPU test runs the bf16 cases
                 found.append(split_loops(cfg))
+    for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_DYNAMIC_CASES:
+        found.append(dynamic_schedule(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)))
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_WIDE_KEY_TILE_CASES:
         found.append(wide_key_tiles(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)))
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_SCHEDULE_CASES:

@@ -85,15 +85,16 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     tiles = ["default", split, "128 query rows per tile"]  # D = 64: the default takes 192
     # the schedule the default does not take: persistent without a causal mask, one CTA per tile with it
     full, causal = "one tile per CTA", "persistent (static)"
+    dynamic = "persistent (dynamic)"  # a config: FwdConfig.dynamic_schedule
     assert calls == [
         (n, 1, False, 128, [switches[0], split, "key tiles of 176, O over Q", *switches[2:], full]),
         (n, 8, False, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, False, 128, ["default", "one head per tile"]),
         (n, 1, False, 64, [*tiles, full]),
-        (n, 1, True, 128, [*switches, causal, *bench_variants.SECTION_VARIANTS]),
+        (n, 1, True, 128, [switches[0], split, dynamic, *switches[2:], causal, *bench_variants.SECTION_VARIANTS]),
         (n, 8, True, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, True, 128, ["default", "one head per tile"]),
-        (n, 1, True, 64, [*tiles, causal]),
+        (n, 1, True, 64, [tiles[0], split, dynamic, tiles[2], causal]),
     ]
     assert "vs default" in fwd.markdown() and "| 2.00× |" in bwd.markdown()
     # the backward also at D = 64 (H = 32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 
 import pytest
@@ -24,6 +25,7 @@ from attnkit.cute import compile_cache  # noqa: E402
 from attnkit.cute.tensors import prepare_factor  # noqa: E402
 from attnkit.kernels.cute.attention.sm90_fwd import AttentionFwdSm90  # noqa: E402
 from attnkit.kernels.cute.common import sm90  # noqa: E402
+from attnkit.kernels.cute.common.barriers import NamedBarrierFwd  # noqa: E402
 from attnkit.kernels.cute.common.layouts import acc_view_as_operand_a  # noqa: E402
 from attnkit.kernels.cute.common.mask import AttentionMask  # noqa: E402
 from attnkit.kernels.cute.common.softmax import OnlineSoftmax  # noqa: E402
@@ -262,6 +264,8 @@ def test_smem_model_matches_the_compiled_struct():
         fwd.choose_config(torch.bfloat16, 256, 256, False, False),
         fwd.choose_config(torch.bfloat16, 192, 192, False, True),
         fwd.choose_config(torch.bfloat16, 128, 256, False, True, bias_rank=8),
+        fwd.variant_configs(True, 128)[fwd.DYNAMIC_VARIANT],
+        fwd.variant_configs(False, 128)[fwd.WIDE_KEY_TILE_VARIANT],
     ):
         kernel = cfg.make_kernel()
         cute.compile(kernel, *fwd._fake_args(cfg), options="--gpu-arch sm_90a")
@@ -382,6 +386,18 @@ def test_numerics_with_interior_blocks_in_their_own_loop(b, sq, sk, h, hkv, d, w
         pytest.skip(f"{fwd.SPLIT_LOOPS_ENV}=0: the split mainloop failed gpu_check's smoke test")
     cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.split_loops(cfg))
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_DYNAMIC_CASES)
+def test_numerics_with_the_dynamic_schedule(b, sq, sk, h, hkv, d, wl, wr, rank):
+    """FA3's dynamic persistent schedule (the causal variant bench_variants times): the same results, bf16, every
+    tile computed once (NaN-poisoned outputs)."""
+    if not fwd.dynamic_schedule_enabled():
+        pytest.skip(f"{fwd.DYNAMIC_ENV}=0: the dynamic schedule failed gpu_check's smoke test")
+    cfg = cute_gpu_cases.dynamic_schedule(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
+    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cfg)
 
 
 @pytest.mark.gpu
@@ -797,6 +813,47 @@ def test_runtime_arguments_match_the_compiled_signature(factor_dtype):
     for fake, real in zip(fakes, runtime, strict=False):
         assert _layout_signature(fake) == _layout_signature(real), (str(fake), str(real))
         assert fake.element_type == real.element_type
+
+
+def test_dynamic_schedule_counter_matches_the_compiled_signature():
+    cfg = fwd.variant_configs(True, 128)[fwd.DYNAMIC_VARIANT]
+    fake = fwd._fake_args(cfg)[7]
+    real = fwd._to_cute(torch.zeros(1, 1, dtype=torch.int32), align=4)
+    assert _layout_signature(fake) == _layout_signature(real), (str(fake), str(real))
+    assert fake.element_type == real.element_type
+    assert fwd._fake_args(fwd.choose_config(torch.bfloat16, 128, 128, False, True))[7] is None
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_dynamic_schedule_hands_tiles_over_in_smem(cache_dir, head_dim):
+    """FA3's dynamic persistent schedule (common/tile_scheduler.TileHandoff): one atomic per tile on the global
+    counter, read (SHFL) only after the tile's loads are issued; the slot passed between the producer warp and the
+    consumers on two named barriers of 32 + consumer threads. The launcher's schedules have none of it."""
+    cfg = fwd.variant_configs(True, head_dim)[fwd.DYNAMIC_VARIANT]
+    assert cfg.dynamic_schedule and cfg.window_right
+    kernel = cfg.make_kernel()
+    count = hex(32 + kernel.num_mma_threads)
+    full, empty = hex(int(NamedBarrierFwd.TileFull)), hex(int(NamedBarrierFwd.TileEmpty))
+    fwd.compile_fwd(cfg)
+    sass = _sass(cfg)
+    assert precompile.sass_summary(sass)["LDL"] == 0
+    ops = [(precompile.opcode(t), t) for _, t in precompile._instructions(sass)]
+    atomics = [i for i, (op, _) in enumerate(ops) if op.startswith("ATOMG.E.ADD")]
+    assert len(atomics) == 1, atomics
+    barriers = set(re.findall(r"BAR\.(ARV|SYNC\.DEFER_BLOCKING) (0x[0-9a-f]+), (0x[0-9a-f]+)", sass))
+    # producer: waits on empty, arrives on full; consumers: the reverse
+    assert {("SYNC.DEFER_BLOCKING", empty, count), ("ARV", full, count)} <= barriers, barriers
+    assert {("SYNC.DEFER_BLOCKING", full, count), ("ARV", empty, count)} <= barriers, barriers
+    # the claimed tile is first read after the producer's last TMA load of the tile, before it waits on empty
+    wait = next(i for i, (_, t) in enumerate(ops) if t.startswith(f"BAR.SYNC.DEFER_BLOCKING {empty}, "))
+    loads = [i for i, (op, _) in enumerate(ops) if op.startswith("UTMALDG") and atomics[0] < i < wait]
+    shuffle = next(i for i, (op, _) in enumerate(ops) if op == "SHFL.IDX" and i > atomics[0])
+    assert loads and loads[-1] < shuffle < wait, (atomics, loads[-1:], shuffle, wait)
+    default = fwd.choose_config(torch.bfloat16, head_dim, head_dim, False, True)
+    fwd.compile_fwd(default)
+    plain = _sass(default)
+    assert "ATOMG" not in plain
+    assert not {b for b in re.findall(r"BAR\.\S+ (0x[0-9a-f]+), ", plain) if b in (full, empty)}
 
 
 def test_float32_bias_matches_factor_product():

@@ -44,6 +44,7 @@ CUTE_GROUPS = [
     "cute-fwd-192",
     "cute-fwd-split",
     "cute-fwd-176",
+    "cute-fwd-dynamic",
     "cute-bwd",
     "cute-bwd-reduce",
     "cute-bwd-wide",
@@ -80,6 +81,7 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
         if mod is attention_fwd:
             assert cfg.split_mask_loops == (group == "cute-fwd-split"), name
             assert (cfg.tile_n == 176) == (group == "cute-fwd-176"), name
+            assert cfg.dynamic_schedule == (group == "cute-fwd-dynamic"), name
         if group == "cute-bwd-reduce":
             assert cfg.dq_tma_reduce, name
         if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):

@@ -24,10 +24,13 @@ first K block before its Q, and with ``intra_wg_overlap`` the consumers release 
 S = Q K^T, so the next tile's first loads run under this tile's last P V and epilogue. The
 schedule (``common/tile_scheduler.py``) runs causal tiles longest first in sections of heads whose
 K/V fit in L2; ``max_ctas`` makes it persistent (the SM count) or one CTA per tile (the launcher's
-choice for causal, ``attnkit.cute.schedule.forward_ctas``). With ``pingpong`` the consumers take
-turns issuing wgmma (round robin, one named barrier each), so one warpgroup's softmax runs under the
-others' GEMMs; with ``intra_wg_overlap`` a warpgroup issues S(n) = Q K(n)^T and O += P(n+1) V(n+1)
-back to back and computes softmax(n) while the latter is in flight.
+choice for causal, ``attnkit.cute.schedule.forward_ctas``); with ``dynamic_schedule`` it is
+persistent and each CTA's tiles after its first come from a global counter (``TileHandoff``: the
+producer warp claims one per tile and passes it to the consumers through shared memory). With
+``pingpong`` the consumers take turns issuing wgmma (round robin, one named barrier each), so one
+warpgroup's softmax runs under the others' GEMMs; with ``intra_wg_overlap`` a warpgroup issues
+S(n) = Q K(n)^T and O += P(n+1) V(n+1) back to back and computes softmax(n) while the latter is in
+flight.
 """
 
 import math
@@ -43,6 +46,7 @@ from ..common.barriers import WARPGROUP_THREADS, NamedBarrierFwd, barrier_arrive
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import REGISTER_BUDGETS, WARP_ROLES
+from ..common.tile_scheduler import TileHandoff
 from .base import AttentionFwdBase
 
 LN2 = math.log(2.0)
@@ -70,6 +74,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         pack_gqa: int = 1,
         num_mma_warpgroups: int = 2,
         split_mask_loops: bool = False,
+        dynamic_schedule: bool = False,
     ):
         if num_mma_warpgroups not in REGISTER_BUDGETS:
             raise ValueError(f"num_mma_warpgroups must be one of {sorted(REGISTER_BUDGETS)}, got {num_mma_warpgroups}")
@@ -95,6 +100,8 @@ class AttentionFwdSm90(AttentionFwdBase):
         if split_mask_loops and not intra_wg_overlap:
             raise ValueError("split_mask_loops splits the overlapped mainloop: it needs intra_wg_overlap")
         self.split_mask_loops = split_mask_loops
+        # tiles after a CTA's first from a global counter (TileHandoff): a tile_counter argument, zero at launch
+        self.dynamic_schedule = dynamic_schedule
         # large head dims: the epilogue writes O into Q's buffer, released only after the store
         if o_aliases_q and head_dim_v > head_dim:
             raise ValueError("O can only reuse Q's shared memory when head_dim_v <= head_dim")
@@ -120,6 +127,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             (0 if self.o_aliases_q else tm * self.head_dim_v * elem, 1024),  # sO
             (bias_elem * tm * self.bias_rank, 1024),  # sQf
             (bias_elem * stages * tn * self.bias_rank, 1024),  # sKf
+            (4 if self.dynamic_schedule else 0, 4),  # tile_slot
         ]
         offset = 0
         for size, align in members:
@@ -136,6 +144,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         mLSE: cute.Tensor,  # (b, h, s_q) float32
         mQf: cute.Tensor | None,  # (bq, s_q, hq, r) bias_dtype, r = bias_rank
         mKf: cute.Tensor | None,  # (bk, s_k, hk, r) bias_dtype
+        mTileCounter: cute.Tensor | None,  # (1, 1) int32, zero: the dynamic schedule's counter
         softmax_scale_log2: Float32,
         window_left: Int32,
         window_right: Int32,
@@ -208,6 +217,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             sO: cute.struct.Align[cute.struct.MemRange[self.dtype, o_elems], 1024]
             sQf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_q], 1024]
             sKf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_k], 1024]
+            tile_slot: cute.struct.MemRange[Int32, 1 if self.dynamic_schedule else 0]
 
         self.shared_storage = SharedStorage
 
@@ -220,6 +230,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             mLSE,
             tma_Qf,
             tma_Kf,
+            mTileCounter,
             tma_atom_Q,
             tma_atom_K,
             tma_atom_V,
@@ -256,6 +267,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         mLSE: cute.Tensor,  # (b, h, s_q) float32; packed (b, h_kv, (G, s_q))
         mQf: cute.Tensor | None,  # (s_q, r, hq, bq)
         mKf: cute.Tensor | None,  # (s_k, r, hk, bk)
+        mTileCounter: cute.Tensor | None,  # (1, 1) int32
         tma_atom_Q: cute.CopyAtom,
         tma_atom_K: cute.CopyAtom,
         tma_atom_V: cute.CopyAtom,
@@ -315,6 +327,15 @@ class AttentionFwdSm90(AttentionFwdBase):
         scheduler = self.make_scheduler(q_rows, num_heads, mQ.shape[3], heads_per_section)
         mask = self.make_mask(seqlen_q, seqlen_k, window_left, window_right)
         qhead_per_kvhead = num_heads // mK.shape[2]
+        handoff = None
+        if const_expr(self.dynamic_schedule):
+            handoff = TileHandoff(
+                mTileCounter,
+                storage.tile_slot.get_tensor(cute.make_layout(1)),
+                NamedBarrierFwd.TileFull,
+                NamedBarrierFwd.TileEmpty,
+                cute.arch.WARP_SIZE + self.num_mma_threads,
+            )
 
         if warp_idx < WARP_ROLES.mma_wg1[0]:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -322,7 +343,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                 self.load(
                     mQ, mK, mV, mQf, mKf, sQ, sK, sV, sQf, sKf,
                     tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_Qf, tma_atom_Kf,
-                    pipeline_q, pipeline_k, pipeline_v, scheduler, mask, qhead_per_kvhead,
+                    pipeline_q, pipeline_k, pipeline_v, scheduler, handoff, mask, qhead_per_kvhead,
                 )  # fmt: skip
         else:
             cute.arch.setmaxregister_increase(self.mma_regs)
@@ -330,7 +351,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                 tidx - WARPGROUP_THREADS,
                 mO, mLSE, sQ, sK, sV, sO, sQf, sKf, tma_atom_O,
                 tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k, pipeline_v,
-                scheduler, mask, softmax_scale_log2,
+                scheduler, handoff, mask, softmax_scale_log2,
             )  # fmt: skip
 
     @cute.jit
@@ -355,6 +376,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         pipeline_k,
         pipeline_v,
         scheduler,
+        handoff: TileHandoff | None,
         mask,
         qhead_per_kvhead: Int32,
     ):
@@ -363,6 +385,10 @@ class AttentionFwdSm90(AttentionFwdBase):
         tile = scheduler.first_tile()
         num_tiles = scheduler.num_tiles()
         while tile < num_tiles:
+            claimed = Int32(0)
+            if const_expr(handoff is not None):
+                # claimed now, handed to the consumers after this tile's loads
+                claimed = handoff.claim()
             m_block, head, batch = scheduler.decode(tile)
             head_kv = head // qhead_per_kvhead
             row_start = m_block * self.tile_m
@@ -425,7 +451,10 @@ class AttentionFwdSm90(AttentionFwdBase):
                     tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state),
                 )
                 kv_state.advance()
-            tile = scheduler.next_tile(tile)
+            if const_expr(handoff is not None):
+                tile = handoff.publish(claimed)
+            else:
+                tile = scheduler.next_tile(tile)
 
     @cute.jit
     def load_k(
@@ -466,6 +495,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         pipeline_k,
         pipeline_v,
         scheduler,
+        handoff: TileHandoff | None,
         mask,
         softmax_scale_log2: Float32,
     ):
@@ -515,6 +545,8 @@ class AttentionFwdSm90(AttentionFwdBase):
 
         tile = scheduler.first_tile()
         num_tiles = scheduler.num_tiles()
+        if const_expr(handoff is not None):
+            handoff.start()
         while tile < num_tiles:
             m_block, head, batch = scheduler.decode(tile)
             row_start = m_block * self.tile_m
@@ -598,7 +630,10 @@ class AttentionFwdSm90(AttentionFwdBase):
                 barrier_sync(NamedBarrierFwd.EpilogueWG1, self.num_mma_threads)
                 pipeline_q.consumer_release(q_state)
             q_state.advance()
-            tile = scheduler.next_tile(tile)
+            if const_expr(handoff is not None):
+                tile = handoff.receive(num_tiles)
+            else:
+                tile = scheduler.next_tile(tile)
 
         if is_store_warp:
             cute.arch.cp_async_bulk_wait_group(0, read=False)

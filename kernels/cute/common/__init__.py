@@ -2,7 +2,7 @@
 
 barriers        named barrier ids (IntEnum per kernel family) and sync/arrive helpers
 pipeline        TMA producer -> warpgroup consumer pipelines on mbarriers
-tile_scheduler  static persistent scheduler (longest-first or K/V-sharing order)
+tile_scheduler  static persistent scheduler (longest-first or K/V-sharing order), the dynamic schedule's tile handoff
 mask            causal / sliding-window visibility, boundary-tile test and masking
 softmax         online softmax in base 2 (lazy rescale threshold, FMA exp2 share)
 fast_exp2       polynomial exp2 on the FMA pipe

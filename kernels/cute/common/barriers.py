@@ -17,6 +17,8 @@ class NamedBarrierFwd(enum.IntEnum):
     WarpSchedulerWG1 = enum.auto()  # ping-pong: WG i waits on its id, arrives on the next one's
     WarpSchedulerWG2 = enum.auto()
     WarpSchedulerWG3 = enum.auto()
+    TileFull = enum.auto()  # dynamic schedule (common/tile_scheduler.TileHandoff): next tile written to smem
+    TileEmpty = enum.auto()  # ... and read by every consumer
 
 
 class NamedBarrierBwd(enum.IntEnum):

@@ -82,6 +82,9 @@ class FwdConfig:
     # the key blocks no row needs masked in a loop of their own, without mask code (FA4's way); a benchmark variant
     # until measured
     split_mask_loops: bool = False
+    # persistent, the tiles after each CTA's first taken from a global counter (FA3's dynamic schedule): a benchmark
+    # variant until measured; the launcher's schedules are schedule.forward_ctas's
+    dynamic_schedule: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -111,6 +114,7 @@ class FwdConfig:
             pack_gqa=self.pack_gqa,
             num_mma_warpgroups=self.num_mma_warpgroups,
             split_mask_loops=self.split_mask_loops,
+            dynamic_schedule=self.dynamic_schedule,
         )
 
 
@@ -281,6 +285,15 @@ VARIANT_HEAD_DIMS = (128, 64)
 
 
 WIDE_KEY_TILE_VARIANT = "key tiles of 176, O over Q"
+DYNAMIC_VARIANT = "persistent (dynamic)"
+# "0": the benchmark variants and GPU tests leave out the dynamic schedule; gpu_check sets it when its smoke group fails
+DYNAMIC_ENV = "ATTNKIT_SM90_FWD_DYNAMIC"
+
+
+def dynamic_schedule_enabled() -> bool:
+    return os.environ.get(DYNAMIC_ENV, "1") != "0"
+
+
 # "0": the benchmark variants and GPU tests leave out the 176-key tiles; gpu_check sets it when their smoke group fails
 WIDE_KEY_TILE_ENV = "ATTNKIT_SM90_FWD_176_KEYS"
 
@@ -302,12 +315,15 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     ``precompile --variants``): what each FA-style technique is worth is measured, not assumed. At another head
     dim than 128: the default against 128-row tiles, where the default takes 192 (three consumer warpgroups)."""
     base = choose_config(torch.bfloat16, head_dim, head_dim, False, causal, arch=arch)
-    # FA4's mainloop: the key blocks no row needs masked in a loop without mask code
-    split = {"interior blocks in their own loop": dataclasses.replace(base, split_mask_loops=True)}
-    if not split_loops_enabled():
-        split = {}
+    extra = {}
+    if split_loops_enabled():
+        # FA4's mainloop: the key blocks no row needs masked in a loop without mask code
+        extra["interior blocks in their own loop"] = dataclasses.replace(base, split_mask_loops=True)
+    if causal and dynamic_schedule_enabled():
+        # FA3's dynamic persistent schedule, against the default's one CTA per tile (and bench_variants' static one)
+        extra[DYNAMIC_VARIANT] = dataclasses.replace(base, dynamic_schedule=True)
     if head_dim != 128:
-        variants = {"default": base, **split}
+        variants = {"default": base, **extra}
         if base.num_mma_warpgroups == 3:
             variants["128 query rows per tile"] = dataclasses.replace(base, num_mma_warpgroups=2)
         return variants
@@ -315,7 +331,7 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     wide_n = {WIDE_KEY_TILE_VARIANT: wide_key_tiles(base)} if not causal and wide_key_tiles_enabled() else {}
     return {
         "default": base,
-        **split,
+        **extra,
         **wide_n,
         "lazy rescale (threshold 8)": dataclasses.replace(base, rescale_threshold=8.0),
         "poly exp2 on 2 of 8": dataclasses.replace(base, poly_exp2_per_8=2),
@@ -352,9 +368,15 @@ def _fake_args(cfg: FwdConfig):
     if cfg.bias_rank:
         factor = elem if cfg.bias_mma else cutlass.Float32
         qf, kf = fake_4d(factor, 16 // (factor.width // 8)), fake_4d(factor, 16 // (factor.width // 8))
+    counter = None
+    if cfg.dynamic_schedule:
+        # (1, 1): marshals like the other tensors (every extent dynamic, the last stride 1)
+        counter = make_fake_tensor(
+            cutlass.Int32, (cute.sym_int(), cute.sym_int()), stride=(cute.sym_int64(), 1), assumed_align=4
+        )
     # softmax_scale_log2, window_left, window_right, max_ctas, heads_per_section
     scalars = (cutlass.Float32(1.0), cutlass.Int32(0), cutlass.Int32(0), cutlass.Int32(1), cutlass.Int32(1))
-    return (q, k, v, o, lse, qf, kf, *scalars, make_fake_stream())
+    return (q, k, v, o, lse, qf, kf, counter, *scalars, make_fake_stream())
 
 
 def _builder(cfg: FwdConfig):
@@ -465,6 +487,10 @@ def attention_fwd(
         qf = _to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
         kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
+    counter = None
+    if cfg.dynamic_schedule:
+        # the dynamic schedule's tile counter (zero at launch), and one persistent CTA per SM
+        counter = _to_cute(torch.zeros(1, 1, dtype=torch.int32, device=q.device), align=4)
     args = (
         _to_cute(q),
         _to_cute(k),
@@ -473,11 +499,12 @@ def attention_fwd(
         _to_cute(lse, align=4),
         qf,
         kf,
+        counter,
         softmax_scale * math.log2(math.e),
         _window_arg(window_left, seqlen_q, k.shape[1]),
         _window_arg(window_right, seqlen_q, k.shape[1]),
         # persistent, or one CTA per tile where the tiles' work differs (schedule.py)
-        forward_ctas(_sm_count(q.device), cfg.window_right),
+        _sm_count(q.device) if cfg.dynamic_schedule else forward_ctas(_sm_count(q.device), cfg.window_right),
         # packed, the schedule's heads are K/V heads
         heads_per_section(k.shape[1], head_dim, head_dim_v, q.element_size(), group, batch * num_heads) // cfg.pack_gqa,
         stream,
