@@ -94,8 +94,8 @@ def cute_fwd_variant(b, sq, sk, h, d, causal, variant):
 
 def cute_fwd_variants() -> list:
     """(name, case) of the forward variants that passed gpu_check's smoke test and pass data in shared memory in a
-    new way: the dynamic schedule's tile handoff, with more tiles (134, most of them empty) than an H100 has SMs so
-    that CTAs hand over several."""
+    new way: the dynamic schedule's tile handoff, with more tiles (160, each with keys) than an H100 has SMs so that
+    tiles taken from the counter run a mainloop after the handoff."""
     import dataclasses
 
     from attnkit.cute import attention_fwd as fwd
@@ -103,7 +103,7 @@ def cute_fwd_variants() -> list:
     found = []
     if fwd.dynamic_schedule_enabled():
         dynamic = partial(dataclasses.replace, dynamic_schedule=True)
-        found.append(("cute fwd dynamic schedule", cute_fwd_variant(1, 128 * 134, 256, 1, 128, True, dynamic)))
+        found.append(("cute fwd dynamic schedule", cute_fwd_variant(2, 256, 256, 40, 128, True, dynamic)))
     return found
 
 

@@ -849,6 +849,14 @@ def test_dynamic_schedule_hands_tiles_over_in_smem(cache_dir, head_dim):
     loads = [i for i, (op, _) in enumerate(ops) if op.startswith("UTMALDG") and atomics[0] < i < wait]
     shuffle = next(i for i, (op, _) in enumerate(ops) if op == "SHFL.IDX" and i > atomics[0])
     assert loads and loads[-1] < shuffle < wait, (atomics, loads[-1:], shuffle, wait)
+    # the slot: written between the producer's wait on empty and its arrival on full; read between the consumers'
+    # wait on full and their arrival on empty
+    after_wait = [op for op, _ in ops[wait:]]
+    arrive_full = wait + next(i for i, (_, t) in enumerate(ops[wait:]) if t.startswith(f"BAR.ARV {full}, "))
+    assert any(op == "STS" for op, _ in ops[wait:arrive_full]), after_wait[:12]
+    consumer_wait = next(i for i, (_, t) in enumerate(ops) if t.startswith(f"BAR.SYNC.DEFER_BLOCKING {full}, "))
+    arrive_empty = consumer_wait + next(i for i, (_, t) in enumerate(ops[consumer_wait:]) if f"BAR.ARV {empty}, " in t)
+    assert any(op == "LDS" for op, _ in ops[consumer_wait:arrive_empty]), ops[consumer_wait:arrive_empty]
     default = fwd.choose_config(torch.bfloat16, head_dim, head_dim, False, True)
     fwd.compile_fwd(default)
     plain = _sass(default)
