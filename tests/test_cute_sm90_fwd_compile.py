@@ -377,37 +377,43 @@ def test_numerics_with_two_consumer_warpgroups_where_the_default_takes_three(b, 
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.two_warpgroups(cfg))
 
 
-@pytest.mark.gpu
-@pytest.mark.sm90
-@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_CASES)
-def test_numerics_with_interior_blocks_in_their_own_loop(b, sq, sk, h, hkv, d, wl, wr, rank):
-    """The split mainloop bench_variants times (FwdConfig.split_mask_loops): the same results, bf16."""
-    if not fwd.split_loops_enabled():
-        pytest.skip(f"{fwd.SPLIT_LOOPS_ENV}=0: the split mainloop failed gpu_check's smoke test")
-    cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
-    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cute_gpu_cases.split_loops(cfg))
+# the forward variants bench_variants times, each with its cases: (config from the launcher's, cases, whether
+# gpu_check's smoke test left it in, the variable it sets when not)
+_FWD_VARIANTS = {
+    # FwdConfig.split_mask_loops: interior key blocks in a loop of their own
+    "split mainloop": (
+        cute_gpu_cases.split_loops,
+        cute_gpu_cases.FWD_CASES,
+        fwd.split_loops_enabled,
+        fwd.SPLIT_LOOPS_ENV,
+    ),
+    # FA3's dynamic persistent schedule: every tile computed once (NaN-poisoned outputs)
+    "dynamic schedule": (
+        cute_gpu_cases.dynamic_schedule,
+        cute_gpu_cases.FWD_DYNAMIC_CASES,
+        fwd.dynamic_schedule_enabled,
+        fwd.DYNAMIC_ENV,
+    ),
+    # FA3's non-causal d = 128 key tile, O over Q
+    "176-key tiles": (
+        cute_gpu_cases.wide_key_tiles,
+        cute_gpu_cases.FWD_WIDE_KEY_TILE_CASES,
+        fwd.wide_key_tiles_enabled,
+        fwd.WIDE_KEY_TILE_ENV,
+    ),
+}
 
 
 @pytest.mark.gpu
 @pytest.mark.sm90
-@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_DYNAMIC_CASES)
-def test_numerics_with_the_dynamic_schedule(b, sq, sk, h, hkv, d, wl, wr, rank):
-    """FA3's dynamic persistent schedule (the causal variant bench_variants times): the same results, bf16, every
-    tile computed once (NaN-poisoned outputs)."""
-    if not fwd.dynamic_schedule_enabled():
-        pytest.skip(f"{fwd.DYNAMIC_ENV}=0: the dynamic schedule failed gpu_check's smoke test")
-    cfg = cute_gpu_cases.dynamic_schedule(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
-    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cfg)
-
-
-@pytest.mark.gpu
-@pytest.mark.sm90
-@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_WIDE_KEY_TILE_CASES)
-def test_numerics_with_176_key_tiles(b, sq, sk, h, hkv, d, wl, wr, rank):
-    """FA3's non-causal d = 128 key tile, O over Q (the variant bench_variants times): the same results, bf16."""
-    if not fwd.wide_key_tiles_enabled():
-        pytest.skip(f"{fwd.WIDE_KEY_TILE_ENV}=0: the 176-key tiles failed gpu_check's smoke test")
-    cfg = cute_gpu_cases.wide_key_tiles(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
+@pytest.mark.parametrize("variant, case", [(v, c) for v, spec in _FWD_VARIANTS.items() for c in spec[1]])
+def test_numerics_of_the_forward_variants(variant, case):
+    """The same results as the float64 reference, bf16, with each variant's config."""
+    make, _, enabled, env = _FWD_VARIANTS[variant]
+    if not enabled():
+        pytest.skip(f"{env}=0: the {variant} failed gpu_check's smoke test")
+    b, sq, sk, h, hkv, d, wl, wr, rank = case
+    cfg = make(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cfg)
 
 
