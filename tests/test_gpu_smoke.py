@@ -105,3 +105,22 @@ def test_gpu_check_smokes_every_group():
     script = (pathlib.Path(gpu_smoke.ROOT) / "scripts" / "gpu_check.sh").read_text()
     groups = re.search(r"^groups=\((.*)\)$", script, re.M)
     assert groups and groups.group(1).split() == list(gpu_smoke.GROUPS)
+
+
+def test_gpu_profile_cases_parse():
+    """scripts/gpu_profile.sh is valid bash and every case it profiles is one scripts/gpu_profile.py accepts."""
+    import re
+    import shlex
+    import subprocess
+
+    root = pathlib.Path(gpu_smoke.ROOT) / "scripts"
+    subprocess.run(["bash", "-n", str(root / "gpu_profile.sh")], check=True)
+    spec = importlib.util.spec_from_file_location("gpu_profile", root / "gpu_profile.py")
+    gpu_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_profile)
+    cases = re.findall(r"^profile (\S+) (.+)$", (root / "gpu_profile.sh").read_text(), re.M)
+    assert len(cases) == 6 and len({name for name, _ in cases}) == 6
+    for name, args in cases:
+        parsed = gpu_profile.parser().parse_args(shlex.split(args))
+        assert name.endswith(parsed.method) and ("causal" in name) == parsed.causal
+        assert name.startswith("bwd") == parsed.backward
