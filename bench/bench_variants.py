@@ -5,7 +5,7 @@ the other one, the backward with each way dQ reaches its float32 buffer (also at
 per step against the default 128), and for causal shapes the L2-sectioned tile order against one section of every
 head. With 8 query heads per K/V head (Hkv = 2), the forward packed (the group's heads share each tile) and not: at
 full length, where the default does not pack, and for 64 queries against the full length (a chunk of decoding),
-where it does.
+where it does. Last, the causal forward's schedules at N = 1024 and 2048, where the tiles are short.
 
 Kernels are called through their launchers (attnkit.cute.attention_fwd / attention_bwd) with the variant's
 config, so only the kernel differs; the configs are `variant_configs` of those modules, which `python -m
@@ -72,6 +72,10 @@ def _unmeasured_first(calls: dict[str, Callable[[], object]]) -> dict[str, Calla
     return dict(sorted(calls.items(), key=lambda item: (item[0] != "default", item[0] in MEASURED)))
 
 
+# the causal forward's schedules where the tiles are short (B * N = 16k tokens): one CTA per tile pays its prologue
+# and epilogue per tile, the persistent schedules do not
+SHORT_SCHEDULE_SEQLENS = (1024, 2048)
+
 GROUP = 8
 SHORT_Q = 64
 
@@ -101,8 +105,9 @@ def _with_sections(fn: Callable[[], object], nbytes: int) -> Callable[[], object
     return call
 
 
-def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
-    """MHA inputs: every switch; GQA inputs (8 query heads per K/V head): packed against one head per tile."""
+def forward_variants(q, k, v, causal: bool, schedules_only: bool = False) -> dict[str, Callable[[], object]]:
+    """MHA inputs: every switch; GQA inputs (8 query heads per K/V head): packed against one head per tile.
+    ``schedules_only``: the default against the other schedules (persistent, one CTA per tile, dynamic)."""
     from attnkit.cute import attention_fwd as fwd
 
     head_dim = q.shape[3]
@@ -111,6 +116,8 @@ def forward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     if q.shape[2] == k.shape[2]:
         sections = list(SECTION_VARIANTS) if causal and head_dim == HEAD_DIM else []
         names = [n for n in variants if not n.startswith("pack GQA")] + list(SCHEDULE_VARIANTS[causal]) + sections
+        if schedules_only:
+            names = [n for n in names if n in ("default", fwd.DYNAMIC_VARIANT, *SCHEDULE_VARIANTS[causal])]
     else:
         # whichever the launcher picks for this shape is the default; the other one is the variant
         packs = fwd.pack_gqa_for(q.shape[2] // k.shape[2], q.shape[1], 0) > 1
@@ -220,6 +227,16 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
                 _time_variants(bwd_table, shape, partial(backward_variants, q, k, v, causal), flops, ceilings, budget)
             del q, k, v
             common.release()
+    # last, so that a short budget drops them first
+    for n in SHORT_SCHEDULE_SEQLENS:
+        b = TOKENS // n
+        q, k, v = _inputs(b, n)
+        shape = f"B{b} H{HEADS} N{n} D{HEAD_DIM} causal"
+        flops = perf.attention_fwd_flops(b, HEADS, n, n, HEAD_DIM, causal=True)
+        make = partial(forward_variants, q, k, v, True, schedules_only=True)
+        _time_variants(fwd_table, shape, make, flops, ceilings, budget)
+        del q, k, v
+        common.release()
     fwd_table.notes.append(
         "forward at D = 64: the default takes 192-row tiles (three consumer warpgroups, "
         "attention_fwd.wide_tile_fits), the variant 128."

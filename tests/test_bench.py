@@ -58,8 +58,8 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
 
     calls = []
 
-    def fake_forward(q, k, v, causal):
-        variants = real_forward(q, k, v, causal)
+    def fake_forward(q, k, v, causal, **kw):
+        variants = real_forward(q, k, v, causal, **kw)
         calls.append((q.shape[1], q.shape[2] // k.shape[2], causal, q.shape[3], list(variants)))
         return {name: (lambda i=i: 1.0 + 0.1 * i) for i, name in enumerate(variants)}
 
@@ -88,6 +88,8 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
         (n, 8, True, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, True, 128, ["default", "one head per tile"]),
         (n, 1, True, 64, ["default", split, dynamic, causal, "128 query rows per tile"]),
+        # the causal schedules at short sequences
+        *[(short, 1, True, 128, ["default", dynamic, causal]) for short in bench_variants.SHORT_SCHEDULE_SEQLENS],
     ]
     assert "vs default" in fwd.markdown() and "| 2.00× |" in bwd.markdown()
     # the backward also at D = 64 (H = 32)

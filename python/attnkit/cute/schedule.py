@@ -12,7 +12,8 @@ one CTA per tile in that order, so the hardware hands the next tile to whichever
 sm90, and this backward's. The static assignment is unbalanced there: with a tile's time proportional to its key
 blocks, CTA c's share at B2 H16 N8192 D128 causal (128-row tiles, 8-head sections, 132 SMs) ends at 1.16x the
 ideal makespan, greedy dispatch at 1.00x (a model, not a measurement; the H100 measured this forward at 0.88x FA4's,
-2026-11-27). bench_variants times the persistent schedule against it ("persistent (static)").
+2026-11-27). bench_variants times the persistent schedule against it ("persistent (static)"), and FA3's dynamic one,
+also at N = 1024 and 2048, where one CTA per tile pays its prologue and epilogue on tiles of a few key blocks.
 """
 
 from __future__ import annotations
