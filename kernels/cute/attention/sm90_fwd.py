@@ -636,7 +636,9 @@ class AttentionFwdSm90(AttentionFwdBase):
                 tile = scheduler.next_tile(tile)
 
         if is_store_warp:
-            cute.arch.cp_async_bulk_wait_group(0, read=False)
+            # the CTA may exit once its last store has read sO, as CUTLASS's and FA4's epilogues do: the writes
+            # complete with the grid (the full wait only added an L1 invalidation before EXIT)
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
 
     @cute.jit
     def mainloop_overlapped(
