@@ -1301,7 +1301,9 @@ class AttentionBwdSm90(AttentionBwdBase):
             barrier_sync(NamedBarrierBwd.dQEmpty, self.num_mma_threads + cute.arch.WARP_SIZE)
         elif const_expr(self.dq_tma_reduce):
             if is_dq_thread:
-                cute.arch.cp_async_bulk_wait_group(0, read=False)
+                # the last reduce-add has read the staging buffer: enough, as for CUTLASS's TMA stores (the adds
+                # complete with the grid, before the postprocess reads dQ)
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
 
         # 8. epilogue: dK * softmax_scale and dV to the input dtype, rows past seqlen_k dropped; with
         # split_heads added in float32 to the buffers the launcher converts
@@ -1479,7 +1481,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 cute.arch.sync_warp()
                 barrier_arrive(NamedBarrierBwd.dQEmpty, threads)
         if lane == 0:
-            cute.arch.cp_async_bulk_wait_group(0, read=False)
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
 
     @cute.jit
     def tile_needs_mask(
