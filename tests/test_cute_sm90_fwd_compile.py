@@ -321,6 +321,9 @@ def test_causal_forwards_launch_one_cta_per_tile():
             assert schedule.forward_ctas(132, longest_first=False) == schedule.ONE_TILE_PER_CTA
         assert schedule.forward_ctas(132, longest_first=False) == 132
     assert schedule.forward_ctas(132, longest_first=True) == schedule.ONE_TILE_PER_CTA
+    # the dynamic schedule is persistent whatever else says
+    with schedule.persistent(False):
+        assert schedule.forward_ctas(132, longest_first=True, dynamic=True) == 132
 
 
 def test_exp2_exponent_trick_in_float32_bits():

@@ -489,7 +489,7 @@ def attention_fwd(
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     counter = None
     if cfg.dynamic_schedule:
-        # the dynamic schedule's tile counter (zero at launch), and one persistent CTA per SM
+        # the dynamic schedule's tile counter, zero at launch
         counter = _to_cute(torch.zeros(1, 1, dtype=torch.int32, device=q.device), align=4)
     args = (
         _to_cute(q),
@@ -504,7 +504,7 @@ def attention_fwd(
         _window_arg(window_left, seqlen_q, k.shape[1]),
         _window_arg(window_right, seqlen_q, k.shape[1]),
         # persistent, or one CTA per tile where the tiles' work differs (schedule.py)
-        _sm_count(q.device) if cfg.dynamic_schedule else forward_ctas(_sm_count(q.device), cfg.window_right),
+        forward_ctas(_sm_count(q.device), cfg.window_right, cfg.dynamic_schedule),
         # packed, the schedule's heads are K/V heads
         heads_per_section(k.shape[1], head_dim, head_dim_v, q.element_size(), group, batch * num_heads) // cfg.pack_gqa,
         stream,

@@ -41,11 +41,12 @@ def persistent(flag: bool | None):
         _PERSISTENT = saved
 
 
-def forward_ctas(sm_count: int, longest_first: bool) -> int:
+def forward_ctas(sm_count: int, longest_first: bool, dynamic: bool = False) -> int:
     """The forward's ``max_ctas``: the SM count (persistent) where every tile costs the same, one CTA per tile where
-    the tiles run longest first (causal or a right window bound)."""
+    the tiles run longest first (causal or a right window bound). ``dynamic`` (FwdConfig.dynamic_schedule): always
+    persistent, its CTAs take their tiles from a counter."""
     persist = not longest_first if _PERSISTENT is None else _PERSISTENT
-    return sm_count if persist else ONE_TILE_PER_CTA
+    return sm_count if persist or dynamic else ONE_TILE_PER_CTA
 
 
 @contextlib.contextmanager
