@@ -11,6 +11,7 @@ visible pairs; backward 2.5× forward); % of the measured bf16 matmul ceiling. E
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 
 import attnkit
@@ -28,6 +29,9 @@ SEQLENS = (1024, 4096, 8192, 16384)
 QUICK = ((128, 8192, False), (128, 8192, True), (128, 16384, False), (64, 8192, False))
 OURS = common.our_backends(("triton", "cute"))
 PEERS = ("cuDNN", "FA4", "FA2", "Flex")
+# --quick: the peers the targets name (a lent GPU's quick run spends its seconds on them, not on FA2 and on
+# FlexAttention's torch.compile)
+QUICK_METHODS = (*OURS, "cuDNN", "FA4")
 
 
 def attnkit_method(backend: str) -> Callable:
@@ -168,11 +172,61 @@ def bench_method(
     return fwd_result, common.Result(ms=max(both_result.ms - fwd_result.ms, 1e-6), derived=True)
 
 
+# host time per call: a shape whose kernels take a few microseconds, so that back-to-back calls are bound by the
+# host (argument checks, tensor conversion, launch); each method's mean over HOST_CALLS calls after one warm call
+HOST_SHAPE = (1, 256, 2, 128)  # B, N, H, D
+HOST_CALLS = 200
+
+
+def host_us_per_call(fn: Callable[[], object], calls: int = HOST_CALLS) -> float:
+    """Mean host microseconds per call of ``fn`` issued back to back (the GPU drains the queue afterwards)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def host_table(methods: list[str], budget: common.Budget) -> common.Table:
+    """Forward calls under no_grad at HOST_SHAPE: what each method costs the CPU per call (for small shapes and
+    many layers this, not the kernel, is the time)."""
+    b, n, h, d = HOST_SHAPE
+    table = common.Table("attention forward, host time per call, bf16", "µs per call", "")
+    shape = f"B{b} H{h} N{n} D{d}"
+    q, k, v = make_inputs(b, n, h, d)
+    for name in methods:
+        if budget.expired():
+            result = common.Result(note="skipped (time budget)")
+        else:
+            try:
+                fwd = METHODS[name](q, k, v, False)
+                with torch.no_grad():
+                    result = common.Result(ms=host_us_per_call(fwd) / 1000)
+            except ImportError as e:
+                result = common.Result(note=f"n/a: {common.short_error(e)}")
+            except Exception as e:
+                prefix = "error" if name in OURS else "n/a"
+                result = common.Result(note=f"{prefix}: {common.short_error(e)}")
+            finally:
+                common.release()
+        table.add(shape, LABELS[name], name in OURS, result, rate=lambda ms: ms * 1000)
+    table.notes.append(
+        f"host µs per call: {HOST_CALLS} forward calls without grad issued back to back, wall time over calls "
+        "(the GPU work per call is a few µs); vs X above 1 means attnkit costs the host less"
+    )
+    return table
+
+
 def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.Table]:
     # backend="auto" moves to CuTe on sm90 only where it beats attnkit's Triton: that ratio gets its own column
     fwd_table = common.Table("attention forward, bf16", "TFLOP/s", "bf16 matmul", extra_columns=("vs triton",))
     bwd_table = common.Table("attention backward, bf16", "TFLOP/s", "bf16 matmul", extra_columns=("vs triton",))
-    methods = [m for m in (*OURS, *PEERS) if m in args.methods]
+    chosen = args.methods or (QUICK_METHODS if args.quick else (*OURS, *PEERS))
+    methods = [m for m in (*OURS, *PEERS) if m in chosen]
+    host = host_table(methods, budget)  # first: a second at most, and the small shapes' story
     for d, n, causal in shapes(args):
         b, h = max(1, TOKENS // n), HIDDEN // d
         shape = f"B{b} H{h} N{n} D{d}{' causal' if causal else ''}"
@@ -203,7 +257,8 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
         common.release()
     note = "FLOPs: 4·B·H·D per visible pair (causal counts N(N+1)/2 pairs); backward 2.5× forward."
     fwd_table.notes.append(note)
-    return [fwd_table] if args.no_bwd else [fwd_table, bwd_table]
+    tables = [fwd_table] if args.no_bwd else [fwd_table, bwd_table]
+    return tables + [host]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -212,7 +267,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--d", type=int, nargs="+", choices=(64, 96, 128, 192, 256), help="head dims (default: 128 and 64)")
     p.add_argument("--n", type=int, nargs="+", help="sequence lengths (default: 1024 4096 8192 16384)")
     p.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    p.add_argument("--methods", nargs="+", choices=(*OURS, *PEERS), default=[*OURS, *PEERS])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=(*OURS, *PEERS),
+        help=f"default: all; with --quick {' '.join(QUICK_METHODS)} (FA2 and FlexAttention's compile left out)",
+    )
     p.add_argument("--no-bwd", action="store_true", help="forward only")
     p.add_argument("--budget-s", type=float, help="skip measurements that would start after this many s")
     return p

@@ -302,7 +302,8 @@ class Table:
 
     def markdown(self) -> str:
         peers = self.peers()
-        head = ["shape", "method", "ms", self.unit, f"% of {self.pct_of}", *self.extra_columns]
+        pct_column = [f"% of {self.pct_of}"] if self.pct_of else []  # "": no ceiling to compare with
+        head = ["shape", "method", "ms", self.unit, *pct_column, *self.extra_columns]
         head += [f"vs {p}" for p in peers]
         lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         by_shape: dict[str, dict[str, Entry]] = {}
@@ -315,7 +316,7 @@ class Table:
                 f"**{e.method}**" if e.ours else e.method,
                 (f"{r.ms:.3f}" + ("*" if r.derived else "")) if r.ok else r.note or "n/a",
                 _fmt(e.rate),
-                _fmt(e.pct, ".0f"),
+                *([_fmt(e.pct, ".0f")] if self.pct_of else []),
                 *(e.extras.get(c, "") for c in self.extra_columns),
             ]
             for p in peers:

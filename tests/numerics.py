@@ -20,5 +20,20 @@ def assert_2x(name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch
     floor = torch.finfo(dtype).eps * max(ref64.abs().max().item() if ref64.numel() else 0.0, 1e-3)
     err, base = max_err(got, ref64), max_err(ref_lowp, ref64)
     assert err <= 2 * base + floor, (
-        f"{name}: error {err:.3e} > 2 x {base:.3e} (reference at kernel precision) + {floor:.1e}"
+        f"{name}: error {err:.3e} > 2 x {base:.3e} (reference at kernel precision) + {floor:.1e}; "
+        + _worst(got, ref64, ref_lowp)
+    )
+
+
+def _worst(got: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Tensor) -> str:
+    """Where the largest error is, with the three values there, and how many elements exceed the bound's base."""
+    diff = (got.double() - ref64.double()).abs()
+    flat = int(diff.argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), got.shape))
+    base = max_err(ref_lowp, ref64)
+    over = int((diff > 2 * base).sum())
+    return (
+        f"worst at {index}: got {got.reshape(-1)[flat].item():.9g}, float64 {ref64.reshape(-1)[flat].item():.9g}, "
+        f"reference at kernel precision {ref_lowp.reshape(-1)[flat].item():.9g}; {over} of {got.numel()} elements "
+        f"off by more than 2 x {base:.3e}; mean signed error {(got.double() - ref64.double()).mean().item():.3e}"
     )

@@ -39,12 +39,26 @@ def test_attention_table_has_the_cute_over_triton_ratio(monkeypatch, fake_gpu):
         "bench_method",
         lambda name, *a: tuple(common.Result(ms=t) for t in times[name]),
     )
+    # the host table: each method's calls timed by host_us_per_call (faked: 30 µs for cute, 45 for cuDNN)
+    host_us = {"triton": 60.0, "cute": 30.0, "cuDNN": 45.0}
+    monkeypatch.setattr(bench_attention, "METHODS", {name: (lambda *a, n=name: n) for name in times})
+    monkeypatch.setattr(bench_attention, "host_us_per_call", lambda fn: host_us[fn])
     args = bench_attention.parser().parse_args(["--quick", "--methods", "triton", "cute", "cuDNN"])
-    fwd, bwd = bench_attention.run(args, fake_gpu, common.Budget(None))
+    fwd, bwd, host = bench_attention.run(args, fake_gpu, common.Budget(None))
     text = fwd.markdown()
     assert "vs triton" in text and "| 2.00× |" in text, text
     assert "1.50×" in text  # cute against cuDNN
     assert "| 1.50× |" in bwd.markdown()
+    text = host.markdown()
+    assert "| B1 H2 N256 D128 | **attnkit cute** | 0.030 | 30 | 1.50× |" in text, text
+    assert "% of" not in text  # no ceiling column
+
+
+def test_quick_attention_run_times_the_targets_peers_only():
+    import bench_attention
+
+    args = bench_attention.parser().parse_args(["--quick"])
+    assert args.methods is None and set(bench_attention.QUICK_METHODS) == {*bench_attention.OURS, "cuDNN", "FA4"}
 
 
 def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake_gpu):

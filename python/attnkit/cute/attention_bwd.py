@@ -93,7 +93,8 @@ class BwdConfig:
     # ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0); True wherever it makes no difference
     tc_factor_grads: bool = True
     # the TMA reduce-add of dQ issued by a producer warp for the whole tile (the consumers store and go on, as FA3
-    # and FA4 do) instead of by each consumer warpgroup for its half; a benchmark variant until measured
+    # and FA4 do) instead of by each consumer warpgroup for its half; a benchmark variant (0.93x to 0.96x the
+    # default on the H100, 2026-11-27 16:39 UTC)
     dq_reduce_warp: bool = False
     # dQ added while the dK wgmma runs (as FA4 orders them) where nothing else takes that slot (no bias, not
     # deterministic); False: after it, as in the 2026-11-27 H100 run. Set in choose_config, False where it decides
@@ -247,6 +248,16 @@ def choose_config(
     return cfg
 
 
+def _atomics_measured_faster(
+    head_dim: int, head_dim_v: int, window_left: bool, window_right: bool, bias_rank: int
+) -> bool:
+    """Where the H100 timed dQ atomics ahead of the TMA reduce-add: d = 128 without a mask or a bias (4.916 ms
+    against 5.165 ms, 1.05x, B2 H16 N8192, 2026-11-27 16:39 UTC at 6a29e05; the 12:06 UTC run had them ahead
+    too, 5.228 against 5.291 ms). Causal they tied (2.760 against 2.751 ms) and at d = 64 the reduce-add led
+    (1.11x), so those keep it; bench/RESULTS.md."""
+    return (head_dim, head_dim_v, window_left, window_right, bias_rank) == (128, 128, False, False, 0)
+
+
 @functools.lru_cache(maxsize=256)
 def _choose_config(
     dtype: torch.dtype,
@@ -264,7 +275,8 @@ def _choose_config(
     tc_factor_grads: bool,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
-    warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic or its
+    warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic, where the H100
+    timed the atomics faster (``_atomics_measured_faster``: d = 128 without a mask or a bias), or where its
     float32 staging buffer would cost a pipeline stage (a bias at d = 128) or a P^T / dS^T buffer (d > 128).
     ``tile_m=None``: 128 query rows per step where FA3 takes them (d <= 64) and they fit in registers (bf16, no
     bias, dQ by TMA reduce-add: fp16 and dQ atomics spill a few registers at 128), else 64."""
@@ -277,7 +289,7 @@ def _choose_config(
         if tile_m == 128:  # only with the TMA reduce-add (dQ atomics spill at 128 rows)
             return choose_config(*args, dq_tma_reduce=True, **flags)
         atomics = choose_config(*args, dq_tma_reduce=False, **flags)
-        if deterministic:
+        if deterministic or _atomics_measured_faster(head_dim, head_dim_v, window_left, window_right, bias_rank):
             return atomics
         try:
             reduce = choose_config(*args, dq_tma_reduce=True, **flags)
@@ -405,7 +417,8 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     if variants["default"].tile_m == 128:
         variants["64 query rows per step"] = choose_config(*args, arch=arch, tile_m=64)
     if head_dim == 128 and rows_80_enabled():
-        # FA4's non-causal tile at d = 128 (dQ computed transposed): not the default until an H100 run says so
+        # FA4's non-causal tile at d = 128 (dQ computed transposed): a variant (on the H100, 2026-11-27 16:39 UTC,
+        # 1.01x the 64-row default non-causal, 0.96x causal; with atomics 1.05x, as the 64-row atomics)
         variants["80 query rows per step"] = choose_config(*args, arch=arch, tile_m=80)
         atomics = choose_config(*args, arch=arch, tile_m=80, dq_tma_reduce=False)
         if atomics != variants["80 query rows per step"]:  # the same where the reduce-add is switched off

@@ -11,9 +11,11 @@ same. Where the tiles' work differs (causal and right-windowed attention, in the
 one CTA per tile in that order, so the hardware hands the next tile to whichever SM frees first: FA4's choice on
 sm90, and this backward's. The static assignment is unbalanced there: with a tile's time proportional to its key
 blocks, CTA c's share at B2 H16 N8192 D128 causal (128-row tiles, 8-head sections, 132 SMs) ends at 1.16x the
-ideal makespan, greedy dispatch at 1.00x (a model, not a measurement; the H100 measured this forward at 0.88x FA4's,
-2026-11-27). bench_variants times the persistent schedule against it ("persistent (static)"), and FA3's dynamic one,
-also at N = 1024 and 2048, where one CTA per tile pays its prologue and epilogue on tiles of a few key blocks.
+ideal makespan, greedy dispatch at 1.00x (a model). The H100 measured it (2026-11-27 16:39 UTC, bench/RESULTS.md):
+one CTA per tile 0.879 ms, the static persistent schedule 1.003 ms (1.14x slower), FA3's dynamic one 0.906 ms.
+bench_variants keeps timing both ("persistent (static)", "persistent (dynamic)"), also at N = 1024 and 2048, where
+one CTA per tile pays its prologue and epilogue on tiles of a few key blocks (the dynamic one was 1.10x faster at
+N = 2048 and 0.88x at 1024 in that run: one sample each, left as a variant).
 """
 
 from __future__ import annotations
