@@ -323,6 +323,8 @@ _DQ_UNDER_DK = {
     "d128 80 rows, tma_reduce": (128, dict(tile_m=80, dq_tma_reduce=True)),
     "d128 80 rows, atomics": (128, dict(tile_m=80, dq_tma_reduce=False)),
     "d256": (256, dict()),
+    # a rank-8 bias of 16-bit factors at d = 64: their gradients on the tensor cores, issued after dQ has gone out
+    "d64 bias rank 8": (64, dict(bias_rank=8, bias_mma=True)),
 }
 
 
@@ -357,8 +359,9 @@ def _written_register(instruction: str) -> int | None:
 def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, case):
     """dq_under_dk (FA4's order): the loop waits for dQ with dK's wgmma group still in flight (wait_group 1), adds or
     stores dQ, then waits for dK (wait_group 0); nothing in between writes a register of the dK group (its
-    accumulators, its dS^T operand). With dq_under_dk=False the first dQ access comes after the full wait. No bias
-    and not deterministic: those keep the full wait (their own work takes that slot)."""
+    accumulators, its dS^T operand). With dq_under_dk=False the first dQ access comes after the full wait. Neither
+    the float32 factor gradients nor the deterministic mode: those keep the full wait (their own work takes that
+    slot)."""
     head_dim, flags = _DQ_UNDER_DK[case]
     for under in (True, False) if head_dim == 128 and "tile_m" not in flags else (True,):
         cfg = bwd.choose_config(torch.bfloat16, head_dim, head_dim, False, False, dq_under_dk=under, **flags)
@@ -382,8 +385,9 @@ def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, case):
         assert len(in_flight) >= 16, in_flight  # the dK accumulators at least
         clobbered = [t for t in loop[before[-1][0] + 1 : after[0]] if _written_register(t) in in_flight]
         assert not clobbered, clobbered
-    for kw in (dict(bias_rank=8), dict(deterministic=True)):
+    for kw in (dict(bias_rank=8), dict(bias_rank=8, bias_mma=True), dict(deterministic=True)):
         assert not bwd.choose_config(torch.bfloat16, 128, 128, False, False, **kw).dq_under_dk
+    assert not bwd.choose_config(torch.bfloat16, 64, 64, False, False, bias_rank=32, bias_mma=True).dq_under_dk
 
 
 def test_80_query_rows_per_step():
