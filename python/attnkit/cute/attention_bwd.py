@@ -96,9 +96,9 @@ class BwdConfig:
     # and FA4 do) instead of by each consumer warpgroup for its half; a benchmark variant (0.93x to 0.96x the
     # default on the H100, 2026-11-27 16:39 UTC)
     dq_reduce_warp: bool = False
-    # dQ added while the dK wgmma runs (as FA4 orders them) where nothing else takes that slot (no bias, not
-    # deterministic); False: after it, as in the 2026-11-27 H100 run. Set in choose_config, False where it decides
-    # nothing (one config, not two alike)
+    # dQ added while the dK wgmma runs (as FA4 orders them) where nothing else takes that slot (not deterministic; a
+    # bias only with tensor-core factor gradients at d <= 64: AttentionBwdSm90.dq_under_dk); False: after it, as in
+    # the first H100 run. Set in choose_config, False where it decides nothing (one config, not two alike)
     dq_under_dk: bool = True
     arch: str = "sm_90a"
 
