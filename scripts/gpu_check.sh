@@ -4,9 +4,9 @@
 # 1. versions and the CuTe precompile on every core; 2. smoke: each kernel group (scripts/gpu_smoke.py) on small
 # shapes in its own process under a timeout, all at once, so a hanging kernel costs one timeout and is left out of
 # what follows;
-# 3. the GPU tests (pytest -m "gpu or sm90", three processes at once); 4. compute-sanitizer memcheck on small shapes of every attnkit
-# backend, racecheck on the CuTe kernels; 5. the quick benchmark against the peers (bench/run.py --quick), its time
-# budget being what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop the later ones; the exit status is
+# 3. the GPU tests (pytest -m "gpu or sm90", three processes at once); 4. compute-sanitizer memcheck on small
+# shapes of every attnkit backend, racecheck on the CuTe kernels; 5. the quick benchmark against the peers
+# (bench/run.py --quick), its time budget being what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop the later ones; the exit status is
 # 1 if any stage failed. Logs, summary.md and the plot go to $OUT when set (else bench/results/gpu_check); the
 # stage summary and the benchmark tables print last. About 8 to 9 minutes on an H100: give the call 590 s (the
 # stage limits add up to more in the worst case; the benchmark's budget is what is left of GPU_CHECK_TOTAL_S).
@@ -119,29 +119,27 @@ fi
 # Three pytest processes at once (the 2026-11-27 16:33 run of all files in one process reached 94 % in 180 s, most
 # of it compiling Triton kernels on one core): the CuTe forward, the CuTe backward, the rest (Triton, Lightning,
 # the API). A file of a failed smoke group is left out.
-shard_files() {
-  local f
-  for f in "$@"; do
-    [[ " ${pytest_ignore[*]} " == *" $f "* ]] || echo "$f"
-  done
-}
-mapfile -t shard_fwd < <(shard_files tests/test_cute_sm90_fwd_compile.py)
-mapfile -t shard_bwd < <(shard_files tests/test_cute_sm90_bwd_compile.py tests/test_cute_sm90_bwd_wide.py)
-mapfile -t shard_rest < <(shard_files $(ls tests/test_*.py | grep -v -e test_cute_sm90_fwd_compile -e test_cute_sm90_bwd_compile \
-  -e test_cute_sm90_bwd_wide))
 declare -A shard_pid
-for shard in fwd bwd rest; do
-  declare -n files=shard_$shard
+# start_shard NAME FILE...: one pytest process in the background over the files no failed smoke group left out
+start_shard() {
+  local name=$1 f
+  shift
+  local files=()
+  for f in "$@"; do
+    [[ " ${pytest_ignore[*]} " == *" $f "* ]] || files+=("$f")
+  done
   if [ "${#files[@]}" -eq 0 ]; then
-    echo "no tests left (every file of this shard belongs to a failed smoke group)" >"$out/tests-$shard.log"
-    unset -n files
-    continue
+    echo "no tests left (every file of this shard belongs to a failed smoke group)" >"$out/tests-$name.log"
+    return
   fi
   timeout -k 10 "$test_s" "$py" -m pytest -m "gpu or sm90" -q --maxfail 20 -ra -p no:cacheprovider \
-    "${timeout_plugin[@]}" "${files[@]}" >"$out/tests-$shard.log" 2>&1 &
-  shard_pid[$shard]=$!
-  unset -n files
-done
+    "${timeout_plugin[@]}" "${files[@]}" >"$out/tests-$name.log" 2>&1 &
+  shard_pid[$name]=$!
+}
+start_shard fwd tests/test_cute_sm90_fwd_compile.py
+start_shard bwd tests/test_cute_sm90_bwd_compile.py tests/test_cute_sm90_bwd_wide.py
+start_shard rest $(ls tests/test_*.py | grep -v -e test_cute_sm90_fwd_compile -e test_cute_sm90_bwd_compile \
+  -e test_cute_sm90_bwd_wide)
 test_detail=()
 test_rc=0
 for shard in fwd bwd rest; do
