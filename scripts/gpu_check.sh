@@ -6,8 +6,8 @@
 # what follows;
 # 3. the GPU tests (pytest -m "gpu or sm90", three processes at once); 4. compute-sanitizer memcheck on small
 # shapes of every attnkit backend, racecheck on the CuTe kernels; 5. the quick benchmark against the peers
-# (bench/run.py --quick), its time budget being what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop the later ones; the exit status is
-# 1 if any stage failed. Logs, summary.md and the plot go to $OUT when set (else bench/results/gpu_check); the
+# (bench/run.py --quick), its time budget being what is left of GPU_CHECK_TOTAL_S. A failing stage does not stop
+# the later ones; the exit status is 1 if any stage failed. Logs, summary.md and the plot go to $OUT when set (else bench/results/gpu_check); the
 # stage summary and the benchmark tables print last. About 8 to 9 minutes on an H100: give the call 590 s (the
 # stage limits add up to more in the worst case; the benchmark's budget is what is left of GPU_CHECK_TOTAL_S).
 set -uo pipefail
