@@ -11,6 +11,8 @@ visible pairs; backward 2.5× forward); % of the measured bf16 matmul ceiling. E
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -28,6 +30,9 @@ SEQLENS = (1024, 4096, 8192, 16384)
 # order of importance (a measurement that would start past the time budget is skipped)
 QUICK = ((128, 8192, False), (128, 8192, True), (128, 16384, False), (64, 8192, False))
 OURS = common.our_backends(("triton", "cute"))
+# the host table's row of the CuTe backend called through TVM-FFI (cute.tensors.TVM_FFI_ENV, opt-in); gpu_check leaves
+# it out when its smoke group fails
+TVM_FFI = "cute-tvm-ffi"
 PEERS = ("cuDNN", "FA4", "FA2", "Flex")
 # --quick: the peers the targets name (a lent GPU's quick run spends its seconds on them, not on FA2 and on
 # FlexAttention's torch.compile)
@@ -102,6 +107,7 @@ METHODS: dict[str, Callable] = {
 LABELS = {
     "triton": "attnkit triton",
     "cute": "attnkit cute",
+    TVM_FFI: "attnkit cute, TVM-FFI",
     "cuDNN": "cuDNN (SDPA)",
     "FA4": "FA4 cute",
     "FA2": "FA2 (SDPA)",
@@ -172,6 +178,25 @@ def bench_method(
     return fwd_result, common.Result(ms=max(both_result.ms - fwd_result.ms, 1e-6), derived=True)
 
 
+@contextlib.contextmanager
+def tvm_ffi_switched_on():
+    """The CuTe launchers on their TVM-FFI path inside the block (the switch is read once per process otherwise; the
+    compile cache keeps both kinds of kernel apart)."""
+    from attnkit.cute import tensors
+
+    old = os.environ.get(tensors.TVM_FFI_ENV)
+    os.environ[tensors.TVM_FFI_ENV] = "1"
+    tensors.tvm_ffi_enabled.cache_clear()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(tensors.TVM_FFI_ENV, None)
+        else:
+            os.environ[tensors.TVM_FFI_ENV] = old
+        tensors.tvm_ffi_enabled.cache_clear()
+
+
 # host time per call: a shape whose kernels take a few microseconds, so that back-to-back calls are bound by the
 # host (argument checks, tensor conversion, launch); each method's mean over HOST_CALLS calls after one warm call
 HOST_SHAPE = (1, 256, 2, 128)  # B, N, H, D
@@ -197,22 +222,27 @@ def host_table(methods: list[str], budget: common.Budget) -> common.Table:
     table = common.Table("attention forward, host time per call, bf16", "µs per call", "")
     shape = f"B{b} H{h} N{n} D{d}"
     q, k, v = make_inputs(b, n, h, d)
-    for name in methods:
+    rows = list(methods)
+    if "cute" in rows:
+        rows[rows.index("cute") + 1 : rows.index("cute") + 1] = common.our_backends((TVM_FFI,))
+    for name in rows:
         if budget.expired():
             result = common.Result(note="skipped (time budget)")
         else:
             try:
-                fwd = METHODS[name](q, k, v, False)
-                with torch.no_grad():
-                    result = common.Result(ms=host_us_per_call(fwd) / 1000)
+                switch = tvm_ffi_switched_on() if name == TVM_FFI else contextlib.nullcontext()
+                with switch:
+                    fwd = METHODS["cute" if name == TVM_FFI else name](q, k, v, False)
+                    with torch.no_grad():
+                        result = common.Result(ms=host_us_per_call(fwd) / 1000)
             except ImportError as e:
                 result = common.Result(note=f"n/a: {common.short_error(e)}")
             except Exception as e:
-                prefix = "error" if name in OURS else "n/a"
+                prefix = "error" if name in (*OURS, TVM_FFI) else "n/a"
                 result = common.Result(note=f"{prefix}: {common.short_error(e)}")
             finally:
                 common.release()
-        table.add(shape, LABELS[name], name in OURS, result, rate=lambda ms: ms * 1000)
+        table.add(shape, LABELS[name], name in (*OURS, TVM_FFI), result, rate=lambda ms: ms * 1000)
     table.notes.append(
         f"host µs per call: {HOST_CALLS} forward calls without grad issued back to back, wall time over calls "
         "(the GPU work per call is a few µs); vs X above 1 means attnkit costs the host less"

@@ -57,7 +57,7 @@ record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 # A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.
 # The groups run at once, each in its own process under its own timeout (small shapes: the GPU has room for all,
 # and a hung kernel only slows the others down); their logs are then read in this order.
-groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-fwd-split cute-fwd-176 cute-fwd-dynamic cute-bwd-reduce cute-bwd cute-bwd-80 cute-bwd-reduce-warp cute-bwd-wide cute-bwd-bias-tc triton)
+groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-fwd-split cute-fwd-176 cute-fwd-dynamic cute-bwd-reduce cute-bwd cute-bwd-80 cute-bwd-reduce-warp cute-bwd-wide cute-bwd-bias-tc cute-tvm-ffi triton)
 pytest_ignore=()
 skip_backends=()
 sanitizer_flags=()
@@ -83,6 +83,7 @@ for group in "${groups[@]}"; do
       cute-fwd) pytest_ignore+=(--ignore tests/test_cute_sm90_fwd_compile.py) ;;
       cute-bwd) pytest_ignore+=(--ignore tests/test_cute_sm90_bwd_compile.py) ;;
       cute-bwd-wide) pytest_ignore+=(--ignore tests/test_cute_sm90_bwd_wide.py) ;;
+      cute-tvm-ffi) pytest_ignore+=(--ignore tests/test_cute_tvm_ffi.py) ;;
     esac
     # a wrong or hanging CuTe kernel: no timing of it, no sanitizer run through it (the wide heads are not
     # benchmarked: only their sanitizer cases go; a failing backward leaves the forward timed; without the 192-row
@@ -100,6 +101,8 @@ for group in "${groups[@]}"; do
       cute-fwd-176) export ATTNKIT_SM90_FWD_176_KEYS=0 ;;
       cute-fwd-dynamic) export ATTNKIT_SM90_FWD_DYNAMIC=0 ;;
       cute-bwd-reduce-warp) export ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0 ;;
+      # the opt-in TVM-FFI host path: only its row of the benchmark's host table goes
+      cute-tvm-ffi) skip_backends+=(cute-tvm-ffi) ;;
       cute-bwd)
         skip_backends+=(cute-bwd)
         sanitizer_flags+=(--no-cute-bwd)

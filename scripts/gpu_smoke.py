@@ -11,7 +11,9 @@ kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_
 after a failure), ``cute-bwd-80`` (the 80-row steps) and ``cute-bwd-reduce-warp`` (dQ's reduce-add from a producer
 warp) and ``cute-fwd-split`` (the forward's interior key blocks in a loop without mask code), benchmark variants
 whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``,
-``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark. Each
+``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark. ``cute-tvm-ffi``
+runs forward and backward cases through the opt-in TVM-FFI host path (``ATTNKIT_CUTE_TVM_FFI=1``), whose kernels
+the precompile does not build (they compile in the group's own process). Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
 then ``ok`` or ``WRONG`` per output, where WRONG names the worst element, the NaN count and the 64-row
 query (or key) blocks whose error breaks the acceptance rule of ``tests/numerics.py`` (2x the error of
@@ -344,6 +346,19 @@ GROUPS = {
             1, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
         ),
     },
+    # the host path through TVM-FFI (ATTNKIT_CUTE_TVM_FFI=1, opt-in): kernels compiled for it, called with the torch
+    # tensors; forward and backward cases of the groups above, with and without a bias and operands that are None
+    "cute-tvm-ffi": {
+        "fwd d128 causal gqa": cute_fwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
+        "fwd d64 bf16 bias r24 (wgmma)": cute_fwd_case(1, 333, 1000, 2, 2, 64, -1, -1, -24),
+        "fwd d128 float32 bias r8 causal": cute_fwd_case(1, 300, 300, 2, 2, 128, -1, 0, 8),
+        "bwd d128 causal gqa": cute_bwd_case(2, 300, 300, 4, 2, 128, -1, 0, 0),
+        "bwd d128 float32 bias r8 causal": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, 8),
+        "bwd d128 bf16 bias r8 causal deterministic": cute_bwd_case(
+            1, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
+        ),
+        "bwd d128 causal MQA, 16 query heads split over CTAs": cute_bwd_case(1, 512, 512, 16, 1, 128, -1, 0, 0),
+    },
     "triton": {
         "attention d128 causal": triton_case(True, 0),
         "attention d64 full bias r8": triton_case(False, 8, d=64),
@@ -358,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
     from attnkit.cute.attention_fwd import DYNAMIC_ENV, SPLIT_LOOPS_ENV, WIDE_KEY_TILE_ENV, WIDE_TILE_ENV
+    from attnkit.cute.tensors import TVM_FFI_ENV
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
     env = {"cute-fwd": [(WIDE_TILE_ENV, "0")], "cute-fwd-192": [(WIDE_TILE_ENV, None)]}
@@ -368,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     env |= {"cute-bwd-bias-tc": [(DQ_TMA_REDUCE_ENV, "0"), (TC_FACTOR_GRADS_ENV, None)]}
     env |= {"cute-bwd-80": [(DQ_TMA_REDUCE_ENV, None), (ROWS_80_ENV, None)]}
     env |= {"cute-bwd-reduce-warp": [(DQ_TMA_REDUCE_ENV, None), (REDUCE_WARP_ENV, None)]}
+    env |= {"cute-tvm-ffi": [(TVM_FFI_ENV, "1")]}
     for name, value in env.get(args.group, []):
         if value is None:
             os.environ.pop(name, None)

@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup_env.s
   if ! python -c "import triton" 2>/dev/null; then
     pip_q triton==3.9.0
   fi
-  pip_q nvidia-cutlass-dsl==4.8.1 pytest==9.2.0 ruff==0.17.6 tqdm==4.70.1 numpy
+  pip_q nvidia-cutlass-dsl==4.8.1 apache-tvm-ffi==0.1.15.post2 pytest==9.2.0 ruff==0.17.6 tqdm==4.70.1 numpy
   pip_q --no-build-isolation --no-deps -e .
   python -c "import torch, triton, cutlass, attnkit" || { echo "setup failed: a dependency does not import" >&2; exit 1; }
   touch "$stamp"

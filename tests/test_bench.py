@@ -51,6 +51,9 @@ def test_attention_table_has_the_cute_over_triton_ratio(monkeypatch, fake_gpu):
     assert "| 1.50× |" in bwd.markdown()
     text = host.markdown()
     assert "| B1 H2 N256 D128 | **attnkit cute** | 0.030 | 30 | 1.50× |" in text, text
+    # the CuTe backend once more through TVM-FFI, the switch on only for that row
+    assert "| B1 H2 N256 D128 | **attnkit cute, TVM-FFI** | 0.030 | 30 | 1.50× |" in text, text
+    assert os.environ.get("ATTNKIT_CUTE_TVM_FFI") is None
     assert "% of" not in text  # no ceiling column
 
 

@@ -54,9 +54,24 @@ CUTE_GROUPS = [
 ]
 
 
+# the opt-in TVM-FFI host path: cases of cute-fwd and cute-bwd again, its kernels compiled in the group's process (the
+# precompile builds the default path's)
+TVM_FFI_GROUP = "cute-tvm-ffi"
+
+
 def test_every_group_has_cases():
-    assert set(gpu_smoke.GROUPS) == {*CUTE_GROUPS, "triton"}
+    assert set(gpu_smoke.GROUPS) == {*CUTE_GROUPS, TVM_FFI_GROUP, "triton"}
     assert all(gpu_smoke.GROUPS.values())
+
+
+def test_the_tvm_ffi_group_repeats_cases_of_the_default_groups():
+    """Its failure then says the host path is at fault: the same inputs passed through the default one."""
+    for name, run in gpu_smoke.GROUPS[TVM_FFI_GROUP].items():
+        direction, case = name.split(" ", 1)
+        assert direction in ("fwd", "bwd"), name
+        pool = {**gpu_smoke.GROUPS[f"cute-{direction}"], **gpu_smoke.GROUPS["cute-bwd-bias-tc"]}
+        assert case in pool, name
+        assert pool[case].config() == run.config(), name
 
 
 @pytest.mark.parametrize("group", CUTE_GROUPS)

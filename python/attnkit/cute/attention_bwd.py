@@ -26,7 +26,7 @@ from ..broadcast import sum_to
 from .attention_fwd import _sm_count, _window_arg
 from .compile_cache import CompileCache
 from .schedule import section_heads
-from .tensors import prepare_factor, tma_ready, to_cute
+from .tensors import fake_stream, launch_stream, launch_tensor, prepare_factor, tma_ready
 
 __all__ = [
     "BwdConfig",
@@ -438,7 +438,6 @@ def _fake_args(cfg):
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
-    from cutlass.runtime import make_fake_stream
 
     def fake(dtype, rank: int, align_elems: int):
         # every extent symbolic; strides symbolic 16-byte multiples, last dim contiguous: the type
@@ -448,7 +447,7 @@ def _fake_args(cfg):
         return make_fake_tensor(dtype, shape, stride=stride, assumed_align=16)
 
     f32 = cutlass.Float32
-    stream = make_fake_stream()
+    stream = fake_stream()
     if isinstance(cfg, BwdPreprocessConfig):
         elem = _cutlass_dtype(cfg.dtype)
         lse = make_fake_tensor(
@@ -592,8 +591,6 @@ def attention_bwd(
     ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default);
     ``dq_reduce_warp`` has a producer warp issue the reduce-add; ``dq_under_dk=False`` adds dQ after the dK wgmma.
     """
-    import cuda.bindings.driver as cuda
-
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
     if not (k.dtype == v.dtype == dout.dtype == out.dtype == q.dtype):
@@ -660,33 +657,35 @@ def attention_bwd(
     qf = kf = dqf_accum = dkf_accum = None
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
-        qf = to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
-        kf = to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
+        qf = launch_tensor(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        kf = launch_tensor(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
         dqf_buf = torch.zeros(batch, num_heads, sq_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dkf_buf = torch.zeros(batch, num_heads, sk_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
-        dqf_accum, dkf_accum = to_cute(dqf_buf), to_cute(dkf_buf)
+        dqf_accum, dkf_accum = launch_tensor(dqf_buf), launch_tensor(dkf_buf)
     sem = None
     if deterministic:
         num_m_blocks = -(-seqlen_q // cfg.tile_m)
-        sem = to_cute(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
+        sem = launch_tensor(torch.zeros(batch, num_heads, num_m_blocks, dtype=torch.int32, device=dev))
     dk_out, dv_out = dk, dv
     if splits > 1:
         # the CTAs of one K/V head add their shares in float32; converted below
         dk_out = torch.zeros(dk.shape, dtype=torch.float32, device=dev)
         dv_out = torch.zeros(dv.shape, dtype=torch.float32, device=dev)
-    stream = cuda.CUstream(torch.cuda.current_stream(dev).cuda_stream)
+    stream = launch_stream(dev)
+    # each tensor converted once, though dout, lse2, dpsum and dq_accum go to two of the kernels
+    c_dout, c_lse2, c_dpsum, c_dq_accum = (launch_tensor(t) for t in (dout, lse2, dpsum, dq_accum))
 
-    pre(to_cute(out), to_cute(dout), to_cute(lse), to_cute(lse2), to_cute(dpsum), stream)
+    pre(launch_tensor(out), c_dout, launch_tensor(lse), c_lse2, c_dpsum, *stream)
     main(
-        to_cute(q),
-        to_cute(k),
-        to_cute(v),
-        to_cute(dout),
-        to_cute(lse2),
-        to_cute(dpsum),
-        to_cute(dq_accum),
-        to_cute(dk_out),
-        to_cute(dv_out),
+        launch_tensor(q),
+        launch_tensor(k),
+        launch_tensor(v),
+        c_dout,
+        c_lse2,
+        c_dpsum,
+        c_dq_accum,
+        launch_tensor(dk_out),
+        launch_tensor(dv_out),
         qf,
         kf,
         dqf_accum,
@@ -701,9 +700,9 @@ def attention_bwd(
             seqlen_q, head_dim, head_dim_v, q.element_size(), -(-group // splits), batch * num_heads_kv * splits
         ),
         splits,
-        stream,
+        *stream,
     )
-    post(to_cute(dq_accum), to_cute(dq), softmax_scale, stream)
+    post(c_dq_accum, launch_tensor(dq), softmax_scale, *stream)
     if splits > 1:
         dk.copy_(dk_out)
         dv.copy_(dv_out)

@@ -21,7 +21,7 @@ import torch
 
 from .compile_cache import CompileCache
 from .schedule import forward_ctas, section_heads
-from .tensors import prepare_factor, tma_ready, to_cute
+from .tensors import fake_stream, launch_stream, launch_tensor, prepare_factor, tma_ready
 
 __all__ = [
     "FwdConfig",
@@ -347,7 +347,6 @@ def _fake_args(cfg: FwdConfig):
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_fake_tensor
-    from cutlass.runtime import make_fake_stream
 
     elem = {"fp16": cutlass.Float16, "bf16": cutlass.BFloat16}[cfg.dtype]
 
@@ -377,7 +376,7 @@ def _fake_args(cfg: FwdConfig):
         )
     # softmax_scale_log2, window_left, window_right, max_ctas, heads_per_section
     scalars = (cutlass.Float32(1.0), cutlass.Int32(0), cutlass.Int32(0), cutlass.Int32(1), cutlass.Int32(1))
-    return (q, k, v, o, lse, qf, kf, counter, *scalars, make_fake_stream())
+    return (q, k, v, o, lse, qf, kf, counter, *scalars, fake_stream())
 
 
 def _builder(cfg: FwdConfig):
@@ -402,7 +401,8 @@ def cache() -> CompileCache:
 
 
 def _to_cute(t: torch.Tensor, align: int = 16):
-    return to_cute(t, align)
+    """A tensor argument of the compiled forward (``tensors.launch_tensor``)."""
+    return launch_tensor(t, align)
 
 
 def _window_arg(window: int, seqlen_q: int, seqlen_k: int) -> int:
@@ -439,8 +439,6 @@ def attention_fwd(
     ``config``: a variant of the config this call would choose (a benchmark of the switches); it must agree
     with the inputs in dtype, head dims, window bounds and bias.
     """
-    import cuda.bindings.driver as cuda
-
     batch, seqlen_q, num_heads, head_dim = q.shape
     head_dim_v = v.shape[-1]
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -487,7 +485,6 @@ def attention_fwd(
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
         qf = _to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
         kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
-    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     counter = None
     if cfg.dynamic_schedule:
         # the dynamic schedule's tile counter, zero at launch
@@ -508,7 +505,7 @@ def attention_fwd(
         forward_ctas(_sm_count(q.device), cfg.window_right, cfg.dynamic_schedule),
         # packed, the schedule's heads are K/V heads
         heads_per_section(k.shape[1], head_dim, head_dim_v, q.element_size(), group, batch * num_heads) // cfg.pack_gqa,
-        stream,
+        *launch_stream(q.device),
     )
     try:
         kernel(*args)

@@ -19,6 +19,9 @@ Usage (one cache per launcher module)::
 
 ``build`` receives the compile option string (target arch, cubin dump into a scratch directory) and
 must pass it to ``cute.compile`` unchanged.
+
+With ``ATTNKIT_CUTE_TVM_FFI=1`` (``tensors.tvm_ffi_enabled``) kernels are compiled with ``--enable-tvm-ffi``,
+exported and loaded as TVM-FFI functions, and kept under their own keys (in memory and on disk).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .tensors import tvm_ffi_enabled
 
 __all__ = [
     "CompileCache",
@@ -93,11 +98,13 @@ def _load_runtime_globally() -> None:
             ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
 
 
-def _key_hash(namespace: str, config: Any) -> str:
+def _key_hash(namespace: str, config: Any, tvm_ffi: bool = False) -> str:
     if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
         raise TypeError(f"compile cache keys must be frozen dataclasses, got {type(config).__name__}")
     # repr of a frozen dataclass of plain fields is stable across processes, unlike hash().
     text = f"{namespace}:{type(config).__module__}.{type(config).__qualname__}:{config!r}"
+    if tvm_ffi:
+        text += ":tvm-ffi"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -126,28 +133,30 @@ class CompileCache:
 
     def _entry_paths(self, config: Any) -> tuple[Path, Path]:
         folder = cache_dir() / source_fingerprint()
-        stem = _key_hash(self.namespace, config)
+        stem = _key_hash(self.namespace, config, tvm_ffi_enabled())
         return folder / f"{stem}.o", folder / f"{stem}.cubin"
 
     def get(self, config: Any, build: Callable[[str], Any], *, arch: str | None = None) -> Any:
         """Return the compiled kernel for ``config``; ``build(options)`` runs on a miss."""
+        key = (config, tvm_ffi_enabled())
         with self._lock:
-            hit = self._memory.get(config)
+            hit = self._memory.get(key)
             if hit is not None:
                 return hit
             arch = arch if arch is not None else config.arch
             kernel = self._load(config) if disk_cache_enabled() else None
             if kernel is None:
                 kernel = self._compile(config, build, arch)
-            self._memory[config] = kernel
+            self._memory[key] = kernel
             return kernel
 
     def recompile(self, config: Any, build: Callable[[str], Any], *, arch: str | None = None) -> Any:
         """Drop a (disk-loaded) entry and compile it in this process; the disk entry is rewritten."""
+        key = (config, tvm_ffi_enabled())
         with self._lock:
-            self._memory.pop(config, None)
+            self._memory.pop(key, None)
             kernel = self._compile(config, build, arch if arch is not None else config.arch)
-            self._memory[config] = kernel
+            self._memory[key] = kernel
             return kernel
 
     def cubin(self, config: Any) -> bytes | None:
@@ -164,7 +173,7 @@ class CompileCache:
         start = time.perf_counter()
         try:
             _load_runtime_globally()
-            module = cute.runtime.load_module(str(obj_path))
+            module = cute.runtime.load_module(str(obj_path), enable_tvm_ffi=tvm_ffi_enabled())
             kernel = getattr(module, _EXPORT_NAME)
         except Exception as exc:  # a truncated or foreign object is a miss, not an error
             print(f"attnkit: ignoring unreadable cache entry {obj_path}: {exc}", file=sys.stderr)
@@ -176,6 +185,8 @@ class CompileCache:
     def _compile(self, config: Any, build: Callable[[str], Any], arch: str) -> Any:
         with tempfile.TemporaryDirectory(prefix="attnkit-cubin-") as scratch:
             options = f"--gpu-arch {arch} --keep-cubin --dump-dir {scratch}"
+            if tvm_ffi_enabled():
+                options += " --enable-tvm-ffi"
             start = time.perf_counter()
             kernel = build(options)
             seconds = time.perf_counter() - start
@@ -193,7 +204,10 @@ class CompileCache:
             _load_runtime_globally()
             obj_path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=obj_path.parent, prefix=".tmp-") as scratch:
-                kernel.export_to_c(scratch, obj_path.stem, function_prefix=_EXPORT_NAME)
+                if tvm_ffi_enabled():
+                    kernel.export_to_c(str(Path(scratch) / f"{obj_path.stem}.o"), function_name=_EXPORT_NAME)
+                else:
+                    kernel.export_to_c(scratch, obj_path.stem, function_prefix=_EXPORT_NAME)
                 if cubin is not None:
                     tmp_cubin = Path(scratch) / "kernel.cubin"
                     tmp_cubin.write_bytes(cubin)

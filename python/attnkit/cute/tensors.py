@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
+
+# "1": the CuTe kernels are compiled with --enable-tvm-ffi and called with the torch tensors themselves, as FA4
+# calls its kernels: argument checks and conversion in C instead of one DLPack conversion per tensor in Python,
+# the stream taken from torch's current one. Opt-in (it needs apache-tvm-ffi) until a GPU run has verified it.
+TVM_FFI_ENV = "ATTNKIT_CUTE_TVM_FFI"
 
 
 def tma_ready(t: torch.Tensor) -> torch.Tensor:
@@ -36,3 +44,39 @@ def to_cute(t: torch.Tensor, align: int | None = None):
     if align is None:
         align = 16 if t.element_size() == 2 else 4
     return from_dlpack(t.detach(), assumed_align=align).mark_layout_dynamic(leading_dim=t.dim() - 1)
+
+
+@functools.lru_cache(maxsize=1)
+def tvm_ffi_enabled() -> bool:
+    """Whether this process compiles and calls the CuTe kernels through TVM-FFI (read once: a compiled kernel and
+    the arguments its launcher passes must agree)."""
+    if os.environ.get(TVM_FFI_ENV, "0") != "1":
+        return False
+    try:
+        import tvm_ffi  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"{TVM_FFI_ENV}=1 needs apache-tvm-ffi (pip install 'attnkit[tvm-ffi]')") from exc
+    return True
+
+
+def launch_tensor(t: torch.Tensor, align: int | None = None):
+    """A tensor argument of a compiled kernel: the tensor itself on the TVM-FFI path (detached: the autograd ops
+    hand over tensors that require grad), else ``to_cute``."""
+    return t.detach() if tvm_ffi_enabled() else to_cute(t, align)
+
+
+def launch_stream(device: torch.device) -> tuple:
+    """The kernel's trailing stream argument: torch's current stream on ``device``; none on the TVM-FFI path, whose
+    kernels take torch's current stream themselves."""
+    if tvm_ffi_enabled():
+        return ()
+    import cuda.bindings.driver as cuda
+
+    return (cuda.CUstream(torch.cuda.current_stream(device).cuda_stream),)
+
+
+def fake_stream():
+    """The stream argument of a compile against fake tensors (the environment's stream on the TVM-FFI path)."""
+    from cutlass.runtime import make_fake_stream
+
+    return make_fake_stream(use_tvm_ffi_env_stream=True) if tvm_ffi_enabled() else make_fake_stream()
