@@ -128,3 +128,12 @@ def test_a_backward_that_failed_its_smoke_test_leaves_the_forward_timed(monkeypa
     assert fwd_result.ms == 1.0 and bwd_result.note == common.BACKWARD_SKIPPED and calls == ["fwd"]
     fwd_result, both = bench_bias.time_method(None, lambda c: (lambda: 2.0, ()), "error", common.Budget(None), False)
     assert fwd_result.ms == 2.0 and both.note == common.BACKWARD_SKIPPED
+
+
+def test_host_launcher_times_the_launchers_without_a_gpu(cache_dir):
+    """bench/host_launcher.py: the README's host-time figures come from it; the kernels are stubbed, so it runs here."""
+    import host_launcher
+
+    times = host_launcher.launcher_us(calls=3)
+    assert set(times) == {"forward", "backward"} and all(t > 0 for t in times.values()), times
+    assert host_launcher.marshalling_us(calls=3) > 0
