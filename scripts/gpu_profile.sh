@@ -4,7 +4,9 @@
 # session has 3 minutes of device time left (about 2 minutes on an H100, most of it imports and compiles):
 #   bash .device/gpu.sh bash scripts/gpu_profile.sh
 # Per case: <case>.ncu-rep (the report), <case>.txt (its details page) and <case>.csv (every raw metric) under $OUT
-# (else bench/results/gpu_profile), packed into profiles.tar.gz; the headline metrics of every case print last.
+# (else bench/results/gpu_profile), packed into profiles.tar.gz; the backward cases also sample warp stalls per SASS
+# instruction (<case>-source.csv, and <case>-hot.txt: each kernel's hottest instructions). The headline metrics of
+# every case and the hottest instructions print last.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,36 +26,54 @@ sections=(SpeedOfLight ComputeWorkloadAnalysis MemoryWorkloadAnalysis Occupancy 
 section_args=()
 for s in "${sections[@]}"; do section_args+=(--section "$s"); done
 
-# NAME ARGS...: one case of scripts/gpu_profile.py under ncu
+# NAME [--source] ARGS...: one case of scripts/gpu_profile.py under ncu; --source also samples warp stalls per SASS
+# instruction (SourceCounters) and writes the hottest instructions of each kernel to NAME-hot.txt (scripts/ncu_hot.py)
 profile() {
   local name=$1
   shift
+  local extra=()
+  if [ "${1:-}" = "--source" ]; then
+    extra=(--section SourceCounters)
+    shift
+  fi
   echo "gpu_profile: $name (limit ${case_s} s)"
-  timeout -k 5 "$case_s" "$ncu" --clock-control none --profile-from-start off "${section_args[@]}" \
+  timeout -k 5 "$case_s" "$ncu" --clock-control none --profile-from-start off "${section_args[@]}" "${extra[@]}" \
     --export "$out/$name" --force-overwrite "$py" scripts/gpu_profile.py "$@" >"$out/$name.log" 2>&1
   local rc=$?
   if [ -f "$out/$name.ncu-rep" ]; then
     "$ncu" --import "$out/$name.ncu-rep" --page details >"$out/$name.txt" 2>&1
     "$ncu" --import "$out/$name.ncu-rep" --page raw --csv >"$out/$name.csv" 2>&1
+    if [ "${#extra[@]}" -gt 0 ]; then
+      "$ncu" --import "$out/$name.ncu-rep" --page source --csv --print-source sass >"$out/$name-source.csv" 2>&1
+      "$py" scripts/ncu_hot.py "$out/$name-source.csv" --top 20 >"$out/$name-hot.txt" 2>&1
+    fi
   fi
   echo "  $name: exit $rc"
 }
 
+# the backward first: its gap to FA4 is the largest (B2 H16 N8192 D128: 0.82x on 2026-11-27), and where each
+# kernel's warps wait, instruction by instruction, is what the next change needs
+profile bwd-cute --source cute --backward
+profile bwd-fa4 --source fa4 --backward
 profile fwd-cute cute
 profile fwd-fa4 fa4
 profile fwd-causal-cute cute --causal
 profile fwd-causal-fa4 fa4 --causal
-profile bwd-cute cute --backward
-profile bwd-fa4 fa4 --backward
 
 echo
 echo "gpu_profile: headline metrics (per kernel: name, then duration, SM and memory throughput, issue slots, warp"
 echo "cycles per issued instruction)"
 for f in "$out"/*.txt; do
   [ -f "$f" ] || continue
+  case $f in *-hot.txt) continue ;; esac
   echo "== $(basename "$f" .txt)"
   grep -E "^  [A-Za-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Warp Cycles Per Issued" \
     "$f" | grep -v "^    Section" | head -n 40
+done
+for f in "$out"/*-hot.txt; do
+  [ -f "$f" ] || continue
+  echo "== $(basename "$f" .txt): the most warp-stall samples per SASS instruction"
+  head -n 70 "$f"
 done
 tar -czf "$out/profiles.tar.gz" -C "$out" --remove-files $(cd "$out" && ls -- *.ncu-rep *.log *.csv 2>/dev/null) \
   2>/dev/null || true

@@ -136,6 +136,35 @@ def test_gpu_profile_cases_parse():
     cases = re.findall(r"^profile (\S+) (.+)$", (root / "gpu_profile.sh").read_text(), re.M)
     assert len(cases) == 6 and len({name for name, _ in cases}) == 6
     for name, args in cases:
-        parsed = gpu_profile.parser().parse_args(shlex.split(args))
+        words = shlex.split(args)
+        # the profile function's own flag: per-instruction stall sampling, for the backward cases
+        source = words[0] == "--source"
+        parsed = gpu_profile.parser().parse_args(words[1:] if source else words)
         assert name.endswith(parsed.method) and ("causal" in name) == parsed.causal
-        assert name.startswith("bwd") == parsed.backward
+        assert name.startswith("bwd") == parsed.backward == source
+
+
+def test_ncu_hot_ranks_each_kernels_instructions_by_stall_samples():
+    """scripts/ncu_hot.py on an export shaped like Nsight Compute's source page (a kernel line, then its table)."""
+    spec = importlib.util.spec_from_file_location("ncu_hot", pathlib.Path(gpu_smoke.ROOT) / "scripts" / "ncu_hot.py")
+    ncu_hot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ncu_hot)
+    header = '"# Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"'
+    text = "\n".join(
+        [
+            '"kernel_main"',
+            header,
+            '"0x100","HGMMA.64x64x16.F32.BF16 R152, gdesc[UR12], RZ","10","2"',
+            '"0x110","BAR.SYNC.DEFER_BLOCKING 0x7, 0x100","70","65"',
+            '"0x120","MUFU.EX2 R1, R1","20","1"',
+            '"kernel_post"',
+            '"# Address","Source","Instructions Executed"',
+            '"0x0","EXIT","5"',
+        ]
+    )
+    out = ncu_hot.hottest(text, top=2)
+    lines = out.splitlines()
+    assert lines[0] == "== kernel_main (3 instructions)"
+    assert "70.0%" in lines[1] and "BAR.SYNC" in lines[1] and "not issued 65" in lines[1]
+    assert "20.0%" in lines[2] and "MUFU.EX2" in lines[2]
+    assert lines[3] == "== kernel_post (1 instructions)" and "no 'Warp Stall Sampling (All...' column" in lines[4]
