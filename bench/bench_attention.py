@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import time
 from collections.abc import Callable
@@ -228,6 +229,8 @@ def host_table(methods: list[str], budget: common.Budget) -> common.Table:
     for name in rows:
         if budget.expired():
             result = common.Result(note="skipped (time budget)")
+        elif name == TVM_FFI and importlib.util.find_spec("tvm_ffi") is None:
+            result = common.Result(note="n/a: apache-tvm-ffi is not installed")
         else:
             try:
                 switch = tvm_ffi_switched_on() if name == TVM_FFI else contextlib.nullcontext()

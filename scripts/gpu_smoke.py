@@ -393,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu_smoke: no CUDA device", flush=True)
         return 2
+    if args.group == "cute-tvm-ffi":
+        from attnkit.cute.tensors import tvm_ffi_enabled
+
+        if not tvm_ffi_enabled():  # read before the group set it: the cases would run the default path
+            print("gpu_smoke: the TVM-FFI switch is off in this process", flush=True)
+            return 1
     failed = []
     for name, run in GROUPS[args.group].items():
         if args.case not in name:

@@ -3,6 +3,10 @@ import os
 import pytest
 import torch
 
+# The suite runs the CuTe launchers' default host path whatever the shell exports; tests of the opt-in TVM-FFI path
+# (tests/test_cute_tvm_ffi.py) switch it on themselves.
+os.environ.pop("ATTNKIT_CUTE_TVM_FFI", None)
+
 # Triton's interpreter must be chosen before triton is imported; CPU tensors then run the Triton kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -197,9 +197,10 @@ def _forward_backward(q, k, v, dout, causal):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
-def test_tvm_ffi_results_equal_the_default_paths_gpu(tvm_ffi_on_gpu, causal):
-    """The same kernel code behind both host paths: the results must be identical, not merely close."""
+def test_tvm_ffi_results_equal_the_default_paths_gpu(tvm_ffi_on_gpu):
+    """The same kernel code behind both host paths: the results must be identical, not merely close. One case (the
+    TVM-FFI kernels are not precompiled: each is a cold compile in gpu_check's test shard)."""
+    causal = True
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 333, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     k, v = k[:, :, :2], v[:, :, :2]  # GQA, and K/V views with a head stride of their own

@@ -104,7 +104,10 @@ def _key_hash(namespace: str, config: Any, tvm_ffi: bool = False) -> str:
     # repr of a frozen dataclass of plain fields is stable across processes, unlike hash().
     text = f"{namespace}:{type(config).__module__}.{type(config).__qualname__}:{config!r}"
     if tvm_ffi:
-        text += ":tvm-ffi"
+        # the exported object links against apache-tvm-ffi: a new version misses instead of loading a stale one
+        import tvm_ffi as tvm_ffi_module
+
+        text += f":tvm-ffi={tvm_ffi_module.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -123,13 +126,20 @@ class CompileCache:
     def __init__(self, namespace: str):
         self.namespace = namespace
         self._memory: dict[Any, Any] = {}
-        self.records: dict[Any, CompileRecord] = {}
+        # keyed (config, TVM-FFI path) like _memory; ``records`` shows the current path's
+        self._records: dict[tuple[Any, bool], CompileRecord] = {}
         self._lock = threading.Lock()
+
+    @property
+    def records(self) -> dict[Any, CompileRecord]:
+        """How each config was obtained in this process, on the current host path (``tensors.tvm_ffi_enabled``)."""
+        path = tvm_ffi_enabled()
+        return {config: record for (config, tvm), record in self._records.items() if tvm == path}
 
     def clear_memory(self) -> None:
         with self._lock:
             self._memory.clear()
-            self.records.clear()
+            self._records.clear()
 
     def _entry_paths(self, config: Any) -> tuple[Path, Path]:
         folder = cache_dir() / source_fingerprint()
@@ -161,7 +171,7 @@ class CompileCache:
 
     def cubin(self, config: Any) -> bytes | None:
         """The cubin of a config obtained in this process (compiled or loaded from disk)."""
-        record = self.records.get(config)
+        record = self._records.get((config, tvm_ffi_enabled()))
         return record.cubin if record is not None else None
 
     def _load(self, config: Any) -> Any:
@@ -179,7 +189,7 @@ class CompileCache:
             print(f"attnkit: ignoring unreadable cache entry {obj_path}: {exc}", file=sys.stderr)
             return None
         cubin = cubin_path.read_bytes() if cubin_path.exists() else None
-        self.records[config] = CompileRecord("disk", time.perf_counter() - start, cubin)
+        self._records[(config, tvm_ffi_enabled())] = CompileRecord("disk", time.perf_counter() - start, cubin)
         return kernel
 
     def _compile(self, config: Any, build: Callable[[str], Any], arch: str) -> Any:
@@ -192,7 +202,7 @@ class CompileCache:
             seconds = time.perf_counter() - start
         cubin = kernel.__cubin__
         cubin = bytes(cubin) if cubin is not None else None
-        self.records[config] = CompileRecord("compile", seconds, cubin)
+        self._records[(config, tvm_ffi_enabled())] = CompileRecord("compile", seconds, cubin)
         if disk_cache_enabled():
             self._store(config, kernel, cubin)
         return kernel
