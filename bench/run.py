@@ -1,9 +1,10 @@
 """Runs the benchmarks on one CUDA GPU in one process (same card, same clocks for every peer): softmax attention,
-the CuTe kernels' switches, attention with a bias, Lightning attention. Writes one Markdown file per benchmark
+the CuTe kernels' switches, attention with a bias, CuTe against Triton per class of call (what backend="auto" should
+pick), Lightning attention. Writes one Markdown file per benchmark
 and summary.md (card, versions, ceilings, every table) under --out, a PNG plot when matplotlib is importable,
 and prints the tables last. Peers that are missing read 'n/a'; an attnkit backend that fails has its error in its cell.
 
-    python bench/run.py [--quick] [--only attention variants bias lightning] [--budget-s S] [--out DIR]
+    python bench/run.py [--quick] [--only attention variants bias dispatch lightning] [--budget-s S] [--out DIR]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import traceback
 
 import bench_attention
 import bench_bias
+import bench_dispatch
 import bench_lightning
 import bench_variants
 import common
@@ -24,11 +26,12 @@ BENCHES = {
     "attention": bench_attention,
     "variants": bench_variants,
     "bias": bench_bias,
+    "dispatch": bench_dispatch,
     "lightning": bench_lightning,
 }
-# Share of the time budget left when each starts: attention 45 %, the variants 30 % of the rest, bias half of
-# what then remains, lightning the rest.
-SHARES = {"attention": 0.45, "variants": 0.3, "bias": 0.5, "lightning": 1.0}
+# Share of the time budget left when each starts: attention 45 %, the variants 30 % of the rest, bias half of what
+# then remains, the dispatch classes 60 % of the rest, lightning what is left.
+SHARES = {"attention": 0.45, "variants": 0.3, "bias": 0.5, "dispatch": 0.6, "lightning": 1.0}
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -217,7 +217,7 @@ left=$((total_s - SECONDS - 30))
 budget=$((left > 60 ? left : 60))
 echo "gpu_check: benchmark (budget ${budget} s)"
 results=$root/bench/results
-rm -f "$results"/summary.md "$results"/{attention,variants,bias,lightning}.md "$results"/bench.png
+rm -f "$results"/summary.md "$results"/{attention,variants,bias,dispatch,lightning}.md "$results"/bench.png
 timeout -k 10 $((budget + 90)) "$py" bench/run.py --quick --budget-s "$budget" --out "$results" \
   >"$out/bench.log" 2>&1
 rc=$?
@@ -230,7 +230,7 @@ if [ -f "$results/summary.md" ]; then
 else
   echo "no summary.md (the benchmark did not finish, or found no GPU); the end of its log:"
   tail -n 40 "$out/bench.log"
-  cat "$results"/{attention,variants,bias,lightning}.md 2>/dev/null
+  cat "$results"/{attention,variants,bias,dispatch,lightning}.md 2>/dev/null
 fi
 # the logs as one archive (the device tool returns a limited number of files), the stage summary and the failed
 # tests last, where a truncated output still shows them

@@ -458,23 +458,104 @@ def test_device_arch_override(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "arch,cute_ops,unavailable,want",
+    "takes_cute,unavailable,want",
     [
-        ("sm90", {"attention"}, set(), "cute"),
-        ("sm90", {"attention"}, {"cute"}, "triton"),
-        ("sm90", set(), set(), "triton"),
-        ("sm100", {"attention"}, {"cute", "triton"}, "reference"),
-        ("other", {"attention"}, set(), "triton"),
+        (True, set(), "cute"),
+        (True, {"cute"}, "triton"),
+        (False, set(), "triton"),
+        (True, {"cute", "triton"}, "reference"),
+        (False, {"triton"}, "reference"),
     ],
 )
-def test_auto_on_cuda(monkeypatch, arch, cute_ops, unavailable, want):
-    """auto on a CUDA device: cute only for ops listed as verified on that arch, then triton, then the reference."""
-    monkeypatch.setattr(dispatch, "_ARCH", {0: arch})
-    monkeypatch.setattr(dispatch, "AUTO_CUTE_OPS", {"sm90": frozenset(cute_ops), "sm100": frozenset(cute_ops)})
+def test_auto_on_cuda(monkeypatch, takes_cute, unavailable, want):
+    """auto on a CUDA device: cute where the inputs' class is verified there (and cute is installed), then triton,
+    then the reference."""
     monkeypatch.setattr(
         dispatch.backends, "unavailable", lambda name, op, device: "no" if name in unavailable else None
     )
-    assert dispatch.resolve("auto", "attention", torch.device("cuda", 0)) == want
+    assert dispatch.resolve("auto", "attention", torch.device("cuda", 0), takes_cute) == want
+
+
+def test_auto_never_takes_cute_off_the_gpu(monkeypatch):
+    monkeypatch.setattr(dispatch.backends, "unavailable", lambda name, op, device: None)
+    assert dispatch.resolve("auto", "attention", torch.device("cpu"), True) == "reference"
+
+
+def verified_call(**changes):
+    """The class of call the sm90 rule was measured on (meta tensors), with ``changes``."""
+    case = dict(dtype=torch.bfloat16, sq=8192, sk=8192, h=16, hkv=16, d=128, dv=128, window=(-1, -1), bias=False)
+    case.update(changes)
+    q = torch.empty(1, case["sq"], case["h"], case["d"], dtype=case["dtype"], device="meta")
+    k = torch.empty(1, case["sk"], case["hkv"], case["d"], dtype=case["dtype"], device="meta")
+    v = torch.empty(1, case["sk"], case["hkv"], case["dv"], dtype=case["dtype"], device="meta")
+    bias = LRB(
+        torch.empty(1, case["sq"], case["h"], 8, device="meta"),
+        torch.empty(1, case["sk"], case["hkv"], 8, device="meta"),
+    )
+    return q, k, v, bias if case["bias"] else None, *case["window"], changes.get("scale", 128**-0.5)
+
+
+@pytest.mark.parametrize(
+    "changes,want",
+    [
+        ({}, True),
+        ({"window": (-1, 0)}, True),
+        ({"sq": 16384, "sk": 32768}, True),
+        ({"dtype": torch.float16}, False),  # not timed against Triton yet
+        ({"d": 64, "dv": 64}, False),
+        ({"dv": 64}, False),
+        ({"window": (256, 0)}, False),
+        ({"window": (-1, 3)}, False),
+        ({"hkv": 4}, False),
+        ({"bias": True}, False),
+        ({"sq": 8191}, False),
+        ({"sk": 4096}, False),
+        ({"scale": -0.1}, False),  # the CuTe forward takes positive scales only
+    ],
+)
+def test_cute_verified_covers_what_the_h100_measured(changes, want):
+    """auto's CuTe class on sm90: bf16, d = dv = 128, no mask or causal, one K/V head per query head, no bias, both
+    lengths >= 8192 (dispatch.AUTO_CUTE's evidence); nothing on other archs."""
+    call = verified_call(**changes)
+    assert dispatch.cute_verified("sm90", *call) is want
+    assert dispatch.cute_verified("sm100", *call) is False
+    assert dispatch.cute_verified("other", *call) is False
+
+
+def test_every_cute_class_passes_the_cute_limits():
+    """What auto sends to CuTe, CuTe accepts (else auto would raise where Triton runs)."""
+    for rule in dispatch.AUTO_CUTE:
+        lim = limits.LIMITS["cute"]
+        assert set(rule.dtypes) <= set(lim.dtypes)
+        assert all(d in lim.attention_head_dims and dv in lim.attention_value_dims for d, dv in rule.head_dims)
+        assert rule.evidence and rule.min_seqlen > 0
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_cute_verified_is_a_constant_under_torch_compile(dynamic):
+    """Traced by torch.compile (fullgraph), the choice is a Python bool that resolve (a constant function) takes,
+    with symbolic sizes too; recompiles follow the class, not each length."""
+
+    @torch._dynamo.assume_constant_result
+    def chosen(takes_cute: bool) -> float:
+        return 2.0 if takes_cute else 3.0
+
+    def fn(q, k, v):
+        return q * chosen(dispatch.cute_verified("sm90", q, k, v, None, -1, 0, q.shape[3] ** -0.5))
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend="eager")
+    for sq, d, hkv, want in (
+        (8192, 128, 2, 2.0),
+        (9000, 128, 2, 2.0),
+        (100, 128, 2, 3.0),
+        (8192, 64, 2, 3.0),
+        (8192, 128, 1, 3.0),
+    ):
+        q = torch.ones(1, sq, 2, d, dtype=torch.bfloat16)
+        k = torch.ones(1, sq, hkv, d, dtype=torch.bfloat16)
+        assert compiled(q, k, k).float().unique().tolist() == [want], (sq, d, hkv)
+    torch._dynamo.reset()
 
 
 def test_explicit_backend_never_falls_back(monkeypatch):
@@ -585,3 +666,38 @@ def test_limits_cute_has_no_lightning():
     q, k, v = (x.to("meta") for x in lqkv(d=64, e=64, dtype=torch.float16))
     with raises(ValueError, "head dim D", "backend='cute'"):
         limits.validate_lightning("cute", q, k, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("causal", [False, True])
+def test_auto_takes_cute_in_its_class_on_an_h100(monkeypatch, causal):
+    """On sm90, auto runs the CuTe kernels for the class AUTO_CUTE covers, forward and backward, with the results of
+    backend='cute'; one step outside it (d = 64) goes to Triton."""
+    pytest.importorskip("cutlass")
+    from attnkit.backends import cute_backend, triton_backend
+
+    ran = []
+    for name, module in (("cute", cute_backend), ("triton", triton_backend)):
+        for fn in ("attention_fwd", "attention_bwd"):
+            real = getattr(module, fn)
+            monkeypatch.setattr(module, fn, lambda *a, _r=real, _n=(name, fn), **kw: ran.append(_n) or _r(*a, **kw))
+
+    def fwd_bwd(backend, d=128):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (
+            torch.randn(1, 8192, 2, d, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+            for _ in range(3)
+        )
+        out = attnkit.attention(q, k, v, causal=causal, backend=backend)
+        out.backward(torch.ones_like(out))
+        return out, q.grad, k.grad, v.grad
+
+    auto, cute = fwd_bwd("auto"), fwd_bwd("cute")
+    assert ran == [("cute", "attention_fwd"), ("cute", "attention_bwd")] * 2
+    assert torch.equal(auto[0], cute[0])
+    for a, c in zip(auto[1:], cute[1:], strict=True):  # dQ by atomics: the order of float32 adds may differ
+        torch.testing.assert_close(a, c, atol=2e-2, rtol=2e-2)
+    ran.clear()
+    fwd_bwd("auto", d=64)
+    assert ran == [("triton", "attention_fwd"), ("triton", "attention_bwd")]

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 
+import attnkit
 import pytest
 import torch
 
@@ -135,6 +136,49 @@ def test_a_backward_that_failed_its_smoke_test_leaves_the_forward_timed(monkeypa
     assert fwd_result.ms == 1.0 and bwd_result.note == common.BACKWARD_SKIPPED and calls == ["fwd"]
     fwd_result, both = bench_bias.time_method(None, lambda c: (lambda: 2.0, ()), "error", common.Budget(None), False)
     assert fwd_result.ms == 2.0 and both.note == common.BACKWARD_SKIPPED
+
+
+def test_dispatch_bench_times_cute_against_triton_per_class(monkeypatch, fake_gpu):
+    """Each class: both backends, forward and training step, the CuTe row with what auto picks today and Triton's
+    time over CuTe's; a failing backward of one backend leaves its forward timed."""
+    import bench_dispatch
+    from attnkit import dispatch
+
+    def inputs(c):
+        def one(heads, seqlen, dim, dtype):
+            return torch.empty(c.batch, seqlen, heads, dim, dtype=dtype, device="meta")
+
+        q = one(c.heads, c.seqlen_q, c.head_dim, c.dtype)
+        k, v = one(c.heads_kv, c.seqlen_k, c.head_dim, c.dtype), one(c.heads_kv, c.seqlen_k, c.head_dim_v, c.dtype)
+        bias = None
+        if c.bias_rank:
+            bias = attnkit.LowRankBias(
+                one(c.heads, c.seqlen_q, c.bias_rank, c.bias_dtype),
+                one(c.heads_kv, c.seqlen_k, c.bias_rank, c.bias_dtype),
+            )
+        return q, k, v, bias
+
+    times = {"triton": (2.0, 9.0), "cute": (1.6, 6.0)}
+    monkeypatch.setattr(bench_dispatch, "make_inputs", inputs)
+    monkeypatch.setattr(
+        bench_dispatch, "step_methods", lambda name, *a: (lambda: times[name][0], lambda: times[name][1])
+    )
+    monkeypatch.setattr(dispatch, "_ARCH", {None: "sm90"})  # meta tensors: device index None
+    monkeypatch.setattr(dispatch, "resolve", lambda backend, op, device, takes: "cute" if takes else "triton")
+    monkeypatch.setenv("ATTNKIT_BENCH_SKIP", "cute-bwd")
+    fwd, step = bench_dispatch.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
+    fwd_text, step_text = fwd.markdown(), step.markdown()
+    control, fp16 = bench_dispatch.QUICK[0].label(), bench_dispatch.QUICK[4].label()
+    assert control == "B2 H16 N8192 D128" and fp16 == "B2 H16 N8192 D128 float16"
+    assert f"| {control} | **attnkit cute** | 1.600 |" in fwd_text and "| cute | 1.25× |" in fwd_text, fwd_text
+    assert f"| {fp16} | **attnkit cute** |" in fwd_text
+    assert fwd_text.count("| cute | 1.25× |") == 2  # the control and its causal twin: bf16 D128 MHA N8192
+    assert f"| {control} | **attnkit cute** | {common.BACKWARD_SKIPPED} |" in step_text, step_text
+    assert f"| {control} | **attnkit triton** | 9.000 |" in step_text
+    assert len(fwd.entries) == len(step.entries) == 2 * len(bench_dispatch.QUICK)
+    labels = [c.label() for c in bench_dispatch.CASES]
+    assert len(set(labels)) == len(labels)
+    assert "B64 H16 Hkv2 Nq1 Nk8192 D128" in labels and "B2 H16 N8192 D128 bias r2 float32" in labels
 
 
 def test_host_launcher_times_the_launchers_without_a_gpu(cache_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
+from . import dispatch, ops
 from .backends import limits
 from .bias import LowRankBias
 from .dispatch import resolve
@@ -41,7 +41,11 @@ def attention(
         softmax_scale = q.shape[3] ** -0.5
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float, got {type(softmax_scale).__name__}")
-    name = resolve(backend, "attention", q.device)
+    takes_cute = False
+    if backend == "auto" and q.device.type == "cuda":
+        arch = dispatch.device_arch(q.device.index)
+        takes_cute = dispatch.cute_verified(arch, q, k, v, bias, window_left, window_right, softmax_scale)
+    name = resolve(backend, "attention", q.device, takes_cute)
     q_factor = None if bias is None else bias.q_factor
     k_factor = None if bias is None else bias.k_factor
     limits.validate_attention(name, q, k, v, bias, float(softmax_scale))

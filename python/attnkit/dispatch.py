@@ -6,6 +6,7 @@ The GPU arch is read once per device, with one override: ATTNKIT_ARCH=sm90|sm100
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -13,9 +14,64 @@ from . import backends
 
 BACKENDS = ("auto", "cute", "triton", "reference")
 
-# Ops whose CuTe kernel has been verified on a GPU and measured faster than Triton there, per arch.
-# `auto` sends these to CuTe; everything else on a GPU goes to Triton. Empty until a device run says so.
-AUTO_CUTE_OPS: dict[str, frozenset[str]] = {"sm90": frozenset(), "sm100": frozenset()}
+
+@dataclass(frozen=True)
+class CuteRule:
+    """A class of attention calls whose CuTe kernels ran correct on a GPU of ``arch`` and were timed faster than the
+    Triton ones there, forward and backward (``evidence``: where and when). What a field leaves out stays on Triton."""
+
+    arch: str
+    dtypes: tuple[torch.dtype, ...]
+    head_dims: tuple[tuple[int, int], ...]  # (head_dim, head_dim_v)
+    masks: tuple[str, ...]  # "none", "causal" (right bound 0, left unbounded), "window" (any other bound)
+    gqa: bool  # fewer K/V heads than query heads too
+    bias: bool  # a LowRankBias too
+    min_seqlen: int  # both sequence lengths at least this
+    evidence: str
+
+    def covers(self, q, k, v, bias, window_left: int, window_right: int, softmax_scale: float) -> bool:
+        """Whether this call is of the class. Traced by torch.compile: each comparison of a size is a branch of its
+        own (a guard there), so the answer is a constant even where the sizes are symbolic."""
+        if q.dtype not in self.dtypes or (bias is not None and not self.bias) or not softmax_scale > 0:
+            return False  # a non-positive scale: the CuTe forward does not take it (backends.limits)
+        if window_left == -1 and window_right == -1:
+            mask = "none"
+        elif window_left == -1 and window_right == 0:
+            mask = "causal"
+        else:
+            mask = "window"
+        if mask not in self.masks:
+            return False
+        if not self.gqa and k.shape[2] != q.shape[2]:
+            return False
+        if q.shape[1] < self.min_seqlen or k.shape[1] < self.min_seqlen:
+            return False
+        for head_dim, head_dim_v in self.head_dims:
+            if q.shape[3] == head_dim and v.shape[3] == head_dim_v:
+                return True
+        return False
+
+
+# `auto` sends an attention call on a GPU to CuTe only where a rule for its arch covers it; everything else goes to
+# Triton. Widen a rule only with a GPU run's correctness and timing (bench/RESULTS.md) behind it.
+AUTO_CUTE: tuple[CuteRule, ...] = (
+    CuteRule(
+        arch="sm90",
+        dtypes=(torch.bfloat16,),
+        head_dims=((128, 128),),
+        masks=("none", "causal"),
+        gqa=False,
+        bias=False,
+        # the shortest the H100 timed CuTe against Triton (B2 H16 N8192); shorter calls have fewer tiles, where the
+        # launchers' host time can show, and stay on Triton until a run times them
+        min_seqlen=8192,
+        evidence=(
+            "H100 80GB HBM3, 2026-11-27 12:06 and 16:39 UTC (bench/RESULTS.md): the CuTe smoke cases and GPU tests at "
+            "d = 128 correct against the float64 reference; B2 H16 N8192 D128 bf16, Triton's time over CuTe's: "
+            "forward 1.31x and 1.37x, causal 1.17x and 1.28x; backward 1.41x and 1.50x, causal 1.53x and 1.51x"
+        ),
+    ),
+)
 
 _ARCH: dict[int, str] = {}
 
@@ -37,17 +93,25 @@ def device_arch(index: int) -> str:
     return _ARCH[index]
 
 
+def cute_verified(arch: str, q, k, v, bias, window_left: int, window_right: int, softmax_scale: float) -> bool:
+    """Whether a rule of ``AUTO_CUTE`` for ``arch`` covers this attention call (inputs already checked)."""
+    for rule in AUTO_CUTE:
+        if rule.arch == arch and rule.covers(q, k, v, bias, window_left, window_right, softmax_scale):
+            return True
+    return False
+
+
 @torch._dynamo.assume_constant_result
-def resolve(backend: str, op: str, device: torch.device) -> str:
-    """The concrete backend name for `op` on `device`; raises if an explicit one cannot run there.
-    A constant to torch.compile: it depends only on its arguments and the machine."""
+def resolve(backend: str, op: str, device: torch.device, takes_cute: bool = False) -> str:
+    """The concrete backend name for `op` on `device`; raises if an explicit one cannot run there. ``auto`` on a GPU
+    takes CuTe where ``takes_cute`` (``cute_verified`` of these inputs on the device's arch) and CuTe is installed,
+    else Triton. A constant to torch.compile: it depends only on its arguments and the machine."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if device.type != "cuda":
             return "reference"
-        arch = device_arch(device.index if device.index is not None else torch.cuda.current_device())
-        if op in AUTO_CUTE_OPS.get(arch, frozenset()) and backends.unavailable("cute", op, device) is None:
+        if takes_cute and backends.unavailable("cute", op, device) is None:
             return "cute"
         if backends.unavailable("triton", op, device) is None:
             return "triton"

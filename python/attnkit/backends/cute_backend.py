@@ -1,6 +1,7 @@
 """CuTe-DSL kernels (kernels/cute) behind the ops. Today: softmax attention (with FlashBias) on sm90.
 
-Nothing here is chosen by backend="auto" until a GPU run has verified it (see dispatch.AUTO_CUTE_OPS).
+backend="auto" chooses these kernels only for the classes of call a GPU run has verified and timed faster than
+Triton (dispatch.AUTO_CUTE).
 """
 
 from __future__ import annotations
