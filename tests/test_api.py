@@ -2,6 +2,7 @@
 (backends/limits.py): each failure has the right exception type and names the argument."""
 
 import contextlib
+import functools
 
 import attnkit
 import pytest
@@ -528,34 +529,76 @@ def test_every_cute_class_passes_the_cute_limits():
         lim = limits.LIMITS["cute"]
         assert set(rule.dtypes) <= set(lim.dtypes)
         assert all(d in lim.attention_head_dims and dv in lim.attention_value_dims for d, dv in rule.head_dims)
+        assert set(rule.masks) <= {"none", "causal", "window"} and rule.arch in ("sm90", "sm100")
         assert rule.evidence and rule.min_seqlen > 0
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_cute_verified_is_a_constant_under_torch_compile(dynamic):
-    """Traced by torch.compile (fullgraph), the choice is a Python bool that resolve (a constant function) takes,
-    with symbolic sizes too; recompiles follow the class, not each length."""
+@torch._dynamo.assume_constant_result
+def _chosen(takes_cute: bool) -> float:
+    """A stand-in for resolve (a constant function of its arguments to torch.compile): 2 for CuTe, 3 for Triton."""
+    return 2.0 if takes_cute else 3.0
 
-    @torch._dynamo.assume_constant_result
-    def chosen(takes_cute: bool) -> float:
-        return 2.0 if takes_cute else 3.0
 
-    def fn(q, k, v):
-        return q * chosen(dispatch.cute_verified("sm90", q, k, v, None, -1, 0, q.shape[3] ** -0.5))
+def _auto_factor(q, k, v, qf, kf, window=(-1, 0), scale=None):
+    bias = None if qf is None else LRB(qf, kf)
+    scale = q.shape[3] ** -0.5 if scale is None else scale
+    return q * _chosen(dispatch.cute_verified("sm90", q, k, v, bias, *window, scale))
 
+
+def _compile_inputs(sq=8192, sk=None, d=128, hkv=2):
+    q = torch.ones(1, sq, 2, d, dtype=torch.bfloat16)
+    k = torch.ones(1, sq if sk is None else sk, hkv, d, dtype=torch.bfloat16)
+    return q, k, k
+
+
+@pytest.mark.parametrize(
+    "inputs,window,scale,bias,want",
+    [
+        (dict(), (-1, 0), None, False, 2.0),
+        (dict(sq=9000, sk=8192), (-1, 0), None, False, 2.0),
+        (dict(sq=100), (-1, 0), None, False, 3.0),
+        (dict(d=64), (-1, 0), None, False, 3.0),
+        (dict(hkv=1), (-1, 0), None, False, 3.0),
+        (dict(), (256, 0), None, False, 3.0),
+        (dict(), (-1, -1), 0.1, False, 2.0),
+        (dict(), (-1, 0), None, True, 3.0),
+    ],
+)
+def test_cute_verified_is_a_constant_under_torch_compile(inputs, window, scale, bias, want):
+    """Traced by torch.compile (fullgraph), the choice is a Python bool that resolve (a constant function) takes:
+    no graph break, whatever the scale (derived from a shape or given) or the bias."""
+    q, k, v = _compile_inputs(**inputs)
+    factors = (torch.ones(1, q.shape[1], 2, 4), torch.ones(1, k.shape[1], 2, 4)) if bias else (None, None)
     torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend="eager")
-    for sq, d, hkv, want in (
-        (8192, 128, 2, 2.0),
-        (9000, 128, 2, 2.0),
-        (100, 128, 2, 3.0),
-        (8192, 64, 2, 3.0),
-        (8192, 128, 1, 3.0),
-    ):
-        q = torch.ones(1, sq, 2, d, dtype=torch.bfloat16)
-        k = torch.ones(1, sq, hkv, d, dtype=torch.bfloat16)
-        assert compiled(q, k, k).float().unique().tolist() == [want], (sq, d, hkv)
+    fn = functools.partial(_auto_factor, window=window, scale=scale)
+    assert torch.compile(fn, fullgraph=True, backend="eager")(q, k, v, *factors).float().unique().tolist() == [want]
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("how", ["dynamic", "mark_dynamic", "mark_dynamic_long", "export", "export_long"])
+def test_symbolic_sequence_lengths_take_cute_only_where_their_range_proves_the_class(how):
+    """A dynamic sequence length is not guarded on (a guard would break an export or a mark_dynamic range reaching
+    below 8192): auto takes CuTe only where the length's range proves it long enough, else Triton."""
+    q, k, v = _compile_inputs()
+    low = 8192 if how.endswith("long") else 2
+    torch._dynamo.reset()
+    if how == "dynamic":
+        out = torch.compile(_auto_factor, fullgraph=True, dynamic=True, backend="eager")(q, k, v, None, None)
+    elif how.startswith("mark_dynamic"):
+        for t in (q, k, v):
+            torch._dynamo.mark_dynamic(t, 1, min=low, max=65536)
+        out = torch.compile(_auto_factor, fullgraph=True, backend="eager")(q, k, v, None, None)
+    else:
+
+        class Attention(torch.nn.Module):
+            def forward(self, q, k, v):
+                return _auto_factor(q, k, v, None, None)
+
+        seqlen = torch.export.Dim("seqlen", min=low, max=65536)
+        shapes = {name: {1: seqlen} for name in ("q", "k", "v")}
+        out = torch.export.export(Attention(), (q, k, v), dynamic_shapes=shapes).module()(q, k, v)
+    torch._dynamo.reset()
+    assert out.float().unique().tolist() == [2.0 if low == 8192 else 3.0]
 
 
 def test_explicit_backend_never_falls_back(monkeypatch):

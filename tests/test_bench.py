@@ -168,17 +168,46 @@ def test_dispatch_bench_times_cute_against_triton_per_class(monkeypatch, fake_gp
     monkeypatch.setenv("ATTNKIT_BENCH_SKIP", "cute-bwd")
     fwd, step = bench_dispatch.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
     fwd_text, step_text = fwd.markdown(), step.markdown()
-    control, fp16 = bench_dispatch.QUICK[0].label(), bench_dispatch.QUICK[4].label()
+    control, fp16 = bench_dispatch.QUICK[0].label(), bench_dispatch.QUICK[1].label()
     assert control == "B2 H16 N8192 D128" and fp16 == "B2 H16 N8192 D128 float16"
     assert f"| {control} | **attnkit cute** | 1.600 |" in fwd_text and "| cute | 1.25× |" in fwd_text, fwd_text
     assert f"| {fp16} | **attnkit cute** |" in fwd_text
-    assert fwd_text.count("| cute | 1.25× |") == 2  # the control and its causal twin: bf16 D128 MHA N8192
+    assert fwd_text.count("| cute | 1.25× |") == 1  # the control: bf16 D128 MHA N8192
     assert f"| {control} | **attnkit cute** | {common.BACKWARD_SKIPPED} |" in step_text, step_text
     assert f"| {control} | **attnkit triton** | 9.000 |" in step_text
     assert len(fwd.entries) == len(step.entries) == 2 * len(bench_dispatch.QUICK)
     labels = [c.label() for c in bench_dispatch.CASES]
     assert len(set(labels)) == len(labels)
     assert "B64 H16 Hkv2 Nq1 Nk8192 D128" in labels and "B2 H16 N8192 D128 bias r2 float32" in labels
+
+
+@pytest.mark.parametrize("bias_rank", [0, 2])
+def test_dispatch_bench_calls_run_the_forward_and_a_training_step(bias_rank):
+    """The timed closures themselves, on the CPU with the reference backend: the forward without grad, the training
+    step's gradients of q, k, v (and both factors)."""
+    import bench_dispatch
+
+    c = bench_dispatch.case(
+        1,
+        9,
+        2,
+        8,
+        hkv=1,
+        nk=11,
+        dv=4,
+        window=(-1, 0),
+        dtype=torch.float32,
+        bias_rank=bias_rank,
+        bias_dtype=torch.float32,
+    )
+    inputs = bench_dispatch.make_inputs(c, device="cpu")
+    forward, train_step = bench_dispatch.step_methods("reference", c, *inputs)
+    out = forward()
+    assert out.shape == (1, 9, 2, 4) and not out.requires_grad
+    grads = train_step()
+    leaves = [t for t in inputs[:3]] + ([inputs[3].q_factor, inputs[3].k_factor] if bias_rank else [])
+    assert [g.shape for g in grads] == [t.shape for t in leaves]
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_host_launcher_times_the_launchers_without_a_gpu(cache_dir):
