@@ -523,6 +523,50 @@ def test_cute_verified_covers_what_the_h100_measured(changes, want):
     assert dispatch.cute_verified("other", *call) is False
 
 
+@contextlib.contextmanager
+def deterministic_algorithms():
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_training_stays_on_triton():
+    """Under torch.use_deterministic_algorithms(True) a call that records a gradient goes to Triton (the CuTe
+    backward's ordered mode was timed slower than Triton's at d = 128); inference still takes CuTe."""
+    q, k, v, _, wl, wr, scale = verified_call()
+    grad_q = q.detach().requires_grad_()
+    assert dispatch.cute_verified("sm90", grad_q, k, v, None, wl, wr, scale)
+    with deterministic_algorithms():
+        assert not dispatch.deterministic_backward(q, k, v, None)
+        assert dispatch.cute_verified("sm90", q, k, v, None, wl, wr, scale)
+        assert dispatch.deterministic_backward(grad_q, k, v, None)
+        assert not dispatch.cute_verified("sm90", grad_q, k, v, None, wl, wr, scale)
+        with torch.no_grad():
+            assert dispatch.cute_verified("sm90", grad_q, k, v, None, wl, wr, scale)
+    # a factor that takes a gradient counts too
+    factor = torch.empty(1, 8192, 16, 8, device="meta", requires_grad=True)
+    with deterministic_algorithms():
+        assert dispatch.deterministic_backward(q, k, v, LRB(factor, factor.detach()))
+
+
+def test_cute_backward_is_deterministic_under_deterministic_algorithms(monkeypatch):
+    """backend='cute' under torch.use_deterministic_algorithms(True) runs the backward's ordered dQ mode."""
+    pytest.importorskip("cutlass")
+    from attnkit.backends import cute_backend
+    from attnkit.cute import attention_bwd
+
+    seen = []
+    monkeypatch.setattr(attention_bwd, "attention_bwd", lambda *a, **kw: seen.append(kw["deterministic"]))
+    args = (None,) * 8
+    kw = dict(softmax_scale=0.1, window_left=-1, window_right=0)
+    cute_backend.attention_bwd(*args, **kw)
+    with deterministic_algorithms():
+        cute_backend.attention_bwd(*args, **kw)
+    assert seen == [False, True]
+
+
 def test_every_cute_class_passes_the_cute_limits():
     """What auto sends to CuTe, CuTe accepts (else auto would raise where Triton runs)."""
     for rule in dispatch.AUTO_CUTE:
@@ -748,3 +792,34 @@ def test_auto_takes_cute_in_its_class_on_an_h100(monkeypatch, causal):
     ran.clear()
     fwd_bwd("auto", heads_kv=1, backward=False)  # the forward alone: one Triton kernel to compile
     assert ran == [("triton", "attention_fwd")]
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+def test_deterministic_algorithms_make_the_cute_backward_reproducible():
+    """Through the public function: backend='cute' under torch.use_deterministic_algorithms(True) gives the same
+    gradients bit for bit, call after call; auto sends a training call of its CuTe class to Triton then."""
+    pytest.importorskip("cutlass")
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = ((1, 1500, 4, 128), (1, 1500, 2, 128), (1, 1500, 2, 128))
+    inputs = [torch.randn(s, device="cuda", dtype=torch.bfloat16, generator=gen) for s in shapes]
+    dout = torch.randn(shapes[0], device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    def grads(backend):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = attnkit.attention(*leaves, causal=True, backend=backend)
+        return torch.autograd.grad(out, leaves, dout)
+
+    with deterministic_algorithms():
+        first = grads("cute")
+        for _ in range(3):
+            assert all(torch.equal(a, b) for a, b in zip(first, grads("cute"), strict=True))
+        # a call of auto's CuTe class, but recording a gradient: auto's choice on this device (no kernel run)
+        long = [torch.empty(1, 8192, 2, 128, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3)]
+        arch = dispatch.device_arch(torch.cuda.current_device())
+        takes_cute = dispatch.cute_verified(arch, *long, None, -1, -1, 128**-0.5)
+        assert dispatch.resolve("auto", "attention", long[0].device, takes_cute) == "triton"
+        with torch.no_grad():
+            takes_cute = dispatch.cute_verified(arch, *long, None, -1, -1, 128**-0.5)
+        assert dispatch.resolve("auto", "attention", long[0].device, takes_cute) == "cute"

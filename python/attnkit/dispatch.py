@@ -16,6 +16,18 @@ from . import backends
 BACKENDS = ("auto", "cute", "triton", "reference")
 
 
+def deterministic_backward(q, k, v, bias) -> bool:
+    """Whether this call's backward has to be deterministic: ``torch.use_deterministic_algorithms(True)`` (warn-only
+    too) while a gradient is recorded for an input. The Triton backward always is (dQ in a pass of its own); the CuTe
+    one then adds dQ in a fixed key-block order (``cute_backend.attention_bwd``)."""
+    if not (torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()):
+        return False
+    for t in (q, k, v) if bias is None else (q, k, v, bias.q_factor, bias.k_factor):
+        if t.requires_grad:
+            return True
+    return False
+
+
 def _known_at_least(n, bound: int) -> bool:
     """``n >= bound`` for a plain length; for a symbolic one (torch.compile with a dynamic length, torch.export)
     only where its range proves it (``Dim(min=bound)``, ``mark_dynamic(min=bound)``), else False: a guard here would
@@ -39,6 +51,9 @@ class CuteRule:
     bias: bool  # a LowRankBias too
     min_seqlen: int  # both sequence lengths at least this
     evidence: str
+    # calls whose backward must be deterministic (torch.use_deterministic_algorithms) too: the CuTe backward's
+    # ordered dQ mode was timed slower than Triton's backward at d = 128 on the H100 (bench/RESULTS.md, 16:39 UTC)
+    deterministic: bool = False
 
     def covers(self, q, k, v, bias, window_left: int, window_right: int, softmax_scale: float) -> bool:
         """Whether this call is of the class. Traced by torch.compile, the answer is a constant: each comparison of
@@ -46,6 +61,8 @@ class CuteRule:
         the dims compiled code most often leaves dynamic, go through ``_known_at_least`` (no guard at all)."""
         if q.dtype not in self.dtypes or (bias is not None and not self.bias) or not softmax_scale > 0:
             return False  # a non-positive scale: the CuTe forward does not take it (backends.limits)
+        if not self.deterministic and deterministic_backward(q, k, v, bias):
+            return False
         if window_left == -1 and window_right == -1:
             mask = "none"
         elif window_left == -1 and window_right == 0:
