@@ -525,11 +525,12 @@ def test_cute_verified_covers_what_the_h100_measured(changes, want):
 
 @contextlib.contextmanager
 def deterministic_algorithms():
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def test_deterministic_training_stays_on_triton():
