@@ -56,16 +56,16 @@ def case(b, n, h, d, *, hkv=None, nk=None, dv=None, **kw) -> Case:
 
 
 CAUSAL = (-1, 0)
-# In order of importance (a measurement past the time budget is skipped): the class the rule covers, as a control
-# (its kernels already compiled by the attention benchmark), then the classes nearest to it, then the rest; at 16384
-# tokens (B * N) and 2048 model width (H * D), as the attention benchmark's shapes.
+# In order of importance (a measurement past the time budget is skipped): the class the rule covers, causal and
+# not, as controls (their kernels already compiled by the attention benchmark), then the classes nearest to it, then
+# the rest; at 16384 tokens (B * N) and 2048 model width (H * D), as the attention benchmark's shapes.
 CASES = (
     case(2, 8192, 16, 128),
+    case(2, 8192, 16, 128, window=CAUSAL),
     case(2, 8192, 16, 128, dtype=torch.float16),
     case(2, 8192, 16, 128, hkv=4),
     case(2, 8192, 32, 64),
     case(4, 4096, 16, 128),
-    case(2, 8192, 16, 128, window=CAUSAL),
     case(4, 4096, 16, 128, window=CAUSAL),
     case(2, 8192, 16, 128, hkv=4, window=CAUSAL),
     case(2, 8192, 32, 64, window=CAUSAL),
@@ -82,8 +82,8 @@ CASES = (
     case(1, 16384, 16, 128),
     case(64, 1, 16, 128, hkv=2, nk=8192),  # a decode step's shape: one query per sequence
 )
-# gpu_check's quick run: the control and the four classes nearest to it (each new class compiles Triton kernels)
-QUICK = CASES[:5]
+# gpu_check's quick run: the controls and the three classes nearest to them (each new class compiles Triton kernels)
+QUICK = CASES[:6]
 
 
 def make_inputs(c: Case, device: str = "cuda"):
@@ -97,7 +97,7 @@ def make_inputs(c: Case, device: str = "cuda"):
     if c.bias_rank:
         # unit-scale logits: factors of norm about 1 per row
         qf = one(c.heads, c.seqlen_q, c.bias_rank, c.bias_dtype) / c.bias_rank**0.5
-        kf = one(c.heads_kv, c.seqlen_k, c.bias_rank, c.bias_dtype) / c.bias_rank**0.5
+        kf = one(c.heads, c.seqlen_k, c.bias_rank, c.bias_dtype) / c.bias_rank**0.5  # H (or 1) heads, as q's
         bias = attnkit.LowRankBias(qf.detach().requires_grad_(), kf.detach().requires_grad_())
     return q, k, v, bias
 

@@ -797,19 +797,25 @@ def test_auto_takes_cute_in_its_class_on_an_h100(monkeypatch, causal):
 
 @pytest.mark.gpu
 @pytest.mark.sm90
-def test_deterministic_algorithms_make_the_cute_backward_reproducible():
+@pytest.mark.parametrize("biased", [False, True], ids=["causal", "bf16-factors-window"])
+def test_deterministic_algorithms_make_the_cute_backward_reproducible(biased):
     """Through the public function: backend='cute' under torch.use_deterministic_algorithms(True) gives the same
-    gradients bit for bit, call after call; auto sends a training call of its CuTe class to Triton then."""
+    gradients bit for bit, call after call (also with 16-bit factors broadcast over the heads, whose gradients the
+    tensor cores take, and a left window); auto sends a training call of its CuTe class to Triton then."""
     pytest.importorskip("cutlass")
 
     gen = torch.Generator(device="cuda").manual_seed(0)
-    shapes = ((1, 1500, 4, 128), (1, 1500, 2, 128), (1, 1500, 2, 128))
-    inputs = [torch.randn(s, device="cuda", dtype=torch.bfloat16, generator=gen) for s in shapes]
+    shapes = [(1, 1500, 4, 128), (1, 1500, 2, 128), (1, 1500, 2, 128)]
+    if biased:
+        shapes += [(1, 1500, 1, 8), (1, 1500, 1, 8)]
+    inputs = [torch.randn(s, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.5 for s in shapes]
     dout = torch.randn(shapes[0], device="cuda", dtype=torch.bfloat16, generator=gen)
+    window = (256, 0) if biased else (-1, 0)
 
     def grads(backend):
         leaves = [t.clone().requires_grad_() for t in inputs]
-        out = attnkit.attention(*leaves, causal=True, backend=backend)
+        bias = LRB(*leaves[3:]) if biased else None
+        out = attnkit.attention(*leaves[:3], window=window, bias=bias, backend=backend)
         return torch.autograd.grad(out, leaves, dout)
 
     with deterministic_algorithms():

@@ -154,7 +154,7 @@ def test_dispatch_bench_times_cute_against_triton_per_class(monkeypatch, fake_gp
         if c.bias_rank:
             bias = attnkit.LowRankBias(
                 one(c.heads, c.seqlen_q, c.bias_rank, c.bias_dtype),
-                one(c.heads_kv, c.seqlen_k, c.bias_rank, c.bias_dtype),
+                one(c.heads, c.seqlen_k, c.bias_rank, c.bias_dtype),
             )
         return q, k, v, bias
 
@@ -168,11 +168,11 @@ def test_dispatch_bench_times_cute_against_triton_per_class(monkeypatch, fake_gp
     monkeypatch.setenv("ATTNKIT_BENCH_SKIP", "cute-bwd")
     fwd, step = bench_dispatch.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
     fwd_text, step_text = fwd.markdown(), step.markdown()
-    control, fp16 = bench_dispatch.QUICK[0].label(), bench_dispatch.QUICK[1].label()
+    control, fp16 = bench_dispatch.QUICK[0].label(), bench_dispatch.QUICK[2].label()
     assert control == "B2 H16 N8192 D128" and fp16 == "B2 H16 N8192 D128 float16"
     assert f"| {control} | **attnkit cute** | 1.600 |" in fwd_text and "| cute | 1.25× |" in fwd_text, fwd_text
     assert f"| {fp16} | **attnkit cute** |" in fwd_text
-    assert fwd_text.count("| cute | 1.25× |") == 1  # the control: bf16 D128 MHA N8192
+    assert fwd_text.count("| cute | 1.25× |") == 2  # the controls: bf16 D128 MHA N8192, causal and not
     assert f"| {control} | **attnkit cute** | {common.BACKWARD_SKIPPED} |" in step_text, step_text
     assert f"| {control} | **attnkit triton** | 9.000 |" in step_text
     assert len(fwd.entries) == len(step.entries) == 2 * len(bench_dispatch.QUICK)

@@ -127,7 +127,8 @@ def device_arch(index: int) -> str:
 
 
 def cute_verified(arch: str, q, k, v, bias, window_left: int, window_right: int, softmax_scale: float) -> bool:
-    """Whether a rule of ``AUTO_CUTE`` for ``arch`` covers this attention call (inputs already checked)."""
+    """Whether a rule of ``AUTO_CUTE`` for ``arch`` covers this attention call (inputs already through
+    ``validation.check_attention``)."""
     for rule in AUTO_CUTE:
         if rule.arch == arch and rule.covers(q, k, v, bias, window_left, window_right, softmax_scale):
             return True

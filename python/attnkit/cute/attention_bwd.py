@@ -1,8 +1,9 @@
 """Launcher for the CuTe-DSL attention backward (sm90): config choice, compile, call.
 
 Three kernels per call (``kernels/cute/attention/sm90_bwd.py``): the preprocess (D = rowsum(dO * O),
-lse in log2 units), the main kernel (dK, dV, and dQ / bias factor gradients accumulated in float32
-with atomics) and the postprocess (dQ to the input dtype). Each has its own frozen config, so
+lse in log2 units), the main kernel (dK, dV, and dQ / bias factor gradients accumulated in float32:
+by atomics or bulk reduce-adds in any order, or in ``deterministic`` mode in a fixed key-block order) and the
+postprocess (dQ to the input dtype). Each has its own frozen config, so
 ``compile_config`` and the compile cache treat them alike; all compile against fake tensors only
 (symbolic batch, sequence and head extents), without a GPU.
 
@@ -502,7 +503,8 @@ def heads_per_section(
 
 def head_splits(group: int, ctas: int, sm_count: int, deterministic: bool) -> int:
     """CTAs per (key block, K/V head, batch): enough to fill the SMs once, each with a whole share of the
-    group's query heads (no empty share); 1 in the deterministic mode (the partials are added by atomics)."""
+    group's query heads (no empty share); 1 in the deterministic mode (the split CTAs would add their dK / dV
+    partials by atomics, in any order)."""
     if deterministic or group == 1 or ctas >= sm_count:
         return 1
     want = min(group, -(-sm_count // ctas))
