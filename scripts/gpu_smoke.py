@@ -342,6 +342,9 @@ GROUPS = {
     "cute-bwd-bias-tc": {
         "d128 bf16 bias r8 causal (wgmma)": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, -8),
         "d128 fp16 bias r8 causal (wgmma)": cute_bwd_case(1, 500, 700, 4, 4, 128, -1, 0, -8, dtype=torch.float16),
+        # the factor gradients' wgmmas between dQ's and dK's, dQf split along the keys (factor_grads_under_dk)
+        "d128 bf16 bias r16 gqa (wgmma)": cute_bwd_case(1, 300, 500, 4, 2, 128, -1, -1, -16),
+        "d64 bf16 bias r8 window (wgmma)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, -8),
         "d128 bf16 bias r8 causal deterministic": cute_bwd_case(
             1, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
         ),

@@ -107,8 +107,11 @@ BWD_CASES = [
     (1, 512, 512, 16, 1, 128, -1, 0, 0),
     # float32 factors with the GQA group's query heads split over CTAs
     (1, 300, 300, 8, 2, 64, -1, -1, 8),
-    # factors in the input dtype: the bias slices of S^T on the tensor cores
+    # factors in the input dtype: the bias slices of S^T on the tensor cores (rank 16 and below: their gradients on the
+    # tensor cores too, issued between the dQ and dK wgmmas)
     (2, 500, 700, 4, 4, 128, -1, 0, -8),
+    (1, 300, 500, 4, 2, 128, -1, -1, -16),
+    (1, 333, 1000, 4, 2, 64, 64, 16, -8),
     (1, 333, 1000, 4, 2, 64, 64, 16, -24),
     # rank 1 (float32 factors, padded to 4)
     (1, 300, 500, 2, 2, 128, -1, -1, 1),

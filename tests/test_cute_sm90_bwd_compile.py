@@ -59,6 +59,7 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
         # dS^T (P^T) to smem: stmatrix where the kernel can afford its registers (ds_stmatrix), else 4-byte stores
         assert ("STSM" in sass) == cfg.make_kernel().ds_stmatrix
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
 
 
 _VARIANTS = [c for c in precompile.configs_of(bwd, "sm_90a", variants=True) if c not in bwd.shipped_configs("sm_90a")]
@@ -72,6 +73,7 @@ def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
     counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
     _assert_one_exp2_per_score(cfg, sass)
 
 
@@ -189,6 +191,7 @@ def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias
     sass = precompile.sass_of(bwd.cache().cubin(cfg))
     counts = precompile.sass_summary(sass)
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
     # rank 16 in the input dtype: the factor gradients as 64 x 16 wgmmas, no float32 dS copy to loop over
     assert ("HGMMA.64x16x16" in sass) == cfg.make_kernel().tc_factor_grads == (rank == 16 and bias_mma)
 
@@ -209,9 +212,10 @@ def _factor_mma_probe(kernel):
             for e in cutlass.range(cute.size(c_dkf), unroll_full=True):
                 dkf[t, e, 0] = c_dkf[e][0] if adds_dkf else -1
                 dkf[t, e, 1] = c_dkf[e][1] if adds_dkf else -1
+            adds_dqf = dqf_wg is None or wg == dqf_wg
             for e in cutlass.range(cute.size(c_dqf), unroll_full=True):
-                dqf[t, e, 0] = c_dqf[e][0] if wg == dqf_wg else -1
-                dqf[t, e, 1] = c_dqf[e][1] if wg == dqf_wg else -1
+                dqf[t, e, 0] = c_dqf[e][0] if adds_dqf else -1
+                dqf[t, e, 1] = c_dqf[e][1] if adds_dqf else -1
 
     return probe
 
@@ -219,8 +223,9 @@ def _factor_mma_probe(kernel):
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_tensor_core_factor_gradients_add_every_element_once(head_dim):
     """dKf = dS^T Qf and dQf = dS Kf of a factor chunk leave the wgmma accumulators of the warpgroups that
-    factor_chunk_wgs names (both for dKf's key rows, or one with dkv_split_d; one for dQf) and are added from
-    there: across those threads every (row, factor column) of the chunk once, none by the others."""
+    factor_chunk_wgs names (both for dKf's key rows, or one with dkv_split_d; one for dQf, or both, each its
+    partial over its own key rows) and are added from there: across each adding warpgroup's threads every (row,
+    factor column) of the chunk once, none by the others."""
     from attnkit.kernels.cute.attention.sm90_bwd import FACTOR_CHUNK
     from cutlass.cute.runtime import from_dlpack
 
@@ -232,9 +237,40 @@ def test_tensor_core_factor_gradients_add_every_element_once(head_dim):
     dqf = torch.zeros(256, kernel.tile_m * FACTOR_CHUNK // 128, 2, dtype=torch.int32)
     args = (from_dlpack(dkf), from_dlpack(dqf))
     cute.compile(_factor_mma_probe(kernel), *args, options="--gpu-arch sm_90a")(*args)
-    for out, rows in ((dkf, kernel.tile_n), (dqf, kernel.tile_m)):
+    assert (dqf_wg is None) == kernel.factor_grads_under_dk == (head_dim <= 128)
+    partials = 2 if dqf_wg is None else 1  # dQf: one partial per warpgroup
+    for out, rows, times in ((dkf, kernel.tile_n, 1), (dqf, kernel.tile_m, partials)):
         added = [tuple(x) for x in out.reshape(-1, 2).tolist() if x[0] >= 0]
-        assert sorted(added) == [(r, c) for r in range(rows) for c in range(FACTOR_CHUNK)]
+        assert sorted(added) == sorted([(r, c) for r in range(rows) for c in range(FACTOR_CHUNK)] * times)
+    if dqf_wg is None:
+        for wg in range(2):  # each warpgroup's partial: its own half of the rows
+            added = [tuple(x) for x in dqf[128 * wg : 128 * (wg + 1)].reshape(-1, 2).tolist()]
+            assert sorted(added) == [(r, c) for r in range(kernel.tile_m) for c in range(FACTOR_CHUNK)]
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tensor_core_query_factor_gradient_splits_the_keys_between_warpgroups(head_dim):
+    """With the factor gradients under dK, dQf = dS Kf is split along the keys: each warpgroup's A (dS) and B (Kf)
+    views (``own_keys``) take the same key rows, its own 64 (those of its S^T / dP^T), and together all tile_n."""
+    kernel = AttentionBwdSm90(cutlass.BFloat16, head_dim, head_dim, 2, False, True, bias_rank=16, bias_mma=True)
+    assert kernel.factor_grads_under_dk
+
+    @cute.jit
+    def probe(keys_ds: cute.Tensor, keys_kf: cute.Tensor):  # (2, 64) int32: the key of each row per warpgroup
+        for wg in cutlass.range_constexpr(2):
+            ds = kernel.own_keys(cute.make_identity_tensor((kernel.tile_m, kernel.tile_n, 2)), 1, Int32(wg))
+            kf = kernel.own_keys(cute.make_identity_tensor((kernel.tile_n, 16)), 0, Int32(wg))
+            for i in cutlass.range(64, unroll_full=True):
+                keys_ds[wg, i] = ds[0, i, 0][1]
+                keys_kf[wg, i] = kf[i, 0][0]
+
+    from cutlass.cute.runtime import from_dlpack
+
+    keys_ds, keys_kf = torch.full((2, 64), -1, dtype=torch.int32), torch.full((2, 64), -1, dtype=torch.int32)
+    args = (from_dlpack(keys_ds), from_dlpack(keys_kf))
+    cute.compile(probe, *args, options="--gpu-arch sm_90a")(*args)
+    for wg in range(2):
+        assert keys_ds[wg].tolist() == keys_kf[wg].tolist() == list(range(64 * wg, 64 * wg + 64))
 
 
 def test_config_choice():
@@ -323,8 +359,10 @@ _DQ_UNDER_DK = {
     "d128 80 rows, tma_reduce": (128, dict(tile_m=80, dq_tma_reduce=True)),
     "d128 80 rows, atomics": (128, dict(tile_m=80, dq_tma_reduce=False)),
     "d256": (256, dict()),
-    # a rank-8 bias of 16-bit factors at d = 64: their gradients on the tensor cores, issued after dQ has gone out
+    # a rank-8 bias of 16-bit factors: their gradients on the tensor cores, issued between the dQ and dK wgmmas and
+    # added with dQ while dK runs (factor_grads_under_dk)
     "d64 bias rank 8": (64, dict(bias_rank=8, bias_mma=True)),
+    "d128 bias rank 8": (128, dict(bias_rank=8, bias_mma=True)),
 }
 
 
@@ -363,7 +401,8 @@ def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, case):
     the float32 factor gradients nor the deterministic mode: those keep the full wait (their own work takes that
     slot)."""
     head_dim, flags = _DQ_UNDER_DK[case]
-    for under in (True, False) if head_dim == 128 and "tile_m" not in flags else (True,):
+    # dQ after dK as well where bench_variants times both orders (d = 128, 64 rows, no bias)
+    for under in (True, False) if head_dim == 128 and not {"tile_m", "bias_rank"} & set(flags) else (True,):
         cfg = bwd.choose_config(torch.bfloat16, head_dim, head_dim, False, False, dq_under_dk=under, **flags)
         assert cfg.dq_under_dk == under and cfg.make_kernel().dq_under_dk == under
         if not flags:
@@ -385,9 +424,11 @@ def test_dq_goes_out_while_the_dk_wgmma_runs(cache_dir, case):
         assert len(in_flight) >= 16, in_flight  # the dK accumulators at least
         clobbered = [t for t in loop[before[-1][0] + 1 : after[0]] if _written_register(t) in in_flight]
         assert not clobbered, clobbered
-    for kw in (dict(bias_rank=8), dict(bias_rank=8, bias_mma=True), dict(deterministic=True)):
+    for kw in (dict(bias_rank=8), dict(deterministic=True), dict(bias_rank=8, bias_mma=True, deterministic=True)):
         assert not bwd.choose_config(torch.bfloat16, 128, 128, False, False, **kw).dq_under_dk
+    # rank 32: float32 factor gradients; d = 256: dK / dV split along d (the factor wgmmas on one warpgroup each)
     assert not bwd.choose_config(torch.bfloat16, 64, 64, False, False, bias_rank=32, bias_mma=True).dq_under_dk
+    assert not bwd.choose_config(torch.bfloat16, 256, 256, False, False, bias_rank=8, bias_mma=True).dq_under_dk
 
 
 def test_80_query_rows_per_step():

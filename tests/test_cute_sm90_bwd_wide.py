@@ -87,6 +87,7 @@ def test_wide_config_compiles_to_clean_sass(cache_dir, kw):
     assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0 and counts["MUFU.EX2"] > 0, counts
     assert ("UBLKRED" in sass) == cfg.dq_tma_reduce
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
 
 
 def _cover_probe(kernel):

@@ -59,6 +59,7 @@ def test_shipped_config_compiles_to_clean_sass(cache_dir, cfg):
     assert counts["UTMALDG"] > 0, counts
     assert counts["UTMASTG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
     _assert_one_exp2_per_score(cfg, sass)
 
 
@@ -73,6 +74,7 @@ def test_benchmark_variant_compiles_to_clean_sass(cache_dir, cfg):
     counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0 and counts["UTMALDG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts}"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
     _assert_one_exp2_per_score(cfg, sass)
 
 
@@ -104,6 +106,7 @@ def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias
     fwd.compile_fwd(cfg)
     counts = precompile.sass_summary(_sass(cfg))
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
 
 
 @pytest.mark.parametrize("rank, causal", [(0, False), (8, False), (8, True), (48, False)])
@@ -232,6 +235,7 @@ def test_three_consumer_warpgroups_compile_without_spills(cache_dir, cfg):
     counts = precompile.sass_summary(sass)
     assert counts["HGMMA"] > 0 and counts["UTMASTG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
     # the producer gives registers back to 32, the consumers take 160 (0xa0): 128 * 32 + 384 * 160 = 65536, the
     # 512 x 128 the CTA launches with (with fewer the consumers' TRY_ALLOC would wait forever)
     assert "USETMAXREG.DEALLOC.CTAPOOL 0x20" in sass and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xa0" in sass
@@ -268,6 +272,7 @@ def test_wide_head_configs_compile_without_spills(cache_dir, cfg):
     counts = precompile.sass_summary(_sass(cfg))
     assert counts["HGMMA"] > 0 and counts["UTMASTG"] > 0, counts
     assert counts["LDL"] == 0 and counts["STL"] == 0, f"register spills to local memory: {counts} ({cfg})"
+    assert not counts["serialized"], "ptxas serialized the wgmmas"
 
 
 def test_key_tiles_above_head_dim_128():

@@ -179,11 +179,22 @@ def registers_of(cubin: bytes) -> int:
 
 
 def sass_summary(sass: str) -> dict[str, int]:
-    """Instruction counts the CPU tests check (HGMMA, TMA loads/stores, local memory)."""
+    """Instruction counts the CPU tests check (HGMMA, TMA loads/stores, local memory), and whether ptxas serialized
+    the wgmmas (``wgmma_serialized``)."""
     counts = {}
     for op in ("HGMMA", "UTMALDG", "UTMASTG", "LDL", "STL", "MUFU.EX2", "BAR.SYNC"):
         counts[op] = sum(1 for line in sass.splitlines() if f" {op}" in line or f"\t{op}" in line)
+    counts["serialized"] = int(wgmma_serialized(sass))
     return counts
+
+
+def wgmma_serialized(sass: str) -> bool:
+    """Whether ptxas serialized the kernel's wgmmas: every HGMMA then ends a group of its own (``gsb0``, and a wait
+    after it), where the kernels issue each GEMM's k blocks as one group with a single ``gsb0`` on its last HGMMA.
+    ptxas does that, with only a warning the DSL does not show, when it cannot prove a wgmma's registers safe (e.g.
+    a wgmma that only some warpgroups issue while another is in flight): a silent slowdown of several times."""
+    hgmma = [line for line in sass.splitlines() if re.search(r"\bHGMMA\.", line)]
+    return bool(hgmma) and all("gsb0" in line for line in hgmma)
 
 
 def _instructions(sass: str) -> list[tuple[int, str]]:

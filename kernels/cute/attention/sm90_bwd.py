@@ -8,7 +8,8 @@ low-rank logit bias ``qf @ kf.T`` (float32 factors in float32 FMAs; factors in t
 extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the exp2). The factor gradients
 are added with atomics: float32 factors' computed in float32 from a float32 copy of dS in smem by every
 consumer thread while the dQ and dK wgmmas run; 16-bit factors' on the tensor cores from the dS that dQ
-and dK take (``make_factor_mmas``).
+and dK take (``make_factor_mmas``), issued between the dQ and dK wgmmas and added with dQ while dK runs
+(``factor_grads_under_dk``).
 dQ reaches its float32 buffer by one bulk reduce-add (TMA, no tensor map) per warpgroup from smem (the
 launcher's default where the staging buffer costs no pipeline stage), or per tile from a producer warp that the
 consumers hand the buffer to by named barriers (``dq_reduce_warp``, FA3's way), by vector atomics, or in a
@@ -424,13 +425,28 @@ class AttentionBwdSm90(AttentionBwdBase):
     def dq_under_dk(self) -> bool:
         """dQ is added (atomics, or stored for the reduce-add) while the dK wgmma still runs, as FA4 does, instead of
         after it (1.06x to 1.12x faster without a bias on the H100, 2026-11-27 16:39 UTC): also with the tensor-core
-        factor gradients (issued after dQ has gone out) up to d = 64; at d = 128 they spill a register with it (one
-        STL / LDL pair per head). Not with the float32 factor gradients (their FMAs already run under the dQ and dK
-        wgmmas) nor in the deterministic mode (whose turn wait would stall the wgmma's result). False
-        (``dq_under_dk=False``): after both, the order of the first H100 run."""
-        if self.has_bias and (self.fma_factor_grads or max(self.head_dim, self.head_dim_v) > 64):
+        factor gradients (``factor_grads_under_dk``) where dQ goes out by atomics or d <= 64 and, above d = 96,
+        without a left window bound, not with 64-row key blocks shared by both warpgroups (``dkv_split_d``, whose
+        factor gradients take one warpgroup each). Not with the float32 factor gradients
+        (their FMAs already run under the dQ and dK wgmmas) nor in the deterministic mode (whose turn wait would
+        stall the wgmma's result). False (``dq_under_dk=False``): after both, the order of the first H100 run."""
+        if self.has_bias and (self.fma_factor_grads or self.dkv_split_d):
+            return False
+        widest = max(self.head_dim, self.head_dim_v)
+        if self.tc_factor_grads and (self.dq_tma_reduce and widest > 64 or self.has_window_left and widest > 96):
+            # the factor gradients under dK spilled registers in the main loop at d = 128 beside dQ's smem staging
+            # (causal) and with a left window bound (SASS, scripts/spill_audit.py)
             return False
         return self.allow_dq_under_dk and not self.deterministic
+
+    @property
+    def factor_grads_under_dk(self) -> bool:
+        """The tensor-core factor gradients issued between the dQ and dK wgmmas and added with dQ while dK runs
+        (``dq_under_dk``), dQf = dS Kf split along the keys (each warpgroup its own 64 key rows, both adding their
+        partial), so that no warpgroup issues a wgmma the other does not: one that only the first issued, with dK
+        in flight, made ptxas serialize every wgmma of the kernel; issued after dK's wait, ptxas sank dQ's atomics
+        below that wait, and dQ no longer went out under dK (SASS, 2026-11-27)."""
+        return self.tc_factor_grads and self.dq_under_dk
 
     @property
     def dq_transposed(self) -> bool:
@@ -795,33 +811,50 @@ class AttentionBwdSm90(AttentionBwdBase):
 
     def make_factor_mmas(self) -> tuple[cute.TiledMma, cute.TiledMma]:
         """The wgmma bias's factor gradients on the tensor cores, from the 16-bit dS that dK and dQ take, both A
-        operands from smem, issued once dQ's registers are free and FACTOR_CHUNK factor columns at a time (one
-        chunk's accumulators per thread at most): dKf = dS^T Qf
-        (each warpgroup its 64 key rows; with dkv_split_d one warpgroup) and dQf = dS Kf (one warpgroup: 64
-        query rows). B = Qf^T / Kf^T chunks, (FACTOR_CHUNK, rows) MN-major views of the factor tiles the S^T
-        bias slices read K-major. Each query block's products go to the float32 buffers by atomics."""
+        operands from smem, FACTOR_CHUNK factor columns at a time (one chunk's accumulators per thread at most): dKf
+        = dS^T Qf (each warpgroup its 64 key rows; with dkv_split_d one warpgroup) and dQf = dS Kf (64 query rows:
+        one warpgroup, or with ``factor_grads_under_dk`` each warpgroup over its own key rows, issued between the
+        dQ and dK wgmmas; otherwise once dQ's registers are free). B = Qf^T / Kf^T chunks, (FACTOR_CHUNK, rows)
+        MN-major views of the factor tiles the S^T bias slices read K-major. Each query block's products go to the
+        float32 buffers by atomics."""
         nwg = 1 if const_expr(self.dkv_split_d) else NUM_MMA_WARPGROUPS
         return (
             sm90.make_tiled_mma(self.dtype, "K", "MN", FACTOR_CHUNK, num_warpgroups=nwg),
             sm90.make_tiled_mma(self.dtype, "MN", "MN", FACTOR_CHUNK),
         )
 
-    def factor_chunk_operands(self, wg_mma_dkf, wg_mma_dqf, sQf: cute.Tensor, sKf: cute.Tensor) -> tuple[list, list]:
-        """The B operands of each factor column chunk: Qf^T (.., stages) for dKf, Kf^T for dQf."""
+    def factor_chunk_operands(
+        self, wg_mma_dkf, wg_mma_dqf, sQf: cute.Tensor, sKf: cute.Tensor, wg_idx: Int32
+    ) -> tuple[list, list]:
+        """The B operands of each factor column chunk: Qf^T (.., stages) for dKf, Kf^T for dQf (with
+        ``factor_grads_under_dk`` this warpgroup's 64 key rows of it)."""
         chunks = range(self.bias_rank // FACTOR_CHUNK)
         qf = [cute.local_tile(sQf, (self.tile_m, FACTOR_CHUNK, self.num_stages), (0, c, 0)) for c in chunks]
         kf = [cute.local_tile(sKf, (self.tile_n, FACTOR_CHUNK), (0, c)) for c in chunks]
+        if const_expr(self.factor_grads_under_dk):
+            kf = [self.own_keys(t, 0, wg_idx) for t in kf]
         return (
             [wg_mma_dkf.make_fragment_B(wg_mma_dkf.partition_B(_transpose_view(t))) for t in qf],
             [wg_mma_dqf.make_fragment_B(wg_mma_dqf.partition_B(_transpose_view(t))) for t in kf],
         )
 
-    def factor_chunk_wgs(self, chunk: int) -> tuple[bool, int]:
-        """(both warpgroups take dKf, the warpgroup that takes dQf) for factor column chunk ``chunk``: each takes
-        its own key rows of dKf and they take dQf in turn; with dkv_split_d the first takes dKf, the second dQf
-        (so that no thread holds more than two chunks' accumulators)."""
+    def own_keys(self, t: cute.Tensor, key_mode: int, wg_idx: Int32) -> cute.Tensor:
+        """``t`` (whole tile_n along mode ``key_mode``, whole along the others) cut to warpgroup ``wg_idx``'s key
+        rows, the ones it holds S^T / dP^T of: dQf = dS Kf split along the keys (``factor_grads_under_dk``)."""
+        keys = self.tile_n // NUM_MMA_WARPGROUPS
+        tiler = tuple(keys if m == key_mode else cute.size(t, mode=[m]) for m in range(cute.rank(t)))
+        coord = tuple(wg_idx if m == key_mode else 0 for m in range(cute.rank(t)))
+        return cute.local_tile(t, tiler, coord)
+
+    def factor_chunk_wgs(self, chunk: int) -> tuple[bool, int | None]:
+        """(both warpgroups take dKf, the warpgroup that takes dQf; None: both, each over its own key rows) for
+        factor column chunk ``chunk``: each takes its own key rows of dKf and they take dQf in turn, or both
+        (``factor_grads_under_dk``); with dkv_split_d the first takes dKf, the second dQf (so that no thread holds
+        more than two chunks' accumulators)."""
         if const_expr(self.dkv_split_d):
             return False, 1
+        if const_expr(self.factor_grads_under_dk):
+            return True, None
         return True, chunk % NUM_MMA_WARPGROUPS
 
     def make_ds_store(self, tiled_mma_sdp: cute.TiledMma, tidx) -> tuple[cute.CopyAtom, cute.TiledCopy]:
@@ -1109,9 +1142,13 @@ class AttentionBwdSm90(AttentionBwdBase):
             acc_shape_dKf = thr_mma_dkf.partition_shape_C((tn, FACTOR_CHUNK))
             thr_mma_dqf = tiled_mma_dqf.get_slice(lane)
             wg_mma_dqf = tiled_mma_dqf.get_slice(0)
-            tdQfrdS = wg_mma_dqf.make_fragment_A(wg_mma_dqf.partition_A(_transpose_view(sdS)))
+            dS = _transpose_view(sdS)
+            if const_expr(self.factor_grads_under_dk):
+                # dQf's A = dS over this warpgroup's key rows (its B takes the same rows of Kf)
+                dS = self.own_keys(dS, 1, wg_idx)
+            tdQfrdS = wg_mma_dqf.make_fragment_A(wg_mma_dqf.partition_A(dS))
             acc_shape_dQf = thr_mma_dqf.partition_shape_C((tm, FACTOR_CHUNK))
-            tdKfrQf, tdQfrKf = self.factor_chunk_operands(wg_mma_dkf, wg_mma_dqf, sQf, sKf)
+            tdKfrQf, tdQfrKf = self.factor_chunk_operands(wg_mma_dkf, wg_mma_dqf, sQf, sKf, wg_idx)
 
         acc_dK.fill(0.0)
         acc_dV.fill(0.0)
@@ -1213,6 +1250,12 @@ class AttentionBwdSm90(AttentionBwdBase):
                     sm90.gemm(tiled_mma_dq, acc_dQ, tdQrKt, tdQrdS[None, None, None, ds_stage], True, -1)
                 else:
                     sm90.gemm(tiled_mma_dq, acc_dQ, tdQrdS[None, None, None, ds_stage], tdQrKt, True, -1)
+                acc_dQf, acc_dKf = None, None
+                if const_expr(self.factor_grads_under_dk):
+                    acc_dQf, acc_dKf = self.factor_grad_mmas(
+                        tiled_mma_dkf, tiled_mma_dqf, tdKfrdS, tdKfrQf, tdQfrdS, tdQfrKf, acc_shape_dQf, acc_shape_dKf,
+                        wg_idx, 0, stage, ds_stage,
+                    )  # fmt: skip
                 if const_expr(self.dkv_split_d):
                     sm90.gemm(
                         tiled_mma_dk, acc_dK, tdKrdS[None, None, None, ds_stage], tdKrQt[None, None, None, stage],
@@ -1249,31 +1292,25 @@ class AttentionBwdSm90(AttentionBwdBase):
                     red_add_packed(gdQ.iterator, acc_dQ, wg_idx, lane)
                 else:
                     red_add_acc_f32(thr_mma_dq.partition_C(gdQ), acc_dQ)
+                if const_expr(self.factor_grads_under_dk):
+                    self.add_factor_grads_tc(
+                        acc_dQf, acc_dKf, thr_mma_dqf, thr_mma_dkf, mdQf[None, None, head, batch],
+                        mdKf[None, None, head, batch], m_block, n_block, wg_idx, 0,
+                    )  # fmt: skip
                 if const_expr(self.dq_under_dk):
-                    # dK has read Q^T (and dS^T); with a bias the factor gradients below still read Qf
+                    # dK has read Q^T (and dS^T), the factor gradients Qf
                     warpgroup.wait_group(0)
-                    if const_expr(not self.has_bias):
+                    if const_expr(not self.has_bias or self.factor_grads_under_dk):
                         pipeline_q.consumer_release(q_state)
-                if const_expr(self.tc_factor_grads):
+                if const_expr(self.tc_factor_grads and not self.factor_grads_under_dk):
                     # the factor gradients once dQ's registers are free: dS^T and dS from smem (this stage is not
                     # written again before both warpgroups pass the next query block's PdS barrier), Qf from
                     # the Q stage, released after them
                     for c in cutlass.range_constexpr(self.bias_rank // FACTOR_CHUNK):
-                        both_dkf, dqf_wg = self.factor_chunk_wgs(c)
-                        acc_dQf = cute.make_rmem_tensor(acc_shape_dQf, Float32)
-                        acc_dKf = cute.make_rmem_tensor(acc_shape_dKf, Float32)
-                        if const_expr(both_dkf):
-                            sm90.gemm(
-                                tiled_mma_dkf, acc_dKf, tdKfrdS[None, None, None, ds_stage],
-                                tdKfrQf[c][None, None, None, stage], True, -1,
-                            )  # fmt: skip
-                        elif wg_idx == 1 - dqf_wg:
-                            sm90.gemm(
-                                tiled_mma_dkf, acc_dKf, tdKfrdS[None, None, None, ds_stage],
-                                tdKfrQf[c][None, None, None, stage], True, -1,
-                            )  # fmt: skip
-                        if wg_idx == dqf_wg:
-                            sm90.gemm(tiled_mma_dqf, acc_dQf, tdQfrdS[None, None, None, ds_stage], tdQfrKf[c], True, -1)
+                        acc_dQf, acc_dKf = self.factor_grad_mmas(
+                            tiled_mma_dkf, tiled_mma_dqf, tdKfrdS, tdKfrQf, tdQfrdS, tdQfrKf, acc_shape_dQf,
+                            acc_shape_dKf, wg_idx, c, stage, ds_stage,
+                        )  # fmt: skip
                         warpgroup.wait_group(0)
                         self.add_factor_grads_tc(
                             acc_dQf, acc_dKf, thr_mma_dqf, thr_mma_dkf, mdQf[None, None, head, batch],
@@ -1383,6 +1420,38 @@ class AttentionBwdSm90(AttentionBwdBase):
             cute.arch.red(sem_ptr, Int32(1), op="add", dtype=Int32, sem="release", scope="gpu")
 
     @cute.jit
+    def factor_grad_mmas(
+        self,
+        tiled_mma_dkf: cute.TiledMma,
+        tiled_mma_dqf: cute.TiledMma,
+        tdKfrdS: cute.Tensor,
+        tdKfrQf: list,
+        tdQfrdS: cute.Tensor,
+        tdQfrKf: list,
+        acc_shape_dQf,
+        acc_shape_dKf,
+        wg_idx: Int32,
+        chunk: cutlass.Constexpr[int],
+        stage: Int32,
+        ds_stage: Int32,
+    ) -> tuple[cute.Tensor, cute.Tensor]:
+        """Issue (not wait for) factor column chunk ``chunk`` of one query block's tensor-core factor gradients,
+        dKf = dS^T Qf and dQf = dS Kf, each by the warpgroups ``factor_chunk_wgs`` names; their accumulators."""
+        both_dkf, dqf_wg = self.factor_chunk_wgs(chunk)
+        acc_dQf = cute.make_rmem_tensor(acc_shape_dQf, Float32)
+        acc_dKf = cute.make_rmem_tensor(acc_shape_dKf, Float32)
+        dkf_b = tdKfrQf[chunk][None, None, None, stage]
+        if const_expr(both_dkf):
+            sm90.gemm(tiled_mma_dkf, acc_dKf, tdKfrdS[None, None, None, ds_stage], dkf_b, True, -1)
+        elif wg_idx == 1 - dqf_wg:
+            sm90.gemm(tiled_mma_dkf, acc_dKf, tdKfrdS[None, None, None, ds_stage], dkf_b, True, -1)
+        if const_expr(dqf_wg is None):
+            sm90.gemm(tiled_mma_dqf, acc_dQf, tdQfrdS[None, None, None, ds_stage], tdQfrKf[chunk], True, -1)
+        elif wg_idx == dqf_wg:
+            sm90.gemm(tiled_mma_dqf, acc_dQf, tdQfrdS[None, None, None, ds_stage], tdQfrKf[chunk], True, -1)
+        return acc_dQf, acc_dKf
+
+    @cute.jit
     def add_factor_grads_tc(
         self,
         acc_dQf: cute.Tensor,  # this query block's dQf = dS Kf (the first warpgroup's)
@@ -1404,7 +1473,11 @@ class AttentionBwdSm90(AttentionBwdBase):
             red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf)
         elif wg_idx == 1 - dqf_wg:
             red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf)
-        if wg_idx == dqf_wg:
+        if const_expr(dqf_wg is None):
+            # each warpgroup's partial over its own key rows
+            tile_dQf = self.factor_chunk_tile(gdQf, self.tile_m, m_block, chunk)
+            red_add_acc_f32(thr_mma_dqf.partition_C(tile_dQf), acc_dQf)
+        elif wg_idx == dqf_wg:
             tile_dQf = self.factor_chunk_tile(gdQf, self.tile_m, m_block, chunk)
             red_add_acc_f32(thr_mma_dqf.partition_C(tile_dQf), acc_dQf)
 

@@ -75,6 +75,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         num_mma_warpgroups: int = 2,
         split_mask_loops: bool = False,
         dynamic_schedule: bool = False,
+        mask_every_block: bool = False,
     ):
         if num_mma_warpgroups not in REGISTER_BUDGETS:
             raise ValueError(f"num_mma_warpgroups must be one of {sorted(REGISTER_BUDGETS)}, got {num_mma_warpgroups}")
@@ -100,6 +101,9 @@ class AttentionFwdSm90(AttentionFwdBase):
         if split_mask_loops and not intra_wg_overlap:
             raise ValueError("split_mask_loops splits the overlapped mainloop: it needs intra_wg_overlap")
         self.split_mask_loops = split_mask_loops
+        # the mask on every key block that may need it, without tile_needs_mask's branch (a masked block that needs
+        # none is unchanged): ptxas serialized every wgmma of some wide-head configs over that branch
+        self.mask_every_block = mask_every_block
         # tiles after a CTA's first from a global counter (TileHandoff): a tile_counter argument, zero at launch
         self.dynamic_schedule = dynamic_schedule
         # large head dims: the epilogue writes O into Q's buffer, released only after the store
@@ -837,7 +841,9 @@ class AttentionFwdSm90(AttentionFwdBase):
         (``AttentionMask.boundary_blocks``), no mask code."""
         if const_expr(self.has_bias and not self.bias_mma):
             self.add_lowrank_bias(acc_S, tScS, bias_a, bias_b[None, None, stage], softmax_scale_log2)
-        if const_expr(may_mask):
+        if const_expr(may_mask and self.mask_every_block):
+            mask.apply(acc_S, tScS, row_start, n_block)
+        elif const_expr(may_mask):
             if mask.tile_needs_mask(wg_row_start, wg_row_end, n_block):
                 mask.apply(acc_S, tScS, row_start, n_block)
 

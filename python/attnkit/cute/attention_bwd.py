@@ -98,8 +98,9 @@ class BwdConfig:
     # default on the H100, 2026-11-27 16:39 UTC)
     dq_reduce_warp: bool = False
     # dQ added while the dK wgmma runs (as FA4 orders them) where nothing else takes that slot (not deterministic; a
-    # bias only with tensor-core factor gradients at d <= 64: AttentionBwdSm90.dq_under_dk); False: after it, as in
-    # the first H100 run. Set in choose_config, False where it decides nothing (one config, not two alike)
+    # bias only with tensor-core factor gradients, up to d = 128, dQ by atomics above d = 64, no left window above
+    # d = 96: AttentionBwdSm90.dq_under_dk); False: after it, as in the first H100 run. Set in choose_config, False
+    # where it decides nothing (one config, not two alike)
     dq_under_dk: bool = True
     arch: str = "sm_90a"
 
@@ -376,12 +377,15 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     configs.append(choose_config(torch.bfloat16, 128, 64, False, True, arch=arch))
     configs.append(choose_config(torch.bfloat16, 64, 128, False, True, arch=arch))
     configs.append(choose_config(torch.bfloat16, 128, 128, True, True, bias_rank=8, arch=arch, deterministic=True))
+    # ALiBi: exact rank-2 float32 factors, causal (bench_bias' shape)
+    configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=2, arch=arch))
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=8, arch=arch))
-        # learned factors in the input dtype (the tensor-core bias)
-        configs.append(
-            choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=16, bias_mma=True, arch=arch)
-        )
+        # learned factors in the input dtype (the tensor-core bias), causal and not (bench_bias' shape)
+        for causal in (True, False):
+            configs.append(
+                choose_config(torch.bfloat16, head_dim, head_dim, False, causal, bias_rank=16, bias_mma=True, arch=arch)
+            )
     # MQA / GQA on small grids: the group's query heads split over CTAs
     for causal in (False, True):
         configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, arch=arch, split_heads=True))

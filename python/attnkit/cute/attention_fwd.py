@@ -86,6 +86,9 @@ class FwdConfig:
     # variant (0.97x the default causal at N = 8192 on the H100, schedule.py); the launcher's schedules are
     # schedule.forward_ctas's
     dynamic_schedule: bool = False
+    # every key block's scores go through the mask, without the boundary-tile test's branch around it: where ptxas
+    # serialized the wgmmas over that branch ("compiler-inserted WG.AR in divergent path"; SASS, choose_config)
+    mask_every_block: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -116,6 +119,7 @@ class FwdConfig:
             num_mma_warpgroups=self.num_mma_warpgroups,
             split_mask_loops=self.split_mask_loops,
             dynamic_schedule=self.dynamic_schedule,
+            mask_every_block=self.mask_every_block,
         )
 
 
@@ -209,6 +213,9 @@ def _choose_config(
         o_aliases_q=o_aliases_q,
         pack_gqa=pack_gqa,
         num_mma_warpgroups=3 if wide else 2,
+        # above d = 128 ptxas serialized every wgmma of several masked configs (d = 256 with dv < 256, causal) over the
+        # boundary-tile test's branch; without the branch it does not (SASS, 2026-11-27)
+        mask_every_block=widest > 128 and (window_left or window_right),
         arch=arch,
     )
     # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
@@ -232,7 +239,10 @@ def shipped_configs(arch: str = "sm_90a") -> list[FwdConfig]:
                 configs.append(choose_config(dtype, head_dim, head_dim, False, causal, arch=arch))
     configs.append(choose_config(torch.bfloat16, 128, 128, True, True, arch=arch))
     configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=8, arch=arch))
-    configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=16, bias_mma=True, arch=arch))
+    # ALiBi: exact rank-2 float32 factors, causal (bench_bias' shape)
+    configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=2, arch=arch))
+    for causal in (True, False):  # bench_bias' shape is the non-causal one
+        configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, bias_rank=16, bias_mma=True, arch=arch))
     configs.append(choose_config(torch.float16, 64, 64, False, False, bias_rank=8, bias_mma=True, arch=arch))
     for head_dim in (96, 192, 256):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, False, arch=arch))
