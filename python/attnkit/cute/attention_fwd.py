@@ -214,8 +214,9 @@ def _choose_config(
         pack_gqa=pack_gqa,
         num_mma_warpgroups=3 if wide else 2,
         # above d = 128 ptxas serialized every wgmma of several masked configs (d = 256 with dv < 256, causal) over the
-        # boundary-tile test's branch; without the branch it does not (SASS, 2026-11-27)
-        mask_every_block=widest > 128 and (window_left or window_right),
+        # boundary-tile test's branch; without the branch it does not, except with 16-bit factors, where it did either
+        # way and serialized one more (d = 256, dv = 128, rank 64) without it (SASS, scripts/spill_audit.py)
+        mask_every_block=widest > 128 and (window_left or window_right) and not (bias_mma and bias_rank > 0),
         arch=arch,
     )
     # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
