@@ -9,8 +9,10 @@ float32 factors / factors in the input dtype (the ends of their padded ranks, or
 the forward with one head per tile and with a packed GQA group, and the backward's three modes (the launcher's dQ
 mode, deterministic, query heads split over CTAs). Each distinct config is compiled for sm_90a (into a disk cache
 of its own, ``$ATTNKIT_CACHE_DIR`` or a temporary directory) and its SASS counted: one line per config as it
-finishes, the backward first, those with local-memory loads or stores (LDL / STL) or a failed compile listed at
-the end. About a second per config per core: the default walk is a few thousand configs (an hour on 2 cores)."""
+finishes, the backward first, those with local-memory loads or stores (LDL / STL), serialized wgmmas
+(``precompile.wgmma_serialized``) or a failed compile listed at the end. About two seconds per config per core: the
+default walk, 5296 configs, takes about an hour and a half on 2 cores. Stop it with Ctrl-C (the whole process group):
+killing only this process leaves its worker processes compiling."""
 
 from __future__ import annotations
 
@@ -66,22 +68,16 @@ def reachable(ranks: str = "ends") -> list:
                                 if cfg not in seen:
                                     seen.add(cfg)
                                     out.append(cfg)
-    # within a dtype and a direction, where registers are scarcest first: d = 128, the wider heads, then a bias, the
-    # deterministic mode, windows (a stopped audit has then looked at the likeliest spills)
-    return sorted(out, key=lambda c: (c.dtype != "bf16", type(c).__name__ != "BwdConfig", -_pressure(c)))
 
+    # within a dtype and a direction, where registers are scarcest first (a stopped audit has then looked at the
+    # likeliest spills): d = 128 (dK and dV of 64 key rows in a warpgroup's registers; above, 64-row key blocks split
+    # them along d), then the wider heads, then a bias, the deterministic mode, windows, higher ranks
+    def scarcity(c):
+        widest = max(c.head_dim, c.head_dim_v)
+        flags = (c.bias_rank > 0, getattr(c, "deterministic", False), c.window_left, c.window_right)
+        return (widest != 128, -widest, *(not f for f in flags), -c.bias_rank)
 
-def _pressure(cfg) -> int:
-    widest = max(cfg.head_dim, cfg.head_dim_v)
-    flags = (cfg.bias_rank > 0, getattr(cfg, "deterministic", False), cfg.window_left, cfg.window_right)
-    # 128: dK and dV of 64 key rows in a warpgroup's registers (above, 64-row key blocks split them along d)
-    return (
-        (widest == 128) * 2000
-        + (widest > 128) * 1000
-        + widest
-        + sum(flag * 100 >> i for i, flag in enumerate(flags))
-        + cfg.bias_rank
-    )
+    return sorted(out, key=lambda c: (c.dtype != "bf16", type(c).__name__ != "BwdConfig", scarcity(c)))
 
 
 def _audit_one(cfg) -> tuple[str, float, dict | None, int | None, str | None]:
@@ -93,9 +89,8 @@ def _audit_one(cfg) -> tuple[str, float, dict | None, int | None, str | None]:
     mod = precompile.load_launchers(kind)[kind]
     start = time.perf_counter()
     try:
-        compiled = mod.compile_config(cfg)
-        record = mod.cache().records.get(cfg)
-        cubin = record.cubin if record is not None else getattr(compiled, "__cubin__", None)
+        mod.compile_config(cfg)
+        cubin = mod.cache().cubin(cfg)
         sass = precompile.sass_of(cubin)
         counts = precompile.sass_summary(sass)
         # of those, the local-memory accesses inside the main loop (the shortest loop with the wgmmas and exp2s)
@@ -118,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ATTNKIT_CACHE_DIR", tempfile.mkdtemp(prefix="attnkit-spill-audit-"))
     configs = reachable(args.ranks)
     if args.where:
-        configs = [c for c in configs if eval(args.where, {"c": c, "getattr": getattr})]  # noqa: S307 - a CLI filter
+        configs = [c for c in configs if eval(args.where, {"c": c})]  # noqa: S307 - a CLI filter
     configs = configs[: args.limit]
     print(f"spill audit: {len(configs)} configs, {args.jobs} processes, cache {os.environ['ATTNKIT_CACHE_DIR']}")
     sys.stdout.flush()

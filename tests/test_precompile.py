@@ -66,3 +66,30 @@ def test_config_names_are_unique_short_file_names():
     names = [precompile.config_name(c) for c in configs]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 160 and "/" not in n for n in names)
+
+
+def test_spill_audit_walks_the_reachable_configs():
+    """scripts/spill_audit.py: distinct configs of both directions and dtypes, as the launchers choose them (the
+    shipped main-kernel configs among them), the bf16 backward first; one audited the way its workers do."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from attnkit.cute import attention_fwd as fwd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import spill_audit
+
+    configs = spill_audit.reachable()
+    assert len(configs) == len(set(configs)) > 1000
+    assert {(type(c).__name__, c.dtype) for c in configs} == {
+        (kind, dtype) for kind in ("FwdConfig", "BwdConfig") for dtype in ("bf16", "fp16")
+    }
+    assert (type(configs[0]).__name__, configs[0].dtype) == ("BwdConfig", "bf16")
+    shipped = [c for mod in (fwd, bwd) for c in mod.shipped_configs() if type(c).__name__ in ("FwdConfig", "BwdConfig")]
+    missing = [c for c in shipped if c not in set(configs)]
+    # the walk packs GQA groups of 8 only; the shipped set also forces dQ atomics where the default takes the reduce-add
+    assert all(c.pack_gqa == 4 if isinstance(c, fwd.FwdConfig) else not c.dq_tma_reduce for c in missing), missing
+    kind, _, counts, regs, error = spill_audit._audit_one(bwd.choose_config(torch.bfloat16, 64, 64, False, True))
+    assert error is None and kind == "bwd" and regs > 0
+    assert counts["LDL"] == counts["STL"] == counts["in loop"] == counts["serialized"] == 0
