@@ -88,16 +88,16 @@ def poison(nbytes: int) -> None:
 
 
 def cute_fwd_case(
-    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, variant=None, persistent=None
+    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, variant=None, persistent=None, dv=None
 ):
     from attnkit.cute import attention_fwd as fwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_forward
 
     def run():
-        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype)
+        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype, dv)
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
-        poison(b * max(sq, sk) * h * d * 4)
+        poison(b * max(sq, sk) * h * max(d, dv or d) * 4)
         with schedule.section_bytes(l2_budget), schedule.persistent(persistent):
             out, lse = fwd.attention_fwd(q, k, v, qf, kf, **kw, config=run.config() if variant else None)
             torch.cuda.synchronize()
@@ -115,7 +115,7 @@ def cute_fwd_case(
     # the config the case runs (a CPU test checks that gpu_check's precompile builds it): the launcher's, or a
     # benchmark variant of it
     def config():
-        cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+        cfg = fwd.config_for(dtype, sq, h, hkv, d, dv or d, wl, wr, abs(rank), rank < 0)
         return variant(cfg) if variant else cfg
 
     run.config = config
@@ -244,6 +244,14 @@ GROUPS = {
         "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0, variant=split_loops),
         "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(1, 700, 700, 4, 2, 128, -1, 0, -8, variant=split_loops),
         "d64 float32 bias r3 window": cute_fwd_case(1, 333, 1000, 2, 2, 64, 64, 16, 3, variant=split_loops),
+        # the launcher's own configs that take the split mainloop (attention_fwd._split_against_serialization): in
+        # this group, because ATTNKIT_SM90_FWD_SPLIT_LOOPS=0 gives them one loop again
+        "d192 dv64 window (default split)": cute_fwd_case(1, 500, 700, 2, 2, 192, 64, 16, 0, dv=64),
+        "d192 dv64 window, 8 heads packed (default split)": cute_fwd_case(1, 40, 333, 16, 2, 192, 64, 16, 0, dv=64),
+        "d256 dv128 bf16 bias r16 causal (default split)": cute_fwd_case(1, 300, 500, 2, 1, 256, -1, 0, -16, dv=128),
+        "d256 dv96 bf16 bias r48 causal sq>sk (default split)": cute_fwd_case(
+            1, 400, 300, 2, 2, 256, -1, 0, -48, dv=96
+        ),
     },
     # FA3's non-causal key tile at d = 128 (176 keys, O over Q; a benchmark variant): a group of its own, so that its
     # failure only leaves it out (ATTNKIT_SM90_FWD_176_KEYS=0)

@@ -40,6 +40,15 @@ FWD_DYNAMIC_CASES = [
     (2, 2048, 3000, 8, 8, 128, 500, 0, 0),
     (2, 77, 1000, 4, 2, 128, -1, 0, 0),
 ]
+# bf16 cases whose launcher config takes the split mainloop, where one loop had its wgmmas serialized
+# (attention_fwd._split_against_serialization): (b, sq, sk, h, hkv, d, dv, window_left, window_right, rank)
+FWD_SPLIT_DEFAULT_CASES = [
+    (1, 500, 700, 2, 2, 192, 64, 64, 16, 0),
+    (1, 40, 333, 16, 2, 192, 64, 64, 16, 0),  # 8 query heads packed per tile
+    (1, 300, 500, 2, 1, 256, 128, -1, 0, -16),
+    (1, 400, 300, 2, 2, 256, 96, -1, 0, -48),  # sq > sk: rows with no key
+    (1, 333, 1000, 2, 2, 256, 64, -1, 0, -64),
+]
 # non-causal d = 128 cases run with FA3's 176-key tiles (bench_variants' variant), bf16: key tails of every kind
 FWD_WIDE_KEY_TILE_CASES = [
     (2, 1000, 1000, 4, 4, 128, -1, -1, 0),
@@ -254,6 +263,8 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         found.append(wide_key_tiles(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)))
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_SCHEDULE_CASES:
         found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0))
+    for _b, sq, _sk, h, hkv, d, dv, wl, wr, rank in FWD_SPLIT_DEFAULT_CASES:
+        found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, dv, wl, wr, abs(rank), rank < 0))
     _b, sq, _sk, h, hkv = DV_SHAPE
     for d, dv, wr in FWD_DV_CASES:
         found.append(fwd.config_for(torch.bfloat16, sq, h, hkv, d, dv, -1, wr))

@@ -80,7 +80,8 @@ class FwdConfig:
     # consumer warpgroups of 64 query rows: 2 (128-row tiles, 240 registers) or 3 (192 rows, 160)
     num_mma_warpgroups: int = 2
     # the key blocks no row needs masked in a loop of their own, without mask code (FA4's way); a benchmark variant:
-    # on the H100 (2026-11-27 16:39 UTC) 1.03x non-causal, 0.96x causal at D = 128, within noise at D = 64
+    # on the H100 (2026-11-27 16:39 UTC) 1.03x non-causal, 0.96x causal at D = 128, within noise at D = 64. The
+    # default only where one loop had its wgmmas serialized (_split_against_serialization)
     split_mask_loops: bool = False
     # persistent, the tiles after each CTA's first taken from a global counter (FA3's dynamic schedule): a benchmark
     # variant (0.97x the default causal at N = 8192 on the H100, schedule.py); the launcher's schedules are
@@ -128,8 +129,8 @@ class FwdConfig:
 WIDE_TILE_ENV = "ATTNKIT_SM90_FWD_192_ROWS"
 
 
-# "0": the benchmark variants and GPU tests leave out the split mainloop (FwdConfig.split_mask_loops); gpu_check sets
-# it when its smoke group fails
+# "0": the benchmark variants and GPU tests leave out the split mainloop (FwdConfig.split_mask_loops), and the configs
+# that take it by default (_split_against_serialization) take one loop; gpu_check sets it when its smoke group fails
 SPLIT_LOOPS_ENV = "ATTNKIT_SM90_FWD_SPLIT_LOOPS"
 
 
@@ -151,6 +152,30 @@ def wide_tile_fits(widest_head_dim: int, window_left: bool, bias_rank: int, bias
     return widest_head_dim <= 64 and not window_left and not (bias_rank > 0 and not bias_mma) and pack_gqa == 1
 
 
+def _split_against_serialization(
+    dtype: torch.dtype,
+    head_dim: int,
+    head_dim_v: int,
+    window_left: bool,
+    window_right: bool,
+    bias_rank: int,
+    bias_mma: bool,
+) -> bool:
+    """The bf16 forward configs whose wgmmas ptxas serialized with the boundary-tile mask in the one loop, and not
+    with the split mainloop (FwdConfig.split_mask_loops; SASS for sm_90a, scripts/spill_audit.py, 2026-11-27):
+    d = 192 with dv = 64 and a sliding window, no bias (one head per tile and packed), and d = 256 with dv <= 128,
+    causal, with 16-bit factors (every padded rank but 64 at dv = 128, which was not serialized; the split one keeps
+    one spilled register outside the main loop at dv = 96 and 128). The fp16 twins are not serialized either way.
+    The split mainloop itself ran right on the H100 (2026-11-27 16:39 UTC, at d = 64 and 128)."""
+    if dtype != torch.bfloat16:
+        return False
+    sliding = window_left and window_right
+    causal = window_right and not window_left
+    return ((head_dim, head_dim_v) == (192, 64) and sliding and bias_rank == 0) or (
+        head_dim == 256 and head_dim_v <= 128 and causal and bias_mma and bias_rank > 0
+    )
+
+
 def _padded_rank(rank: int, bias_mma: bool) -> int:
     step = 16 if bias_mma else 4
     return 0 if rank == 0 else step * math.ceil(rank / step)
@@ -170,7 +195,7 @@ def choose_config(
     """The forward config for inputs of this kind (``ATTNKIT_SM90_FWD_192_ROWS=0``: 128-row tiles only)."""
     return _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, arch, pack_gqa,
-        wide_tiles_enabled(),
+        wide_tiles_enabled(), split_loops_enabled(),
     )  # fmt: skip
 
 
@@ -186,6 +211,7 @@ def _choose_config(
     arch: str,
     pack_gqa: int,
     wide_tiles: bool,
+    split_loops: bool,
 ) -> FwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention supports fp16/bf16, got {dtype}")
@@ -217,6 +243,8 @@ def _choose_config(
         # boundary-tile test's branch; without the branch it does not, except with 16-bit factors, where it did either
         # way and serialized one more (d = 256, dv = 128, rank 64) without it (SASS, scripts/spill_audit.py)
         mask_every_block=widest > 128 and (window_left or window_right) and not (bias_mma and bias_rank > 0),
+        split_mask_loops=split_loops
+        and _split_against_serialization(dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma),
         arch=arch,
     )
     # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
