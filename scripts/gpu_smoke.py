@@ -353,6 +353,10 @@ GROUPS = {
         # the factor gradients' wgmmas between dQ's and dK's, dQf split along the keys (factor_grads_under_dk)
         "d128 bf16 bias r16 gqa (wgmma)": cute_bwd_case(1, 300, 500, 4, 2, 128, -1, -1, -16),
         "d64 bf16 bias r8 window (wgmma)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, -8),
+        "d64 bf16 bias r16 gqa, dQ reduce-add (wgmma)": cute_bwd_case(
+            1, 300, 500, 4, 2, 64, -1, -1, -16, dq_mode="tma_reduce"
+        ),
+        "d96 bf16 bias r16 causal (wgmma)": cute_bwd_case(1, 300, 500, 4, 2, 96, -1, 0, -16),
         "d128 bf16 bias r8 causal deterministic": cute_bwd_case(
             1, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
         ),

@@ -445,8 +445,11 @@ class AttentionBwdSm90(AttentionBwdBase):
         (``dq_under_dk``), dQf = dS Kf split along the keys (each warpgroup its own 64 key rows, both adding their
         partial), so that no warpgroup issues a wgmma the other does not: one that only the first issued, with dK
         in flight, made ptxas serialize every wgmma of the kernel; issued after dK's wait, ptxas sank dQ's atomics
-        below that wait, and dQ no longer went out under dK (SASS, 2026-11-27)."""
-        return self.tc_factor_grads and self.dq_under_dk
+        below that wait, and dQ no longer went out under dK (SASS, 2026-11-27). One factor chunk only: the kernel
+        issues chunk 0 there (``tc_factor_grads`` holds the rank to FACTOR_CHUNK)."""
+        under = self.tc_factor_grads and self.dq_under_dk
+        assert not under or self.bias_rank <= FACTOR_CHUNK, "factor gradients under dK take one chunk"
+        return under
 
     @property
     def dq_transposed(self) -> bool:
