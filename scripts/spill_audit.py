@@ -11,8 +11,8 @@ mode, deterministic, query heads split over CTAs). Each distinct config is compi
 of its own, ``$ATTNKIT_CACHE_DIR`` or a temporary directory) and its SASS counted: one line per config as it
 finishes, the backward first, those with local-memory loads or stores (LDL / STL), serialized wgmmas
 (``precompile.wgmma_serialized``) or a failed compile listed at the end. About two seconds per config per core: the
-default walk, 5296 configs, takes about an hour and a half on 2 cores. Stop it with Ctrl-C (the whole process group):
-killing only this process leaves its worker processes compiling."""
+default walk, 5296 configs, takes about an hour and a half on 2 cores. Ctrl-C (SIGINT) stops it and its workers within
+seconds, the queued configs dropped; killing only this process otherwise leaves its worker processes compiling."""
 
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written as results come
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context)
+    try:
         futures = {pool.submit(_audit_one, cfg): cfg for cfg in configs}
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
             cfg = futures[future]
@@ -142,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                 out.flush()
             if error is not None or "SPILLS" in verdict or "SERIALIZED" in verdict:
                 bad.append(line)
+    except KeyboardInterrupt:
+        # the executor's own exit would wait for every queued config: drop them and stop the workers mid-compile
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in list((getattr(pool, "_processes", None) or {}).values()):
+            worker.terminate()
+        print(f"spill audit: stopped after {len(bad)} findings", flush=True)
+        return 130
+    pool.shutdown()
     print(
         f"spill audit: {len(configs)} configs in {time.perf_counter() - start:.0f} s; {len(bad)} spill, serialize "
         "their wgmmas or fail"
