@@ -27,6 +27,8 @@ import time
 import torch
 
 HEAD_DIMS = (64, 96, 128, 192, 256)
+# the GQA group sizes the forward packs per tile (attention_fwd.pack_gqa_for: those that divide its 128 rows)
+PACKED_GROUPS = (2, 4, 8, 16, 32, 64, 128)
 # (window_left, window_right): none, causal, a sliding window, a left bound only
 MASKS = ((-1, -1), (-1, 0), (64, 16), (64, -1))
 
@@ -51,10 +53,11 @@ def reachable(ranks: str = "ends") -> list:
                     for wl, wr in MASKS:
                         for rank, half in bias_kinds(ranks):
                             if kind == "fwd":
-                                # one head per tile, and a GQA group of 8 packed per tile (short queries, no bias)
+                                # one head per tile, and every GQA group size the launcher packs per tile (short
+                                # queries, no bias; a group that divides the 128-row tile)
                                 cfgs = [
                                     fwd.config_for(dtype, seqlen_q, 16 * group, 16, d, dv, wl, wr, rank, half)
-                                    for group, seqlen_q in ((1, 4096), (8, 1))
+                                    for group, seqlen_q in ((1, 4096), *((g, 1) for g in PACKED_GROUPS))
                                 ]
                             else:
                                 cfgs = [

@@ -88,8 +88,10 @@ def test_spill_audit_walks_the_reachable_configs():
     assert (type(configs[0]).__name__, configs[0].dtype) == ("BwdConfig", "bf16")
     shipped = [c for mod in (fwd, bwd) for c in mod.shipped_configs() if type(c).__name__ in ("FwdConfig", "BwdConfig")]
     missing = [c for c in shipped if c not in set(configs)]
-    # the walk packs GQA groups of 8 only; the shipped set also forces dQ atomics where the default takes the reduce-add
-    assert all(c.pack_gqa == 4 if isinstance(c, fwd.FwdConfig) else not c.dq_tma_reduce for c in missing), missing
+    # the shipped set also forces dQ atomics where the default takes the reduce-add
+    assert all(isinstance(c, bwd.BwdConfig) and not c.dq_tma_reduce for c in missing), missing
+    # every GQA group size the forward packs
+    assert {c.pack_gqa for c in configs if isinstance(c, fwd.FwdConfig)} == {1, *spill_audit.PACKED_GROUPS}
     kind, _, counts, regs, error = spill_audit._audit_one(bwd.choose_config(torch.bfloat16, 64, 64, False, True))
     assert error is None and kind == "bwd" and regs > 0
     assert counts["LDL"] == counts["STL"] == counts["in loop"] == counts["serialized"] == 0
