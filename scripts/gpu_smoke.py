@@ -252,6 +252,7 @@ GROUPS = {
         "d256 dv96 bf16 bias r48 causal sq>sk (default split)": cute_fwd_case(
             1, 400, 300, 2, 2, 256, -1, 0, -48, dv=96
         ),
+        "d256 dv128 causal, 4 heads packed (default split)": cute_fwd_case(2, 3, 500, 8, 2, 256, -1, 0, 0, dv=128),
     },
     # FA3's non-causal key tile at d = 128 (176 keys, O over Q; a benchmark variant): a group of its own, so that its
     # failure only leaves it out (ATTNKIT_SM90_FWD_176_KEYS=0)

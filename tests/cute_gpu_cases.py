@@ -48,6 +48,7 @@ FWD_SPLIT_DEFAULT_CASES = [
     (1, 300, 500, 2, 1, 256, 128, -1, 0, -16),
     (1, 400, 300, 2, 2, 256, 96, -1, 0, -48),  # sq > sk: rows with no key
     (1, 333, 1000, 2, 2, 256, 64, -1, 0, -64),
+    (2, 3, 500, 8, 2, 256, 128, -1, 0, 0),  # 4 query heads packed per tile
 ]
 # non-causal d = 128 cases run with FA3's 176-key tiles (bench_variants' variant), bf16: key tails of every kind
 FWD_WIDE_KEY_TILE_CASES = [

@@ -276,13 +276,15 @@ def test_wide_head_configs_compile_without_spills(cache_dir, cfg):
 
 
 # the bf16 configs the launcher gives the split mainloop: each one's wgmmas were serialized in one loop
-_SPLIT_DEFAULT_CONFIGS = [
-    fwd.config_for(torch.bfloat16, sq, 16 * group, 16, 192, 64, 64, 16) for sq, group in ((4096, 1), (1, 8))
-] + [
-    fwd.config_for(torch.bfloat16, 4096, 16, 16, 256, dv, -1, 0, rank, True)
-    for dv in (64, 96, 128)
-    for rank in (16, 48, 64)
-]
+_SPLIT_DEFAULT_CONFIGS = (
+    [fwd.config_for(torch.bfloat16, sq, 16 * group, 16, 192, 64, 64, 16) for sq, group in ((4096, 1), (1, 8))]
+    + [
+        fwd.config_for(torch.bfloat16, 4096, 16, 16, 256, dv, -1, 0, rank, True)
+        for dv in (64, 96, 128)
+        for rank in (16, 48, 64)
+    ]
+    + [fwd.config_for(torch.bfloat16, 1, 16 * group, 16, 256, 128, -1, 0) for group in (2, 8, 128)]
+)
 
 
 @pytest.mark.parametrize("cfg", _SPLIT_DEFAULT_CONFIGS, ids=precompile.config_name)
@@ -294,7 +296,7 @@ def test_split_mainloop_where_one_loop_was_serialized(cache_dir, cfg):
     assert not counts["serialized"], f"ptxas serialized the wgmmas ({cfg})"
     loop = precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))
     assert loop and not any(precompile.opcode(t).startswith(("LDL", "STL")) for t in loop), "a spill in the loop"
-    if cfg.head_dim_v == 64:
+    if cfg.head_dim_v == 64 or cfg.pack_gqa > 1:
         assert counts["LDL"] == 0 and counts["STL"] == 0, counts
     else:  # one register spilled at a tile's start or end, outside the main loop (found so, 2026-11-27)
         assert counts["LDL"] + counts["STL"] <= 6, counts
@@ -313,6 +315,11 @@ def test_split_mainloop_only_where_it_was_needed(monkeypatch):
     assert not split(torch.bfloat16, 4096, 16, 16, 256, 192, -1, 0, 16, True)
     assert not split(torch.bfloat16, 4096, 16, 16, 256, 128, -1, 0, 16, False)
     assert not split(torch.bfloat16, 4096, 16, 16, 256, 128, 64, 16, 16, True)
+    # d = 256 / dv = 128 causal without a bias: packed GQA heads only
+    assert split(torch.bfloat16, 1, 32, 16, 256, 128, -1, 0) and not split(
+        torch.bfloat16, 4096, 32, 16, 256, 128, -1, 0
+    )
+    assert not split(torch.float16, 1, 32, 16, 256, 128, -1, 0)
     monkeypatch.setenv(fwd.SPLIT_LOOPS_ENV, "0")
     assert not split(torch.bfloat16, 4096, 16, 16, 192, 64, 64, 16)
     assert not split(torch.bfloat16, 4096, 16, 16, 256, 128, -1, 0, 16, True)

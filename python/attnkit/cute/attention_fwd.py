@@ -160,19 +160,23 @@ def _split_against_serialization(
     window_right: bool,
     bias_rank: int,
     bias_mma: bool,
+    pack_gqa: int,
 ) -> bool:
     """The bf16 forward configs whose wgmmas ptxas serialized with the boundary-tile mask in the one loop, and not
-    with the split mainloop (FwdConfig.split_mask_loops; SASS for sm_90a, scripts/spill_audit.py, 2026-11-27):
-    d = 192 with dv = 64 and a sliding window, no bias (one head per tile and packed), and d = 256 with dv <= 128,
+    with the split mainloop (FwdConfig.split_mask_loops; SASS for sm_90a, scripts/spill_audit.py, 2026-11-27/28):
+    d = 192 with dv = 64 and a sliding window, no bias (one head per tile and packed); d = 256 with dv <= 128,
     causal, with 16-bit factors (every padded rank but 64 at dv = 128, which was not serialized; the split one keeps
-    one spilled register outside the main loop at dv = 96 and 128). The fp16 twins are not serialized either way.
-    The split mainloop itself ran right on the H100 (2026-11-27 16:39 UTC, at d = 64 and 128)."""
+    one spilled register outside the main loop at dv = 96 and 128); d = 256 with dv = 128, causal, GQA heads packed
+    (every group size). The fp16 twins are not serialized either way. The split mainloop itself ran right on the
+    H100 (2026-11-27 16:39 UTC, at d = 64 and 128)."""
     if dtype != torch.bfloat16:
         return False
     sliding = window_left and window_right
     causal = window_right and not window_left
-    return ((head_dim, head_dim_v) == (192, 64) and sliding and bias_rank == 0) or (
-        head_dim == 256 and head_dim_v <= 128 and causal and bias_mma and bias_rank > 0
+    return (
+        ((head_dim, head_dim_v) == (192, 64) and sliding and bias_rank == 0)
+        or (head_dim == 256 and head_dim_v <= 128 and causal and bias_mma and bias_rank > 0)
+        or ((head_dim, head_dim_v) == (256, 128) and causal and pack_gqa > 1)
     )
 
 
@@ -244,7 +248,9 @@ def _choose_config(
         # way and serialized one more (d = 256, dv = 128, rank 64) without it (SASS, scripts/spill_audit.py)
         mask_every_block=widest > 128 and (window_left or window_right) and not (bias_mma and bias_rank > 0),
         split_mask_loops=split_loops
-        and _split_against_serialization(dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma),
+        and _split_against_serialization(
+            dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, pack_gqa
+        ),
         arch=arch,
     )
     # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
