@@ -6,13 +6,14 @@ The CPU tests check the shipped configs (``attnkit.precompile``) for local memor
 ``attnkit.attention(..., backend="cute")`` accepts instead, through the launchers' own ``config_for``: both dtypes,
 every (head_dim, head_dim_v) pair, four mask kinds (none, causal, a sliding window, a left bound only), no bias /
 float32 factors / factors in the input dtype (the ends of their padded ranks, or every one with ``--ranks all``),
-the forward with one head per tile and with a packed GQA group, and the backward's three modes (the launcher's dQ
-mode, deterministic, query heads split over CTAs). Each distinct config is compiled for sm_90a (into a disk cache
-of its own, ``$ATTNKIT_CACHE_DIR`` or a temporary directory) and its SASS counted: one line per config as it
-finishes, the backward first, those with local-memory loads or stores (LDL / STL), serialized wgmmas
+the forward with one head per tile and with each GQA group size it packs, and the backward's three modes (the
+launcher's dQ mode, deterministic, query heads split over CTAs). Each distinct config is compiled for sm_90a (into a
+disk cache of its own, ``$ATTNKIT_CACHE_DIR`` or a temporary directory) and its SASS counted: one line per config as
+it finishes, the backward first, those with local-memory loads or stores (LDL / STL), serialized wgmmas
 (``precompile.wgmma_serialized``) or a failed compile listed at the end. About two seconds per config per core: the
-default walk, 5296 configs, takes about an hour and a half on 2 cores. Ctrl-C (SIGINT) stops it and its workers within
-seconds, the queued configs dropped; killing only this process otherwise leaves its worker processes compiling."""
+default walk, 6496 configs, takes about an hour and three quarters on 2 cores. Ctrl-C (SIGINT) stops it and its
+workers within seconds, the queued configs dropped; killing only this process otherwise leaves its worker processes
+compiling."""
 
 from __future__ import annotations
 
