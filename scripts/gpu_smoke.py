@@ -244,7 +244,7 @@ GROUPS = {
         "d128 short window, 16 heads packed": cute_fwd_case(1, 60, 333, 16, 1, 128, 64, 16, 0, variant=split_loops),
         "d128 bf16 bias r8 causal (wgmma)": cute_fwd_case(1, 700, 700, 4, 2, 128, -1, 0, -8, variant=split_loops),
         "d64 float32 bias r3 window": cute_fwd_case(1, 333, 1000, 2, 2, 64, 64, 16, 3, variant=split_loops),
-        # the launcher's own configs that take the split mainloop (attention_fwd._split_against_serialization): in
+        # the launcher's own configs that take the split mainloop (attention_fwd._serialized_in_one_loop): in
         # this group, because ATTNKIT_SM90_FWD_SPLIT_LOOPS=0 gives them one loop again
         "d192 dv64 window (default split)": cute_fwd_case(1, 500, 700, 2, 2, 192, 64, 16, 0, dv=64),
         "d192 dv64 window, 8 heads packed (default split)": cute_fwd_case(1, 40, 333, 16, 2, 192, 64, 16, 0, dv=64),

@@ -41,7 +41,7 @@ FWD_DYNAMIC_CASES = [
     (2, 77, 1000, 4, 2, 128, -1, 0, 0),
 ]
 # bf16 cases whose launcher config takes the split mainloop, where one loop had its wgmmas serialized
-# (attention_fwd._split_against_serialization): (b, sq, sk, h, hkv, d, dv, window_left, window_right, rank)
+# (attention_fwd._serialized_in_one_loop): (b, sq, sk, h, hkv, d, dv, window_left, window_right, rank)
 FWD_SPLIT_DEFAULT_CASES = [
     (1, 500, 700, 2, 2, 192, 64, 64, 16, 0),
     (1, 40, 333, 16, 2, 192, 64, 64, 16, 0),  # 8 query heads packed per tile

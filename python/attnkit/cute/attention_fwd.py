@@ -81,7 +81,7 @@ class FwdConfig:
     num_mma_warpgroups: int = 2
     # the key blocks no row needs masked in a loop of their own, without mask code (FA4's way); a benchmark variant:
     # on the H100 (2026-11-27 16:39 UTC) 1.03x non-causal, 0.96x causal at D = 128, within noise at D = 64. The
-    # default only where one loop had its wgmmas serialized (_split_against_serialization)
+    # default only where one loop had its wgmmas serialized (_serialized_in_one_loop)
     split_mask_loops: bool = False
     # persistent, the tiles after each CTA's first taken from a global counter (FA3's dynamic schedule): a benchmark
     # variant (0.97x the default causal at N = 8192 on the H100, schedule.py); the launcher's schedules are
@@ -130,7 +130,7 @@ WIDE_TILE_ENV = "ATTNKIT_SM90_FWD_192_ROWS"
 
 
 # "0": the benchmark variants and GPU tests leave out the split mainloop (FwdConfig.split_mask_loops), and the configs
-# that take it by default (_split_against_serialization) take one loop; gpu_check sets it when its smoke group fails
+# that take it by default (_serialized_in_one_loop) take one loop; gpu_check sets it when its smoke group fails
 SPLIT_LOOPS_ENV = "ATTNKIT_SM90_FWD_SPLIT_LOOPS"
 
 
@@ -152,16 +152,7 @@ def wide_tile_fits(widest_head_dim: int, window_left: bool, bias_rank: int, bias
     return widest_head_dim <= 64 and not window_left and not (bias_rank > 0 and not bias_mma) and pack_gqa == 1
 
 
-def _split_against_serialization(
-    dtype: torch.dtype,
-    head_dim: int,
-    head_dim_v: int,
-    window_left: bool,
-    window_right: bool,
-    bias_rank: int,
-    bias_mma: bool,
-    pack_gqa: int,
-) -> bool:
+def _serialized_in_one_loop(cfg: FwdConfig) -> bool:
     """The bf16 forward configs whose wgmmas ptxas serialized with the boundary-tile mask in the one loop, and not
     with the split mainloop (FwdConfig.split_mask_loops; SASS for sm_90a, scripts/spill_audit.py, 2026-11-27/28):
     d = 192 with dv = 64 and a sliding window, no bias (one head per tile and packed); d = 256 with dv <= 128,
@@ -169,14 +160,15 @@ def _split_against_serialization(
     one spilled register outside the main loop at dv = 96 and 128); d = 256 with dv = 128, causal, GQA heads packed
     (every group size). The fp16 twins are not serialized either way. The split mainloop itself ran right on the
     H100 (2026-11-27 16:39 UTC, at d = 64 and 128)."""
-    if dtype != torch.bfloat16:
+    if cfg.dtype != "bf16":
         return False
-    sliding = window_left and window_right
-    causal = window_right and not window_left
+    dims = (cfg.head_dim, cfg.head_dim_v)
+    sliding = cfg.window_left and cfg.window_right
+    causal = cfg.window_right and not cfg.window_left
     return (
-        ((head_dim, head_dim_v) == (192, 64) and sliding and bias_rank == 0)
-        or (head_dim == 256 and head_dim_v <= 128 and causal and bias_mma and bias_rank > 0)
-        or ((head_dim, head_dim_v) == (256, 128) and causal and pack_gqa > 1)
+        (dims == (192, 64) and sliding and cfg.bias_rank == 0)
+        or (cfg.head_dim == 256 and cfg.head_dim_v <= 128 and causal and cfg.bias_mma)
+        or (dims == (256, 128) and causal and cfg.pack_gqa > 1)
     )
 
 
@@ -247,10 +239,6 @@ def _choose_config(
         # boundary-tile test's branch; without the branch it does not, except with 16-bit factors, where it did either
         # way and serialized one more (d = 256, dv = 128, rank 64) without it (SASS, scripts/spill_audit.py)
         mask_every_block=widest > 128 and (window_left or window_right) and not (bias_mma and bias_rank > 0),
-        split_mask_loops=split_loops
-        and _split_against_serialization(
-            dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, pack_gqa
-        ),
         arch=arch,
     )
     # the bias factors take smem too (and O cannot go over Q where dv > d): give up the separate O buffer,
@@ -262,6 +250,8 @@ def _choose_config(
         cfg = dataclasses.replace(cfg, **change)
     if cfg.make_kernel().smem_bytes() > SMEM_CAPACITY:
         raise ValueError(f"no forward config fits shared memory for {cfg}")
+    if split_loops and _serialized_in_one_loop(cfg):
+        cfg = dataclasses.replace(cfg, split_mask_loops=True)
     return cfg
 
 
