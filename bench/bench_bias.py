@@ -5,6 +5,8 @@
   as attn_mask (the dense bias a leaf with a gradient), the concat trick ([q·s, φq], [k, φk], zero-padded V)
   through SDPA, FlexAttention with a score_mod reading the precomputed dense bias (no bias gradient), and
   cuDNN with no bias (the floor).
+  The CuTe rank-8 forward takes the bias as a K-slice of S by default (FwdConfig.bias_slice); a second row times
+  the separate bias wgmma it replaced (ATTNKIT_SM90_FWD_BIAS_SLICE=0), in the same call.
 - ALiBi, causal (B1 H16 D128, N16384; N8192 too without --quick): attnkit with `attnkit.bias.alibi` (exact
   rank-2 float32 factors) against FlexAttention computing ALiBi in its score_mod, SDPA with the dense masked
   bias (without --quick) and cuDNN causal with no bias (the floor).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 import attnkit
@@ -111,6 +114,8 @@ def lowrank_methods() -> dict[str, tuple[bool, Setup]]:
     methods: dict[str, tuple[bool, Setup]] = {}
     for backend in OURS:
         methods[f"attnkit {backend} rank {RANK}"] = (True, ours(backend, True))
+        if backend == "cute":
+            methods[f"attnkit cute rank {RANK}, bias wgmma apart"] = (True, without_bias_slice(ours(backend, True)))
     for backend in OURS:
         methods[f"attnkit {backend} no bias"] = (False, ours(backend, False))
     methods["SDPA dense bias"] = (False, sdpa_dense)
@@ -118,6 +123,30 @@ def lowrank_methods() -> dict[str, tuple[bool, Setup]]:
     methods["Flex score_mod dense"] = (False, flex_dense)
     methods["cuDNN no bias"] = (False, cudnn)
     return methods
+
+
+def without_bias_slice(setup: Setup) -> Setup:
+    """The same method with the CuTe forward's bias slice off (ATTNKIT_SM90_FWD_BIAS_SLICE=0 around each call): the
+    bias wgmma waited for alone and multiplied before S, the default until the slice."""
+    env = "ATTNKIT_SM90_FWD_BIAS_SLICE"  # attnkit.cute.attention_fwd.BIAS_SLICE_ENV, read by every call
+
+    def wrapped(c: Case):
+        fwd, inputs = setup(c)
+
+        def call():
+            old = os.environ.get(env)
+            os.environ[env] = "0"
+            try:
+                return fwd()
+            finally:
+                if old is None:
+                    os.environ.pop(env)
+                else:
+                    os.environ[env] = old
+
+        return call, inputs
+
+    return wrapped
 
 
 def sdpa_cudnn(c: Case, causal: bool) -> Callable[[], torch.Tensor]:

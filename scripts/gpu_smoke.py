@@ -11,7 +11,9 @@ kernel leaves the rest of the forward in the run (gpu_check then sets ``ATTNKIT_
 after a failure), ``cute-bwd-80`` (the 80-row steps) and ``cute-bwd-reduce-warp`` (dQ's reduce-add from a producer
 warp) and ``cute-fwd-split`` (the forward's interior key blocks in a loop without mask code), benchmark variants
 whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``,
-``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark. ``cute-tvm-ffi``
+``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark.
+``cute-fwd-bias-slice`` runs the launcher's bias as a K-slice of S (bf16 factors of rank <= 10), which the other
+forward groups leave off; its failure turns it off (``ATTNKIT_SM90_FWD_BIAS_SLICE=0``). ``cute-tvm-ffi``
 runs forward and backward cases through the opt-in TVM-FFI host path (``ATTNKIT_CUTE_TVM_FFI=1``), whose kernels
 the precompile does not build (they compile in the group's own process). Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
@@ -66,7 +68,7 @@ def verdict(name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Ten
     return False
 
 
-def inputs(b, sq, sk, h, hkv, d, rank, dtype, dv=None):
+def inputs(b, sq, sk, h, hkv, d, rank, dtype, dv=None, factor_scale=0.5):
     g = torch.Generator(device="cuda").manual_seed(sq * 7919 + sk * 31 + d)
 
     def rnd(*shape, dt=dtype, scale=1.0):
@@ -77,7 +79,8 @@ def inputs(b, sq, sk, h, hkv, d, rank, dtype, dv=None):
     if rank:
         # rank < 0: factors in the input dtype (tensor-core bias); rank > 0: float32 factors
         fdt = dtype if rank < 0 else torch.float32
-        qf, kf = rnd(b, sq, 1, abs(rank), dt=fdt, scale=0.5), rnd(1, sk, h, abs(rank), dt=fdt, scale=0.5)
+        qf = rnd(b, sq, 1, abs(rank), dt=fdt, scale=factor_scale)
+        kf = rnd(1, sk, h, abs(rank), dt=fdt, scale=factor_scale)
     return q, k, v, qf, kf
 
 
@@ -88,14 +91,15 @@ def poison(nbytes: int) -> None:
 
 
 def cute_fwd_case(
-    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, variant=None, persistent=None, dv=None
-):
+    b, sq, sk, h, hkv, d, wl, wr, rank, dtype=torch.bfloat16, l2_budget=None, variant=None, persistent=None, dv=None,
+    factor_scale=0.5,
+):  # fmt: skip
     from attnkit.cute import attention_fwd as fwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_forward
 
     def run():
-        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype, dv)
+        q, k, v, qf, kf = inputs(b, sq, sk, h, hkv, d, rank, dtype, dv, factor_scale)
         kw = dict(softmax_scale=1.0 / math.sqrt(d), window_left=wl, window_right=wr)
         poison(b * max(sq, sk) * h * max(d, dv or d) * 4)
         with schedule.section_bytes(l2_budget), schedule.persistent(persistent):
@@ -254,6 +258,22 @@ GROUPS = {
         ),
         "d256 dv128 causal, 4 heads packed (default split)": cute_fwd_case(2, 3, 500, 8, 2, 256, -1, 0, 0, dv=128),
     },
+    # the launcher's bias as a K-slice of S (bf16 factors of rank <= 10, FwdConfig.bias_slice): a group of its own,
+    # whose failure gives those configs the separate bias wgmma again (ATTNKIT_SM90_FWD_BIAS_SLICE=0); the other
+    # forward groups run with it off. Ranks 1 and 5 (one k16 step), 6 to 10 (two), factors of magnitude 2 too
+    "cute-fwd-bias-slice": {
+        "d128 bias r8 causal gqa": cute_fwd_case(2, 700, 700, 4, 2, 128, -1, 0, -8),
+        "d128 bias r1 full, seqlen_k tail": cute_fwd_case(2, 300, 333, 4, 4, 128, -1, -1, -1),
+        "d128 bias r5 window": cute_fwd_case(1, 1000, 1200, 2, 2, 128, 300, 16, -5),
+        "d128 bias r10 causal sq>sk (empty rows)": cute_fwd_case(1, 1000, 77, 2, 2, 128, -1, 0, -10),
+        "d128 bias r8 full, factors of magnitude 2": cute_fwd_case(
+            1, 500, 500, 2, 2, 128, -1, -1, -8, factor_scale=2.0
+        ),
+        "d96 bias r6 full": cute_fwd_case(1, 300, 300, 2, 2, 96, -1, -1, -6),
+        "d64 bias r8 window (two warpgroups)": cute_fwd_case(1, 333, 1000, 2, 2, 64, 64, 16, -8),
+        "d256 bias r8 causal": cute_fwd_case(1, 300, 500, 2, 1, 256, -1, 0, -8),
+        "d128 bias r8 causal persistent": cute_fwd_case(4, 2048, 2048, 8, 8, 128, -1, 0, -8, persistent=True),
+    },
     # FA3's non-causal key tile at d = 128 (176 keys, O over Q; a benchmark variant): a group of its own, so that its
     # failure only leaves it out (ATTNKIT_SM90_FWD_176_KEYS=0)
     "cute-fwd-176": {
@@ -388,12 +408,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
     from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
-    from attnkit.cute.attention_fwd import DYNAMIC_ENV, SPLIT_LOOPS_ENV, WIDE_KEY_TILE_ENV, WIDE_TILE_ENV
+    from attnkit.cute.attention_fwd import (
+        BIAS_SLICE_ENV,
+        DYNAMIC_ENV,
+        SPLIT_LOOPS_ENV,
+        WIDE_KEY_TILE_ENV,
+        WIDE_TILE_ENV,
+    )
     from attnkit.cute.tensors import TVM_FFI_ENV
 
     # each group runs its own kernels, whatever gpu_check's fallbacks have set
-    env = {"cute-fwd": [(WIDE_TILE_ENV, "0")], "cute-fwd-192": [(WIDE_TILE_ENV, None)]}
-    env |= {"cute-fwd-split": [(SPLIT_LOOPS_ENV, None)], "cute-fwd-176": [(WIDE_KEY_TILE_ENV, None)]}
+    env = {"cute-fwd": [(WIDE_TILE_ENV, "0"), (BIAS_SLICE_ENV, "0")], "cute-fwd-192": [(WIDE_TILE_ENV, None)]}
+    env |= {"cute-fwd-split": [(SPLIT_LOOPS_ENV, None), (BIAS_SLICE_ENV, "0")]}
+    env |= {"cute-fwd-176": [(WIDE_KEY_TILE_ENV, None)], "cute-fwd-bias-slice": [(BIAS_SLICE_ENV, None)]}
     env |= {"cute-fwd-dynamic": [(DYNAMIC_ENV, None)]}
     env |= {"cute-bwd": [(DQ_TMA_REDUCE_ENV, "0")], "cute-bwd-wide": [(DQ_TMA_REDUCE_ENV, "0")]}
     env |= {"cute-bwd-reduce": [(DQ_TMA_REDUCE_ENV, None)]}

@@ -35,8 +35,12 @@ MASKS = ((-1, -1), (-1, 0), (64, 16), (64, -1))
 
 
 def bias_kinds(ranks: str) -> list[tuple[int, bool]]:
-    """(rank, factors in the input dtype): none, then float32 factors' padded ranks and the 16-bit ones'."""
-    f32, half = (list(range(4, 65, 4)), [16, 32, 48, 64]) if ranks == "all" else ([4, 8, 64], [16, 48, 64])
+    """(rank, factors in the input dtype): none, then float32 factors' padded ranks and the 16-bit ones' (5 and 10: the
+    bf16 forward's bias slice, 16 and 32 wide; 16 and above: the separate bias wgmma)."""
+    if ranks == "all":
+        f32, half = list(range(4, 65, 4)), [5, 10, 16, 32, 48, 64]
+    else:
+        f32, half = [4, 8, 64], [5, 10, 16, 48, 64]
     return [(0, False)] + [(r, False) for r in f32] + [(r, True) for r in half]
 
 

@@ -4,6 +4,8 @@ tests spend the device's minutes running kernels, not compiling them one after a
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 # (b, sq, sk, h, hkv, d, window_left, window_right, rank); rank < 0: factors in the input dtype
@@ -49,6 +51,20 @@ FWD_SPLIT_DEFAULT_CASES = [
     (1, 400, 300, 2, 2, 256, 96, -1, 0, -48),  # sq > sk: rows with no key
     (1, 333, 1000, 2, 2, 256, 64, -1, 0, -64),
     (2, 3, 500, 8, 2, 256, 128, -1, 0, 0),  # 4 query heads packed per tile
+]
+# bf16 cases of the bias as a K-slice of S (FwdConfig.bias_slice, the launcher's default for factors in the input
+# dtype of rank <= 10 on two consumer warpgroups), each also run with it off: ranks 1 and 5 (one k16 step of the
+# slice), 6, 8 and 10 (two), causal, windowed, GQA, rows with no key, d = 64 with a left window (two warpgroups), 96,
+# 256; (b, sq, sk, h, hkv, d, window_left, window_right, rank), rank < 0 as above
+FWD_BIAS_SLICE_CASES = [
+    (2, 700, 700, 4, 2, 128, -1, 0, -8),
+    (2, 300, 333, 4, 4, 128, -1, -1, -1),
+    (1, 1000, 1200, 2, 2, 128, 300, 16, -5),
+    (1, 1000, 77, 2, 2, 128, -1, 0, -10),
+    (1, 300, 300, 2, 2, 96, -1, -1, -6),
+    (1, 333, 1000, 2, 2, 64, 64, 16, -8),
+    (1, 300, 500, 2, 1, 256, -1, 0, -8),
+    (2, 4097, 4097, 2, 2, 128, -1, -1, -8),
 ]
 # non-causal d = 128 cases run with FA3's 176-key tiles (bench_variants' variant), bf16: key tails of every kind
 FWD_WIDE_KEY_TILE_CASES = [
@@ -247,6 +263,28 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_
         assert_2x(name, g, r64, rlp)
 
 
+def without_bias_slice(make):
+    """The forward config ``make()`` returns under gpu_check's ATTNKIT_SM90_FWD_BIAS_SLICE=0 (set when the smoke group
+    of the bias slice fails, and in the other forward smoke groups)."""
+    from attnkit.cute import attention_fwd as fwd
+
+    old = os.environ.get(fwd.BIAS_SLICE_ENV)
+    os.environ[fwd.BIAS_SLICE_ENV] = "0"
+    try:
+        return make()
+    finally:
+        if old is None:
+            os.environ.pop(fwd.BIAS_SLICE_ENV)
+        else:
+            os.environ[fwd.BIAS_SLICE_ENV] = old
+
+
+def with_twin(make) -> list:
+    """``make()``'s forward config and, where it takes the bias slice, the one it takes without."""
+    cfg = make()
+    return [cfg, without_bias_slice(make)] if cfg.bias_slice else [cfg]
+
+
 def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
     """Every CuTe config the GPU tests above run (an H100 SXM's 132 SMs for the head-split choice)."""
     from attnkit.cute import attention_bwd as bwd
@@ -255,11 +293,19 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
     found = []
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_CASES:
         for dtype in FWD_DTYPES:
-            cfg = fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+
+            def make(dtype=dtype, sq=sq, h=h, hkv=hkv, d=d, wl=wl, wr=wr, rank=rank):
+                return fwd.config_for(dtype, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+
+            cfg = make()
             # and its 128-row twin: FWD_TWO_WG_CASES, and every case under gpu_check's ATTNKIT_SM90_FWD_192_ROWS=0
-            found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else [cfg]
+            found += [cfg, two_warpgroups(cfg)] if cfg.num_mma_warpgroups == 3 else with_twin(make)
             if dtype == torch.bfloat16:  # the split mainloop's GPU test runs the bf16 cases
-                found.append(split_loops(cfg))
+                found += [split_loops(c) for c in with_twin(make)]
+    for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_BIAS_SLICE_CASES:
+        found += with_twin(lambda sq=sq, h=h, hkv=hkv, d=d, wl=wl, wr=wr, rank=rank: fwd.config_for(
+            torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0
+        ))  # fmt: skip
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_DYNAMIC_CASES:
         found.append(dynamic_schedule(fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)))
     for _b, sq, _sk, h, hkv, d, wl, wr, rank in FWD_WIDE_KEY_TILE_CASES:

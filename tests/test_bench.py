@@ -138,6 +138,23 @@ def test_a_backward_that_failed_its_smoke_test_leaves_the_forward_timed(monkeypa
     assert fwd_result.ms == 2.0 and both.note == common.BACKWARD_SKIPPED
 
 
+def test_bias_bench_times_the_rank_8_forward_without_the_bias_slice_too(monkeypatch):
+    """The CuTe rank-8 row and, in the same call, the separate bias wgmma the slice replaced: the launcher's switch
+    set around each call and restored after it."""
+    import bench_bias
+    from attnkit.cute import attention_fwd as fwd
+
+    monkeypatch.setattr(bench_bias, "OURS", ("triton", "cute"))
+    names = list(bench_bias.lowrank_methods())
+    assert names.index("attnkit cute rank 8, bias wgmma apart") == names.index("attnkit cute rank 8") + 1
+    monkeypatch.delenv(fwd.BIAS_SLICE_ENV, raising=False)
+    seen = []
+    setup = bench_bias.without_bias_slice(lambda c: (lambda: seen.append(fwd.bias_slices_enabled()), ("x",)))
+    call, inputs = setup(None)
+    call()
+    assert seen == [False] and inputs == ("x",) and fwd.BIAS_SLICE_ENV not in os.environ
+
+
 def test_dispatch_bench_times_cute_against_triton_per_class(monkeypatch, fake_gpu):
     """Each class: both backends, forward and training step, the CuTe row with what auto picks today and Triton's
     time over CuTe's; a failing backward of one backend leaves its forward timed."""

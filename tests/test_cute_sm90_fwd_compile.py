@@ -109,20 +109,27 @@ def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias
     assert not counts["serialized"], "ptxas serialized the wgmmas"
 
 
-@pytest.mark.parametrize("rank, causal", [(0, False), (8, False), (8, True), (48, False)])
-def test_wgmma_bias_slice_runs_outside_the_pingpong_slot(cache_dir, rank, causal):
-    """The wgmma bias (Qf Kf^T, waited for and scaled) goes before the warpgroup's ping-pong barrier, not inside
-    its slot, where its latency held both warpgroups' GEMMs up (1.24x the no-bias time on the H100): in the main
-    loop, the slot (BAR.SYNC to BAR.ARV) holds S = Q K^T accumulating onto the bias and P V, nothing else."""
-    cfg = fwd.choose_config(torch.bfloat16, 128, 128, False, causal, bias_rank=rank, bias_mma=rank > 0)
+def _slot_of_main_loop(cfg) -> tuple[list[str], list[int], list[int], int]:
+    """The forward's main loop, the indices of its HGMMAs before the ping-pong slot and inside it (BAR.SYNC to
+    BAR.ARV), and where the slot starts."""
     fwd.compile_fwd(cfg)
     loop = precompile.innermost_loop(_sass(cfg), ("HGMMA", "MUFU.EX2"))
     ops = [precompile.opcode(t) for t in loop]
     slot_start = next(i for i, op in enumerate(ops) if op.startswith("BAR.SYNC"))
     slot_end = next(i for i, op in enumerate(ops) if i > slot_start and op.startswith("BAR.ARV"))
     hgmma = [i for i, op in enumerate(ops) if op.startswith("HGMMA")]
-    before = [i for i in hgmma if i < slot_start]
-    in_slot = [i for i in hgmma if slot_start < i < slot_end]
+    return loop, [i for i in hgmma if i < slot_start], [i for i in hgmma if slot_start < i < slot_end], slot_start
+
+
+@pytest.mark.parametrize("rank, causal", [(0, False), (8, False), (8, True), (48, False)])
+def test_wgmma_bias_runs_outside_the_pingpong_slot(cache_dir, monkeypatch, rank, causal):
+    """Without the bias slice, the wgmma bias (Qf Kf^T, waited for and scaled) goes before the warpgroup's ping-pong
+    barrier, not inside its slot, where its latency held both warpgroups' GEMMs up (1.24x the no-bias time on the
+    H100): in the main loop, the slot holds S = Q K^T accumulating onto the bias and P V, nothing else."""
+    monkeypatch.setenv(fwd.BIAS_SLICE_ENV, "0")
+    cfg = fwd.choose_config(torch.bfloat16, 128, 128, False, causal, bias_rank=rank, bias_mma=rank > 0)
+    assert not cfg.bias_slice
+    loop, before, in_slot, slot_start = _slot_of_main_loop(cfg)
     qk_k_steps, pv_k_steps = 128 // 16, 128 // 16
     assert len(in_slot) == qk_k_steps + pv_k_steps, [loop[i] for i in in_slot]
     zero_init = [i for i in in_slot if ", RZ, !UPT" in loop[i]]
@@ -135,6 +142,30 @@ def test_wgmma_bias_slice_runs_outside_the_pingpong_slot(cache_dir, rank, causal
         assert waits and "0x0" in loop[waits[0]], "the bias wgmma is waited for before the slot"
     else:
         assert not before
+
+
+@pytest.mark.parametrize(
+    "rank, window_left, causal, head_dim",
+    [(8, False, False, 128), (8, False, True, 128), (5, False, False, 128), (10, False, True, 96), (6, True, True, 64)],
+)
+def test_bias_slice_is_part_of_the_score_wgmma_group(cache_dir, rank, window_left, causal, head_dim):
+    """With the bias slice (the default for bf16 factors of rank <= 10), the main loop has no wgmma outside the slot
+    and no multiply of its own: S's group is Q K^T from zero, then the slice's k16 steps (one up to rank 5, two up to
+    10), then P V; as many FMULs as without a bias."""
+    cfg = fwd.choose_config(torch.bfloat16, head_dim, head_dim, window_left, causal, bias_rank=rank, bias_mma=True)
+    assert cfg.bias_slice and cfg.bias_rank == (16 if rank <= 5 else 32)
+    loop, before, in_slot, _ = _slot_of_main_loop(cfg)
+    qk_k_steps, pv_k_steps, slice_steps = head_dim // 16, cfg.tile_n // 16, cfg.bias_rank // 16
+    assert not before, [loop[i] for i in before]
+    assert len(in_slot) == qk_k_steps + slice_steps + pv_k_steps, [loop[i] for i in in_slot]
+    zero_init = [i for i in in_slot if ", RZ, !UPT" in loop[i]]
+    assert zero_init == in_slot[:1], [loop[i] for i in zero_init]
+    plain = fwd.choose_config(torch.bfloat16, head_dim, head_dim, window_left, causal)
+    plain_loop = _slot_of_main_loop(plain)[0]
+    fmul = [sum(precompile.opcode(t).startswith("FMUL") for t in body) for body in (loop, plain_loop)]
+    assert fmul[0] == fmul[1], f"FMULs in the main loop: {fmul[0]} with the bias slice, {fmul[1]} without a bias"
+    counts = precompile.sass_summary(_sass(cfg))
+    assert counts["LDL"] == 0 and counts["STL"] == 0 and not counts["serialized"], counts
 
 
 def test_second_compile_hits_memory(cache_dir):
@@ -535,6 +566,24 @@ def test_numerics_of_the_default_split_mainloop(b, sq, sk, h, hkv, d, dv, wl, wr
     cfg = fwd.config_for(torch.bfloat16, sq, h, hkv, d, dv, wl, wr, abs(rank), rank < 0)
     assert cfg.split_mask_loops == fwd.split_loops_enabled()
     _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, dv=dv)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank", cute_gpu_cases.FWD_BIAS_SLICE_CASES)
+@pytest.mark.parametrize("bias_slice", [True, False])
+def test_numerics_of_the_bias_slice_and_without_it(b, sq, sk, h, hkv, d, wl, wr, rank, bias_slice):
+    """The bias as a K-slice of S (query factors split in smem, key factors at three columns) and the separate bias
+    wgmma it replaces, on the same inputs; under gpu_check's ATTNKIT_SM90_FWD_BIAS_SLICE=0 only the latter."""
+
+    def make():
+        return fwd.config_for(torch.bfloat16, sq, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+
+    if bias_slice and not fwd.bias_slices_enabled():
+        pytest.skip(f"{fwd.BIAS_SLICE_ENV}=0: the bias slice failed gpu_check's smoke test")
+    cfg = make() if bias_slice else cute_gpu_cases.without_bias_slice(make)
+    assert cfg.bias_slice == bias_slice
+    _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, torch.bfloat16, config=cfg)
 
 
 def _check_forward(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, config=None, dv=None):

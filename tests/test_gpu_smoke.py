@@ -43,6 +43,7 @@ CUTE_GROUPS = [
     "cute-fwd-wide",
     "cute-fwd-192",
     "cute-fwd-split",
+    "cute-fwd-bias-slice",
     "cute-fwd-176",
     "cute-fwd-dynamic",
     "cute-bwd",
@@ -86,6 +87,8 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
     built = precompile.configs_of(mod, "sm_90a", variants=True, cases=cases)
     if group == "cute-fwd":
         monkeypatch.setenv(attention_fwd.WIDE_TILE_ENV, "0")
+    if group in ("cute-fwd", "cute-fwd-split"):
+        monkeypatch.setenv(attention_fwd.BIAS_SLICE_ENV, "0")
     if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):
         monkeypatch.setenv(attention_bwd.DQ_TMA_REDUCE_ENV, "0")
     for name, run in gpu_smoke.GROUPS[group].items():
@@ -97,6 +100,7 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.split_mask_loops == (group == "cute-fwd-split"), name
             assert (cfg.tile_n == 176) == (group == "cute-fwd-176"), name
             assert cfg.dynamic_schedule == (group == "cute-fwd-dynamic"), name
+            assert cfg.bias_slice == (group == "cute-fwd-bias-slice"), name
         if group == "cute-bwd-reduce":
             assert cfg.dq_tma_reduce, name
         if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):
@@ -107,6 +111,12 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.tile_m == 80, name
         if mod is attention_bwd:
             assert cfg.dq_reduce_warp == (group == "cute-bwd-reduce-warp"), name
+        if group == "cute-fwd-bias-slice":
+            # and the config it falls back to, the bias wgmma waited for alone (ATTNKIT_SM90_FWD_BIAS_SLICE=0)
+            monkeypatch.setenv(attention_fwd.BIAS_SLICE_ENV, "0")
+            twin = run.config()
+            monkeypatch.delenv(attention_fwd.BIAS_SLICE_ENV)
+            assert not twin.bias_slice and twin in built, f"{group}: {name}: {twin}"
         if group == "cute-bwd-bias-tc":
             assert cfg.make_kernel().tc_factor_grads, name
             # and its float32 twin, which the group's failure leaves the rest of the run on

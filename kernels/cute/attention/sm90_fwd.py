@@ -8,7 +8,9 @@ into each tile (rows: head fastest, then position), so K/V are read once per gro
 query sequences fill the tile (the launcher packs where G divides the tile, there is no bias and an
 unpacked tile would be mostly empty); a low-rank logit bias ``qf @ kf.T`` whose factors are TMA-loaded
 with Q and K: float32 factors in float32 FMAs, factors in the input dtype as extra wgmma k16
-slices; natural-log lse.
+slices (a wgmma of their own waited for and divided by the scale before S, or, with ``bias_slice``, k16
+steps of S's own group over query factors each warpgroup splits in smem into three 16-bit pieces of
+Qf / scale); natural-log lse.
 Not supported: varlen, paged KV, dropout, fp8, K/V multicast across a cluster, a bias with pack_gqa.
 
 CTA layout (1 + ``num_mma_warpgroups`` warpgroups):
@@ -76,6 +78,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         split_mask_loops: bool = False,
         dynamic_schedule: bool = False,
         mask_every_block: bool = False,
+        bias_slice: bool = False,
     ):
         if num_mma_warpgroups not in REGISTER_BUDGETS:
             raise ValueError(f"num_mma_warpgroups must be one of {sorted(REGISTER_BUDGETS)}, got {num_mma_warpgroups}")
@@ -104,6 +107,15 @@ class AttentionFwdSm90(AttentionFwdBase):
         # the mask on every key block that may need it, without tile_needs_mask's branch (a masked block that needs
         # none is unchanged): ptxas serialized every wgmma of some wide-head configs over that branch
         self.mask_every_block = mask_every_block
+        # the wgmma bias as a K-slice of S's own wgmma group, FlashBias's concatenation [Q | Qf'] [K | Kf']^T: each
+        # warpgroup rewrites its rows of the query factors in smem as Qf / scale in three 16-bit pieces (hi, mid,
+        # lo: their sum is Qf / scale to float32 precision, as a float32 multiply of the product would be) at
+        # columns 0, p and 2p (p = bias_rank // 3; the launcher puts the factors in columns [0, p) and Kf at all
+        # three), so that S = Q K^T + Qf' Kf'^T needs no wait and no multiply of its own. Without it the bias is
+        # waited for alone and divided by the scale before S (``bias_scores``)
+        if bias_slice and not (bias_mma and bias_rank > 0):
+            raise ValueError("bias_slice puts the wgmma bias into S's group: it needs bias_mma")
+        self.bias_slice = bias_slice
         # tiles after a CTA's first from a global counter (TileHandoff): a tile_counter argument, zero at launch
         self.dynamic_schedule = dynamic_schedule
         # large head dims: the epilogue writes O into Q's buffer, released only after the store
@@ -562,6 +574,8 @@ class AttentionFwdSm90(AttentionFwdBase):
             acc_O.fill(0.0)
 
             pipeline_q.consumer_wait(q_state)
+            if const_expr(self.bias_slice):
+                self.split_query_factors(sQf, tidx, wg_idx, softmax_scale_log2)
             # 1. S(n) = Q K(n)^T, right to left; mask on boundary tiles; online softmax
             # 2. O += P(n) V(n)
             if const_expr(self.intra_wg_overlap):
@@ -577,7 +591,7 @@ class AttentionFwdSm90(AttentionFwdBase):
                     pipeline_k.consumer_wait(kv_state)
                     self.bias_scores(acc_S, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
                     self.scheduler_sync(wg_idx)
-                    self.issue_scores(acc_S, tSrQ, tSrK, kv_state.index, tiled_mma_qk)
+                    self.issue_scores(acc_S, tSrQ, tSrK, kv_state.index, tiled_mma_qk, bias_a, bias_b)
                     self.scheduler_arrive(wg_idx)
                     warpgroup.wait_group(0)
                     self.score_epilogue(
@@ -686,7 +700,7 @@ class AttentionFwdSm90(AttentionFwdBase):
             pipeline_k.consumer_wait(kv_state)
             self.bias_scores(acc_S, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
             self.scheduler_sync(wg_idx)
-            self.issue_scores(acc_S, tSrQ, tSrK, kv_state.index, tiled_mma_qk)
+            self.issue_scores(acc_S, tSrQ, tSrK, kv_state.index, tiled_mma_qk, bias_a, bias_b)
             self.scheduler_arrive(wg_idx)
             warpgroup.wait_group(0)
             self.score_epilogue(
@@ -768,7 +782,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         pipeline_k.consumer_wait(kv_state)
         self.bias_scores(acc_S, bias_a, bias_b, kv_state.index, tiled_mma_qk, softmax_scale_log2)
         self.scheduler_sync(wg_idx)
-        self.issue_scores(acc_S, tSrQ, tSrK, kv_state.index, tiled_mma_qk)
+        self.issue_scores(acc_S, tSrQ, tSrK, kv_state.index, tiled_mma_qk, bias_a, bias_b)
         pipeline_v.consumer_wait(v_state)
         sm90.gemm(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, v_state.index], False, -1)
         self.scheduler_arrive(wg_idx)
@@ -804,7 +818,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         and the multiply run while the other warpgroup holds the tensor cores, not inside this one's slot (where
         they held both warpgroups' GEMMs up: the rank-8 forward took 1.24x the time without a bias on the H100,
         2026-11-27 16:39 UTC). Nothing without the wgmma bias."""
-        if const_expr(self.bias_mma):
+        if const_expr(self.bias_mma and not self.bias_slice):
             sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], True, 0)
             acc_S.store(acc_S.load() * (Float32(1.0) / (softmax_scale_log2 * LN2)))
 
@@ -816,9 +830,48 @@ class AttentionFwdSm90(AttentionFwdBase):
         tSrK: cute.Tensor,  # (.., stages)
         stage: Int32,
         tiled_mma_qk: cute.TiledMma,
+        bias_a: cute.Tensor | None = None,  # bias_slice: the wgmma A descriptors of the split Qf
+        bias_b: cute.Tensor | None = None,  # bias_slice: the wgmma B descriptors of Kf, (.., stages)
     ) -> None:
-        """Issue S = Q K^T (onto ``bias_scores``'s with the wgmma bias), left in flight."""
-        sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, stage], not self.bias_mma, -1)
+        """Issue S = Q K^T (onto ``bias_scores``'s with the wgmma bias; with ``bias_slice``, + Qf' Kf'^T in the same
+        group), left in flight."""
+        if const_expr(self.bias_slice):
+            sm90.gemm(
+                tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, stage], True, -1,
+                then=(bias_a, bias_b[None, None, None, stage]),
+            )  # fmt: skip
+        else:
+            sm90.gemm(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, stage], not self.bias_mma, -1)
+
+    @cute.jit
+    def split_query_factors(
+        self,
+        sQf: cute.Tensor,  # (tile_m, bias_rank) smem: the factors in columns [0, p), zeros after
+        tidx: Int32,
+        wg_idx: Int32,
+        softmax_scale_log2: Float32,
+    ) -> None:
+        """bias_slice: this warpgroup's rows of sQf become [hi | mid | lo | 0] of x = Qf / softmax_scale (float32),
+        hi = x rounded to the input dtype, mid = (x - hi) rounded, lo = (x - hi - mid) rounded; hi + mid + lo equals
+        x to 2^-24 relative in bf16 (two pieces left 2^-18: too coarse for the float32 lse). Two threads a row, in
+        place: a thread reads only the columns below p it also writes, the others' writes land at p and above,
+        which hold zeros. Then the generic-proxy writes are made visible to wgmma, and the warpgroup synced."""
+        inv_scale = Float32(1.0) / (softmax_scale_log2 * LN2)
+        lane = tidx % WARPGROUP_THREADS
+        row = wg_idx * 64 + lane // 2
+        p = self.bias_rank // 3
+        for i in cutlass.range_constexpr((p + 1) // 2):
+            col = lane % 2 + 2 * i
+            if col < p:
+                x = sQf[row, col].to(Float32) * inv_scale
+                hi = x.to(self.dtype)
+                rest = x - hi.to(Float32)
+                mid = rest.to(self.dtype)
+                sQf[row, col] = hi
+                sQf[row, p + col] = mid
+                sQf[row, 2 * p + col] = (rest - mid.to(Float32)).to(self.dtype)
+        cute.arch.fence_view_async_shared()
+        barrier_sync(NamedBarrierFwd.BiasSliceWG1 + wg_idx, WARPGROUP_THREADS)
 
     @cute.jit
     def score_epilogue(

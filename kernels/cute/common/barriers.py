@@ -19,6 +19,9 @@ class NamedBarrierFwd(enum.IntEnum):
     WarpSchedulerWG3 = enum.auto()
     TileFull = enum.auto()  # dynamic schedule (common/tile_scheduler.TileHandoff): next tile written to smem
     TileEmpty = enum.auto()  # ... and read by every consumer
+    BiasSliceWG1 = enum.auto()  # bias_slice: one per consumer warpgroup, its rows of the query factors split
+    BiasSliceWG2 = enum.auto()
+    BiasSliceWG3 = enum.auto()
 
 
 class NamedBarrierBwd(enum.IntEnum):

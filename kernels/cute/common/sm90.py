@@ -76,8 +76,10 @@ def gemm(
     tCrB: cute.Tensor,
     zero_init: cutlass.Constexpr[bool] = False,
     wg_wait: cutlass.Constexpr[int] = 0,
+    then: tuple | None = None,
 ) -> None:
-    """acc (+)= A·B over all k blocks as one wgmma group; ``wg_wait < 0`` leaves it in flight."""
+    """acc (+)= A·B over all k blocks as one wgmma group; ``wg_wait < 0`` leaves it in flight. ``then``: a second
+    (A, B) pair whose k blocks continue the same accumulation in the same group (a K-slice of other operands)."""
     warpgroup.fence()
     # a fresh atom: ACCUMULATE is mutated per k block
     atom = cute.make_mma_atom(tiled_mma.op)
@@ -85,6 +87,10 @@ def gemm(
     for k in cutlass.range_constexpr(cute.size(tCrA.shape[2])):
         cute.gemm(atom, acc, tCrA[None, None, k], tCrB[None, None, k], acc)
         atom.set(warpgroup.Field.ACCUMULATE, True)
+    if const_expr(then is not None):
+        tCrA2, tCrB2 = then
+        for k in cutlass.range_constexpr(cute.size(tCrA2.shape[2])):
+            cute.gemm(atom, acc, tCrA2[None, None, k], tCrB2[None, None, k], acc)
     warpgroup.commit_group()
     if const_expr(wg_wait >= 0):
         warpgroup.wait_group(wg_wait)

@@ -90,6 +90,10 @@ class FwdConfig:
     # every key block's scores go through the mask, without the boundary-tile test's branch around it: where ptxas
     # serialized the wgmmas over that branch ("compiler-inserted WG.AR in divergent path"; SASS, choose_config)
     mask_every_block: bool = False
+    # the wgmma bias as a K-slice of S's own wgmma group, [Q | Qf / scale in three 16-bit pieces] [K | Kf Kf Kf]^T
+    # (sm90_fwd.py), instead of a wgmma waited for alone and multiplied before S: bf16 factors of rank <= 10
+    # (_slices_bias); bias_rank is then the slice's width, 16 or 32
+    bias_slice: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -121,6 +125,7 @@ class FwdConfig:
             split_mask_loops=self.split_mask_loops,
             dynamic_schedule=self.dynamic_schedule,
             mask_every_block=self.mask_every_block,
+            bias_slice=self.bias_slice,
         )
 
 
@@ -136,6 +141,27 @@ SPLIT_LOOPS_ENV = "ATTNKIT_SM90_FWD_SPLIT_LOOPS"
 
 def split_loops_enabled() -> bool:
     return os.environ.get(SPLIT_LOOPS_ENV, "1") != "0"
+
+
+# "0": the wgmma bias is waited for alone and multiplied before S again (FwdConfig.bias_slice off); gpu_check sets it
+# when its smoke group fails
+BIAS_SLICE_ENV = "ATTNKIT_SM90_FWD_BIAS_SLICE"
+# the widest query-factor slice: three pieces of rank 10 in two k16 steps
+BIAS_SLICE_MAX_RANK = 10
+
+
+def bias_slices_enabled() -> bool:
+    return os.environ.get(BIAS_SLICE_ENV, "1") != "0"
+
+
+def _slices_bias(dtype: torch.dtype, bias_rank: int, bias_mma: bool) -> bool:
+    """Whether the forward takes the wgmma bias as a K-slice of S (FwdConfig.bias_slice): bf16 factors (fp16 ones
+    of 5.8e3 and more would overflow when divided by the scale of d = 128) of rank at most 10, whose three pieces
+    take two k16 steps. The bias wgmma waited for alone costs its latency and 64 multiplies per block while the
+    tensor cores idle (the rank-8 forward took 1.24x the time without a bias on the H100, 2026-11-27 16:39 UTC;
+    the slice adds one k16 step to S's 8 and P V's 8). Higher ranks keep the separate wgmma, whose one k16 step
+    per 16 ranks the slice would triple."""
+    return dtype == torch.bfloat16 and bias_mma and 0 < bias_rank <= BIAS_SLICE_MAX_RANK
 
 
 def wide_tiles_enabled() -> bool:
@@ -172,7 +198,11 @@ def _serialized_in_one_loop(cfg: FwdConfig) -> bool:
     )
 
 
-def _padded_rank(rank: int, bias_mma: bool) -> int:
+def _padded_rank(rank: int, bias_mma: bool, bias_slice: bool = False) -> int:
+    """The rank the kernel takes: the slice's width (three pieces of the factors, each at most width // 3 wide),
+    or the rank padded to a multiple of 16 (wgmma) or 4."""
+    if bias_slice:
+        return 16 * math.ceil(3 * rank / 16)
     step = 16 if bias_mma else 4
     return 0 if rank == 0 else step * math.ceil(rank / step)
 
@@ -191,7 +221,7 @@ def choose_config(
     """The forward config for inputs of this kind (``ATTNKIT_SM90_FWD_192_ROWS=0``: 128-row tiles only)."""
     return _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, bias_mma, arch, pack_gqa,
-        wide_tiles_enabled(), split_loops_enabled(),
+        wide_tiles_enabled(), split_loops_enabled(), bias_slices_enabled(),
     )  # fmt: skip
 
 
@@ -208,6 +238,7 @@ def _choose_config(
     pack_gqa: int,
     wide_tiles: bool,
     split_loops: bool,
+    bias_slices: bool = False,
 ) -> FwdConfig:
     if dtype not in _DTYPES:
         raise TypeError(f"CuTe attention supports fp16/bf16, got {dtype}")
@@ -222,14 +253,17 @@ def _choose_config(
     can_alias = head_dim_v <= head_dim
     o_aliases_q = o_aliases_q and can_alias
     wide = wide_tiles and wide_tile_fits(widest, window_left, bias_rank, bias_mma, pack_gqa)
+    # three consumer warpgroups of 160 registers spilled a few with the slice (outside the main loop): not there
+    bias_slice = bias_slices and _slices_bias(dtype, bias_rank, bias_mma) and not wide
     cfg = FwdConfig(
         _DTYPES[dtype],
         head_dim,
         head_dim_v,
         window_left,
         window_right,
-        bias_rank=_padded_rank(bias_rank, bias_mma),
+        bias_rank=_padded_rank(bias_rank, bias_mma, bias_slice),
         bias_mma=bias_mma and bias_rank > 0,
+        bias_slice=bias_slice,
         tile_n=tile_n,
         num_stages=stages,
         o_aliases_q=o_aliases_q,
@@ -266,8 +300,8 @@ def shipped_configs(arch: str = "sm_90a") -> list[FwdConfig]:
     configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=8, arch=arch))
     # ALiBi: exact rank-2 float32 factors, causal (bench_bias' shape)
     configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=2, arch=arch))
-    for causal in (True, False):  # bench_bias' shape is the non-causal one
-        configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, bias_rank=16, bias_mma=True, arch=arch))
+    for causal in (True, False):  # bench_bias' shape is the non-causal one (rank 8: the bias slice)
+        configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, bias_rank=8, bias_mma=True, arch=arch))
     configs.append(choose_config(torch.float16, 64, 64, False, False, bias_rank=8, bias_mma=True, arch=arch))
     for head_dim in (96, 192, 256):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, False, arch=arch))
@@ -457,6 +491,15 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def sliced_key_factor(k_factor: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """FwdConfig.bias_slice's key factors: Kf (in ``dtype``) at columns 0, p and 2p of ``width`` (p = width // 3),
+    zeros elsewhere, against the query factors' three pieces there (the kernel splits them in smem)."""
+    p = width // 3
+    out = k_factor.new_zeros(*k_factor.shape[:-1], width, dtype=dtype)
+    out[..., : 3 * p].unflatten(-1, (3, p))[..., : k_factor.shape[-1]].copy_(k_factor.unsqueeze(-2))
+    return tma_ready(out)
+
+
 def attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -501,6 +544,12 @@ def attention_fwd(
         fixed = ("dtype", "head_dim", "head_dim_v", "window_left", "window_right", "bias_rank", "bias_mma", "arch")
         if config.pack_gqa not in (1, group):
             raise ValueError(f"config packs {config.pack_gqa} query heads per K/V head; the inputs have {group}")
+        if config.bias_slice and not (cfg.bias_mma and _padded_rank(rank, True, True) // 3 >= rank):
+            raise ValueError(f"bias_slice takes factors in q's dtype of rank <= {BIAS_SLICE_MAX_RANK}: {config}")
+        # a config with the bias slice switched the other way takes the other padded rank
+        cfg = dataclasses.replace(
+            cfg, bias_rank=_padded_rank(rank, cfg.bias_mma, config.bias_slice), bias_slice=config.bias_slice
+        )
         wrong = [f for f in fixed if getattr(config, f) != getattr(cfg, f)]
         if wrong:
             raise ValueError(f"config disagrees with the inputs in {', '.join(wrong)}: {config} vs {cfg}")
@@ -519,7 +568,10 @@ def attention_fwd(
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
         qf = _to_cute(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
-        kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
+        if cfg.bias_slice:
+            kf = _to_cute(sliced_key_factor(k_factor, cfg.bias_rank, factor_dtype))
+        else:
+            kf = _to_cute(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
     counter = None
     if cfg.dynamic_schedule:
         # the dynamic schedule's tile counter, zero at launch
