@@ -378,6 +378,8 @@ GROUPS = {
             1, 300, 500, 4, 2, 64, -1, -1, -16, dq_mode="tma_reduce"
         ),
         "d96 bf16 bias r16 causal (wgmma)": cute_bwd_case(1, 300, 500, 4, 2, 96, -1, 0, -16),
+        # 136 CTAs, each walking 4 query heads: dKf summed per head in smem, the slot cleared between heads
+        "d128 bf16 bias r16 gqa, 4 heads per CTA (wgmma)": cute_bwd_case(2, 200, 4300, 8, 2, 128, -1, -1, -16),
         "d128 bf16 bias r8 causal deterministic": cute_bwd_case(
             1, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
         ),

@@ -11,7 +11,7 @@ launcher's dQ mode, deterministic, query heads split over CTAs). Each distinct c
 disk cache of its own, ``$ATTNKIT_CACHE_DIR`` or a temporary directory) and its SASS counted: one line per config as
 it finishes, the backward first, those with local-memory loads or stores (LDL / STL), serialized wgmmas
 (``precompile.wgmma_serialized``) or a failed compile listed at the end. About two seconds per config per core: the
-default walk, 6496 configs, takes about an hour and three quarters on 2 cores. Ctrl-C (SIGINT) stops it and its
+default walk, 6692 configs, takes about an hour and three quarters on 2 cores. Ctrl-C (SIGINT) stops it and its
 workers within seconds, the queued configs dropped; killing only this process otherwise leaves its worker processes
 compiling."""
 

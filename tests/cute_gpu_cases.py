@@ -141,6 +141,8 @@ BWD_CASES = [
     (1, 333, 1000, 4, 2, 64, 64, 16, -24),
     (1, 300, 500, 4, 2, 64, -1, -1, -16),
     (1, 300, 500, 4, 2, 96, -1, 0, -16),
+    # a grid of at least 132 CTAs: each walks 4 query heads, dKf summed per head in smem (dkf_summed_in_smem)
+    (2, 200, 4300, 8, 2, 128, -1, -1, -16),
     # rank 1 (float32 factors, padded to 4)
     (1, 300, 500, 2, 2, 128, -1, -1, 1),
 ]

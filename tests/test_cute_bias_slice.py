@@ -128,3 +128,14 @@ def test_two_pieces_would_not():
     _, lse_lp = attention_forward(q, k, v, qf, kf, softmax_scale=scale, compute_dtype=torch.bfloat16)
     with pytest.raises(AssertionError):
         assert_2x("lse", lse, lse64, lse_lp)
+
+
+@pytest.mark.parametrize("dtype, rank", [(torch.float16, 8), (torch.bfloat16, 16)])
+def test_the_launcher_refuses_the_slice_outside_its_inputs(dtype, rank):
+    """A benchmark's config with the slice on is refused for fp16 factors or ranks above 10 (their pieces would not
+    fit, or could overflow), before anything is compiled."""
+    sliced = fwd.choose_config(torch.bfloat16, 128, 128, False, False, bias_rank=8, bias_mma=True)
+    q = torch.zeros(1, 8, 2, 128, dtype=dtype)
+    qf = torch.zeros(1, 8, 2, rank, dtype=dtype)
+    with pytest.raises(ValueError, match="bias_slice"):
+        fwd.attention_fwd(q, q, q, qf, qf, softmax_scale=0.1, window_left=-1, window_right=-1, config=sliced)

@@ -196,6 +196,47 @@ def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias
     assert ("HGMMA.64x16x16" in sass) == cfg.make_kernel().tc_factor_grads == (rank == 16 and bias_mma)
 
 
+def test_key_factor_gradient_summed_in_smem_where_registers_allow():
+    """dkf_summed_in_smem: every tensor-core factor-gradient config up to d = 96, and at d = 128 those without a mask
+    or the deterministic mode (the others spilled with it)."""
+    for d in (64, 96, 128):
+        for window in ((-1, -1), (-1, 0), (64, 16), (64, -1)):
+            for det in (False, True):
+                cfg = bwd.choose_config(
+                    torch.bfloat16, d, d, window[0] >= 0, window[1] >= 0, bias_rank=8, bias_mma=True, deterministic=det
+                )
+                kernel = cfg.make_kernel()
+                assert kernel.tc_factor_grads
+                assert kernel.dkf_summed_in_smem == (d <= 96 or (window == (-1, -1) and not det)), (d, window, det)
+    for kw in (dict(bias_rank=8), dict(bias_rank=32, bias_mma=True)):  # float32 factor gradients
+        assert not bwd.choose_config(torch.bfloat16, 64, 64, False, False, **kw).make_kernel().dkf_summed_in_smem
+
+
+@pytest.mark.parametrize("head_dim, window", [(64, (-1, -1)), (64, (64, 16)), (128, (-1, -1))])
+def test_key_factor_gradient_leaves_the_main_loop(cache_dir, head_dim, window):
+    """dkf_summed_in_smem: the tensor-core dKf is summed over a query head's blocks in each thread's smem slot and
+    added once per head, so the main loop's float32 atomics are dQ's and dQf's only: as many as without a bias plus
+    dQf's (tile_m x 16 per warpgroup, two columns per red.v2), where dKf added 64 x 16 more per warpgroup."""
+    from attnkit.kernels.cute.attention.sm90_bwd import FACTOR_CHUNK
+
+    wl, wr = window
+    cfgs = [
+        bwd.choose_config(torch.bfloat16, head_dim, head_dim, wl >= 0, wr >= 0, dq_tma_reduce=False, **kw)
+        for kw in (dict(bias_rank=16, bias_mma=True), {})
+    ]
+    kernel = cfgs[0].make_kernel()
+    assert kernel.dkf_summed_in_smem and kernel.smem_bytes() <= bwd.SMEM_CAPACITY
+    reds = []
+    for cfg in cfgs:
+        bwd.compile_config(cfg)
+        sass = precompile.sass_of(bwd.cache().cubin(cfg))
+        counts = precompile.sass_summary(sass)
+        assert counts["LDL"] == 0 and counts["STL"] == 0 and not counts["serialized"], counts
+        loop = precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2"))
+        reds.append(sum(precompile.opcode(t).startswith("REDG") for t in loop))
+    assert reds[0] - reds[1] == cfgs[0].tile_m * FACTOR_CHUNK // 128 // 2, reds
+
+
 def _factor_mma_probe(kernel):
     from attnkit.kernels.cute.attention.sm90_bwd import FACTOR_CHUNK
 

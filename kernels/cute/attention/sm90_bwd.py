@@ -9,7 +9,8 @@ extra wgmma k16 slices of S^T, issued first so that dP^T still runs under the ex
 are added with atomics: float32 factors' computed in float32 from a float32 copy of dS in smem by every
 consumer thread while the dQ and dK wgmmas run; 16-bit factors' on the tensor cores from the dS that dQ
 and dK take (``make_factor_mmas``), issued between the dQ and dK wgmmas and added with dQ while dK runs
-(``factor_grads_under_dk``).
+(``factor_grads_under_dk``), dKf summed over a query head's blocks in smem first where registers allow
+(``dkf_summed_in_smem``).
 dQ reaches its float32 buffer by one bulk reduce-add (TMA, no tensor map) per warpgroup from smem (the
 launcher's default where the staging buffer costs no pipeline stage), or per tile from a producer warp that the
 consumers hand the buffer to by named barriers (``dq_reduce_warp``, FA3's way), by vector atomics, or in a
@@ -477,6 +478,22 @@ class AttentionBwdSm90(AttentionBwdBase):
         return self.allow_tc_factor_grads and self.bias_mma and self.bias_rank <= FACTOR_CHUNK
 
     @property
+    def dkf_summed_in_smem(self) -> bool:
+        """The tensor-core dKf = dS^T Qf summed over a query head's blocks in shared memory and added to its buffer
+        once per head, instead of by float32 atomics after every block (a sixth of a rank-16 block's atomics at
+        d = 128: 128 x 16 floats of dKf besides dQ's 64 x 128 and dQf's two 64 x 16 partials). Each thread keeps its
+        own accumulator elements in a slot of its own (tile_n x 16 / 256 floats): no synchronization, and no
+        register held across the blocks (8 more, held, spilled one in the main loop at d = 128 without a mask or
+        with a window). This CTA alone adds these (key rows, query head) elements. Where the kernel has no register
+        to spare it stays off: at d = 128 with a mask or in the deterministic mode the slot's few instructions made
+        ptxas spill loop-invariant values (up to 9 LDL, 2 in the main loop, bf16 causal; SASS audit of the 216
+        tensor-core factor-gradient configs, 2026-11-28). At d <= 96 and at d = 128 without either it spilled
+        nothing more (d = 96 in the deterministic mode 3 accesses fewer)."""
+        widest = max(self.head_dim, self.head_dim_v)
+        masked = self.has_window_left or self.has_window_right
+        return self.tc_factor_grads and not self.dkv_split_d and (widest <= 96 or not (masked or self.deterministic))
+
+    @property
     def fma_factor_grads(self) -> bool:
         """The factor gradients in float32 FMAs from a float32 copy of dS (``factor_grads``)."""
         return self.has_bias and not self.tc_factor_grads
@@ -515,6 +532,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
             (4 * (tn * (tm + 4) - 4) if self.fma_factor_grads else 0, 128),  # sdSf: (tn, tm) rows padded by 4
             (4 * tm * d if self.dq_tma_reduce else 0, 128),  # sdQ
+            (4 * tn * FACTOR_CHUNK if self.dkf_summed_in_smem else 0, 128),  # sdKf: a slot per consumer thread
         ]
         offset = 0
         for size, align in members:
@@ -608,6 +626,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         bias_elems_k = cute.cosize(sKf_layout) if const_expr(self.has_bias) else 0
         ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.fma_factor_grads) else 0
         p_elems = cute.cosize(sdS_layout) if const_expr(self.dkv_split_d) else 0
+        dkf_elems = self.tile_n * FACTOR_CHUNK if const_expr(self.dkf_summed_in_smem) else 0
 
         @cute.struct
         class SharedStorage:
@@ -626,6 +645,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sKf: cute.struct.Align[cute.struct.MemRange[self.bias_dtype, bias_elems_k], 1024]
             sdSf: cute.struct.Align[cute.struct.MemRange[Float32, ds_f32_elems], 128]
             sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 128]
+            sdKf: cute.struct.Align[cute.struct.MemRange[Float32, dkf_elems], 128]
 
         self.shared_storage = SharedStorage
         if const_expr(self.has_bias):
@@ -735,6 +755,11 @@ class AttentionBwdSm90(AttentionBwdBase):
         sdQ = None
         if const_expr(self.dq_tma_reduce):
             sdQ = storage.sdQ.get_tensor(sdQ_layout)
+        sdKf = None
+        if const_expr(self.dkf_summed_in_smem):
+            # (consumer thread, its dKf accumulator elements)
+            slot = self.tile_n * FACTOR_CHUNK // self.num_mma_threads
+            sdKf = storage.sdKf.get_tensor(cute.make_layout((self.num_mma_threads, slot), stride=(slot, 1)))
 
         schedule = self.make_schedule(mK.shape[0], mK.shape[2] * head_splits, mK.shape[3], heads_per_section)
         n_block, split_head, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
@@ -765,7 +790,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             self.mma(
                 tidx - WARPGROUP_THREADS,
                 mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
-                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ,
+                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, sdKf,
                 tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
                 n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
@@ -1046,6 +1071,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sLSE2: cute.Tensor,  # (tile_m, stages) float32
         sDpsum: cute.Tensor,  # (tile_m, stages) float32
         sdQ: cute.Tensor | None,  # (tile_m * d,) float32, packed: the warpgroups' halves one after the other
+        sdKf: cute.Tensor | None,  # (consumer threads, slot) float32: dkf_summed_in_smem
         tiled_mma_sdp: cute.TiledMma,
         tiled_mma_dv: cute.TiledMma,
         tiled_mma_dk: cute.TiledMma,
@@ -1160,6 +1186,9 @@ class AttentionBwdSm90(AttentionBwdBase):
         num_cols = cute.size(c_mn, mode=[1])
         key_start = n_block * tn
 
+        # dkf_summed_in_smem: this thread's slot of the query head's dKf
+        dkf_slot = sdKf[tidx, None] if const_expr(self.dkf_summed_in_smem) else None
+
         kv_state = consumer_state(1)
         pipeline_kv.consumer_wait(kv_state)
         q_state = consumer_state(self.num_stages)
@@ -1169,6 +1198,10 @@ class AttentionBwdSm90(AttentionBwdBase):
             head = head_kv * qhead_per_kvhead + g
             if const_expr(self.has_bias):
                 pipeline_kf.consumer_wait(kf_state)
+            if const_expr(self.dkf_summed_in_smem):
+                zeros = cute.make_rmem_tensor(cute.size(dkf_slot), Float32)
+                zeros.fill(0.0)
+                cute.autovec_copy(zeros, dkf_slot)
             for m_block in cutlass.range(m_min, m_max, unroll=1):
                 stage = q_state.index
                 ds_stage = iteration % self.ds_stages
@@ -1298,7 +1331,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 if const_expr(self.factor_grads_under_dk):
                     self.add_factor_grads_tc(
                         acc_dQf, acc_dKf, thr_mma_dqf, thr_mma_dkf, mdQf[None, None, head, batch],
-                        mdKf[None, None, head, batch], m_block, n_block, wg_idx, 0,
+                        mdKf[None, None, head, batch], m_block, n_block, wg_idx, 0, dkf_slot,
                     )  # fmt: skip
                 if const_expr(self.dq_under_dk):
                     # dK has read Q^T (and dS^T), the factor gradients Qf
@@ -1317,7 +1350,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                         warpgroup.wait_group(0)
                         self.add_factor_grads_tc(
                             acc_dQf, acc_dKf, thr_mma_dqf, thr_mma_dkf, mdQf[None, None, head, batch],
-                            mdKf[None, None, head, batch], m_block, n_block, wg_idx, c,
+                            mdKf[None, None, head, batch], m_block, n_block, wg_idx, c, dkf_slot,
                         )  # fmt: skip
                     pipeline_q.consumer_release(q_state)
 
@@ -1336,6 +1369,14 @@ class AttentionBwdSm90(AttentionBwdBase):
                 q_state.advance()
                 q_state = q_state
                 iteration += 1
+            if const_expr(self.dkf_summed_in_smem):
+                summed = cute.make_rmem_tensor(cute.size(dkf_slot), Float32)
+                cute.autovec_copy(dkf_slot, summed)
+                acc_dKf_head = cute.make_rmem_tensor(acc_shape_dKf, Float32)
+                for i in cutlass.range_constexpr(cute.size(acc_dKf_head)):
+                    acc_dKf_head[i] = summed[i]
+                tile_dKf = self.factor_chunk_tile(mdKf[None, None, head, batch], tn, n_block, 0)
+                red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf_head)
             if const_expr(self.has_bias):
                 pipeline_kf.consumer_release(kf_state)
                 kf_state.advance()
@@ -1467,12 +1508,21 @@ class AttentionBwdSm90(AttentionBwdBase):
         n_block: Int32,
         wg_idx: Int32,
         chunk: cutlass.Constexpr[int],
+        dkf_slot: cute.Tensor | None = None,  # dkf_summed_in_smem: this thread's slot of the head's dKf
     ) -> None:
         """Factor column chunk ``chunk`` of one query block's tensor-core factor gradients into their float32
-        buffers (two columns per atomic; padding rows carry dS = 0), by the warpgroups that computed it."""
+        buffers (two columns per atomic; padding rows carry dS = 0), by the warpgroups that computed it; dKf onto
+        the thread's slot instead with ``dkf_summed_in_smem``."""
         both_dkf, dqf_wg = self.factor_chunk_wgs(chunk)
         tile_dKf = self.factor_chunk_tile(gdKf, self.tile_n, n_block, chunk)
-        if const_expr(both_dkf):
+        if const_expr(self.dkf_summed_in_smem):
+            # onto the thread's slot (both warpgroups hold dKf: factor_chunk_wgs); added once per query head
+            summed = cute.make_rmem_tensor(cute.size(dkf_slot), Float32)
+            cute.autovec_copy(dkf_slot, summed)
+            for i in cutlass.range_constexpr(cute.size(acc_dKf)):
+                summed[i] = summed[i] + acc_dKf[i]
+            cute.autovec_copy(summed, dkf_slot)
+        elif const_expr(both_dkf):
             red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf)
         elif wg_idx == 1 - dqf_wg:
             red_add_acc_f32(thr_mma_dkf.partition_C(tile_dKf), acc_dKf)

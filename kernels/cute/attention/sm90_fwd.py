@@ -817,7 +817,7 @@ class AttentionFwdSm90(AttentionFwdBase):
         where every earlier wgmma of the warpgroup has retired: this small wgmma is alone in flight, and its latency
         and the multiply run while the other warpgroup holds the tensor cores, not inside this one's slot (where
         they held both warpgroups' GEMMs up: the rank-8 forward took 1.24x the time without a bias on the H100,
-        2026-11-27 16:39 UTC). Nothing without the wgmma bias."""
+        2026-11-27 16:39 UTC). Nothing without the wgmma bias, or with ``bias_slice`` (``issue_scores``)."""
         if const_expr(self.bias_mma and not self.bias_slice):
             sm90.gemm(tiled_mma_qk, acc_S, bias_a, bias_b[None, None, None, stage], True, 0)
             acc_S.store(acc_S.load() * (Float32(1.0) / (softmax_scale_log2 * LN2)))

@@ -544,8 +544,8 @@ def attention_fwd(
         fixed = ("dtype", "head_dim", "head_dim_v", "window_left", "window_right", "bias_rank", "bias_mma", "arch")
         if config.pack_gqa not in (1, group):
             raise ValueError(f"config packs {config.pack_gqa} query heads per K/V head; the inputs have {group}")
-        if config.bias_slice and not (cfg.bias_mma and _padded_rank(rank, True, True) // 3 >= rank):
-            raise ValueError(f"bias_slice takes factors in q's dtype of rank <= {BIAS_SLICE_MAX_RANK}: {config}")
+        if config.bias_slice and not _slices_bias(q.dtype, rank, in_dtype):
+            raise ValueError(f"bias_slice takes bf16 factors of rank <= {BIAS_SLICE_MAX_RANK}, with bf16 q: {config}")
         # a config with the bias slice switched the other way takes the other padded rank
         cfg = dataclasses.replace(
             cfg, bias_rank=_padded_rank(rank, cfg.bias_mma, config.bias_slice), bias_slice=config.bias_slice
