@@ -168,6 +168,35 @@ def test_bias_slice_is_part_of_the_score_wgmma_group(cache_dir, rank, window_lef
     assert counts["LDL"] == 0 and counts["STL"] == 0 and not counts["serialized"], counts
 
 
+@pytest.mark.parametrize("rank", [5, 10])
+def test_the_kernels_split_of_each_row_replayed_on_the_host(rank):
+    """AttentionFwdSm90.split_factor_row, the kernel's own code, run for all 256 consumer threads over a host tile
+    laid out like the kernel's smem (factors in columns [0, rank), zeros up to the slice's width): every row ends as
+    the three pieces at columns 0, p and 2p that test_cute_bias_slice's PyTorch replay expects, in bf16, to the bit."""
+    from cutlass.cute.runtime import from_dlpack
+    from test_cute_bias_slice import LN2, _split_query_factors
+
+    cfg = fwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=rank, bias_mma=True)
+    kernel = cfg.make_kernel()
+    assert isinstance(kernel, AttentionFwdSm90) and kernel.bias_slice
+    width, scale = cfg.bias_rank, 128**-0.5
+    scale_log2 = torch.tensor(scale * math.log2(math.e), dtype=torch.float32)
+    inv_scale = float(torch.tensor(1.0, dtype=torch.float32) / (scale_log2 * torch.tensor(LN2, dtype=torch.float32)))
+    torch.manual_seed(rank)
+    qf = (torch.randn(1, 128, 1, rank) * 3).to(torch.bfloat16)
+    tile = torch.nn.functional.pad(qf[0, :, 0], (0, width - rank)).view(torch.int16).contiguous()
+
+    @cute.jit
+    def probe(raw: cute.Tensor, inv: Float32):
+        t = cute.make_tensor(cute.recast_ptr(raw.iterator, dtype=cutlass.BFloat16), raw.layout)
+        for thread in cutlass.range(256, unroll=1):
+            kernel.split_factor_row(t, Int32(thread % 128), Int32(thread // 128), inv)
+
+    cute.compile(probe, from_dlpack(tile), Float32(inv_scale))(from_dlpack(tile), Float32(inv_scale))
+    expected = _split_query_factors(qf, width, scale)[0, :, 0]
+    assert torch.equal(tile.view(torch.bfloat16), expected)
+
+
 def test_second_compile_hits_memory(cache_dir):
     cfg = fwd.choose_config(torch.bfloat16, 64, 64, False, False)
     first = fwd.compile_fwd(cfg)

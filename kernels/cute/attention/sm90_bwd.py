@@ -1186,8 +1186,11 @@ class AttentionBwdSm90(AttentionBwdBase):
         num_cols = cute.size(c_mn, mode=[1])
         key_start = n_block * tn
 
-        # dkf_summed_in_smem: this thread's slot of the query head's dKf
-        dkf_slot = sdKf[tidx, None] if const_expr(self.dkf_summed_in_smem) else None
+        # dkf_summed_in_smem: this thread's slot of the query head's dKf, its accumulator elements in their order
+        dkf_slot = None
+        if const_expr(self.dkf_summed_in_smem):
+            dkf_slot = sdKf[tidx, None]
+            assert cute.size(acc_shape_dKf) == cute.size(dkf_slot), "a slot holds one thread's dKf accumulator"
 
         kv_state = consumer_state(1)
         pipeline_kv.consumer_wait(kv_state)

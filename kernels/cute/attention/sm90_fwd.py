@@ -856,8 +856,15 @@ class AttentionFwdSm90(AttentionFwdBase):
         x to 2^-24 relative in bf16 (two pieces left 2^-18: too coarse for the float32 lse). Two threads a row, in
         place: a thread reads only the columns below p it also writes, the others' writes land at p and above,
         which hold zeros. Then the generic-proxy writes are made visible to wgmma, and the warpgroup synced."""
-        inv_scale = Float32(1.0) / (softmax_scale_log2 * LN2)
-        lane = tidx % WARPGROUP_THREADS
+        self.split_factor_row(sQf, tidx % WARPGROUP_THREADS, wg_idx, Float32(1.0) / (softmax_scale_log2 * LN2))
+        cute.arch.fence_view_async_shared()
+        barrier_sync(NamedBarrierFwd.BiasSliceWG1 + wg_idx, WARPGROUP_THREADS)
+
+    @cute.jit
+    def split_factor_row(self, sQf: cute.Tensor, lane: Int32, wg_idx: Int32, inv_scale: Float32) -> None:
+        """``split_query_factors``' work for one thread (``lane`` of warpgroup ``wg_idx``): half the factor columns
+        of row wg_idx * 64 + lane // 2 (the even or the odd ones), each into its three pieces. Plain tensor
+        arithmetic, so a host probe can replay every thread (tests/test_cute_bias_slice.py)."""
         row = wg_idx * 64 + lane // 2
         p = self.bias_rank // 3
         for i in cutlass.range_constexpr((p + 1) // 2):
@@ -870,8 +877,6 @@ class AttentionFwdSm90(AttentionFwdBase):
                 sQf[row, col] = hi
                 sQf[row, p + col] = mid
                 sQf[row, 2 * p + col] = (rest - mid.to(Float32)).to(self.dtype)
-        cute.arch.fence_view_async_shared()
-        barrier_sync(NamedBarrierFwd.BiasSliceWG1 + wg_idx, WARPGROUP_THREADS)
 
     @cute.jit
     def score_epilogue(
