@@ -13,7 +13,9 @@ warp) and ``cute-fwd-split`` (the forward's interior key blocks in a loop withou
 whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``,
 ``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark.
 ``cute-fwd-bias-slice`` runs the launcher's bias as a K-slice of S (bf16 factors of rank <= 10), which the other
-forward groups leave off; its failure turns it off (``ATTNKIT_SM90_FWD_BIAS_SLICE=0``). ``cute-tvm-ffi``
+forward groups leave off; its failure turns it off (``ATTNKIT_SM90_FWD_BIAS_SLICE=0``). Likewise
+``cute-bwd-bias-stmatrix``: the backward's dS^T by stmatrix in the bias configs above d = 64 that have it
+(``ATTNKIT_SM90_BWD_BIAS_STMATRIX=0``). ``cute-tvm-ffi``
 runs forward and backward cases through the opt-in TVM-FFI host path (``ATTNKIT_CUTE_TVM_FFI=1``), whose kernels
 the precompile does not build (they compile in the group's own process). Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
@@ -384,6 +386,20 @@ GROUPS = {
             1, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
         ),
     },
+    # dS^T by stmatrix in the bias configs the SASS audit gave it (d = 96, and d = 128 with a mask and tensor-core
+    # factor gradients or in the deterministic mode; AttentionBwdSm90.ds_stmatrix): a group of its own, whose failure
+    # gives them the 4-byte stores again (ATTNKIT_SM90_BWD_BIAS_STMATRIX=0); the other backward groups run without it
+    "cute-bwd-bias-stmatrix": {
+        "d128 bf16 bias r8 causal (wgmma)": cute_bwd_case(2, 500, 700, 4, 4, 128, -1, 0, -8),
+        "d128 fp16 bias r8 causal (wgmma)": cute_bwd_case(2, 500, 700, 4, 4, 128, -1, 0, -8, dtype=torch.float16),
+        "d96 bf16 bias r16 causal (wgmma)": cute_bwd_case(1, 300, 500, 4, 2, 96, -1, 0, -16),
+        "d128 bf16 bias r8 causal deterministic (wgmma)": cute_bwd_case(
+            2, 500, 700, 4, 4, 128, -1, 0, -8, dq_mode="deterministic"
+        ),
+        "d128 float32 bias r8 causal deterministic": cute_bwd_case(
+            2, 500, 700, 4, 4, 128, -1, 0, 8, dq_mode="deterministic"
+        ),
+    },
     # the host path through TVM-FFI (ATTNKIT_CUTE_TVM_FFI=1, opt-in): kernels compiled for it, called with the torch
     # tensors; forward and backward cases of the groups above, with and without a bias and operands that are None
     "cute-tvm-ffi": {
@@ -409,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("group", choices=sorted(GROUPS))
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
-    from attnkit.cute.attention_bwd import DQ_TMA_REDUCE_ENV, REDUCE_WARP_ENV, ROWS_80_ENV, TC_FACTOR_GRADS_ENV
+    from attnkit.cute.attention_bwd import (
+        BIAS_STMATRIX_ENV,
+        DQ_TMA_REDUCE_ENV,
+        REDUCE_WARP_ENV,
+        ROWS_80_ENV,
+        TC_FACTOR_GRADS_ENV,
+    )
     from attnkit.cute.attention_fwd import (
         BIAS_SLICE_ENV,
         DYNAMIC_ENV,
@@ -430,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     env |= {"cute-bwd-80": [(DQ_TMA_REDUCE_ENV, None), (ROWS_80_ENV, None)]}
     env |= {"cute-bwd-reduce-warp": [(DQ_TMA_REDUCE_ENV, None), (REDUCE_WARP_ENV, None)]}
     env |= {"cute-tvm-ffi": [(TVM_FFI_ENV, "1")]}
+    env |= {"cute-bwd-bias-stmatrix": [(DQ_TMA_REDUCE_ENV, "0"), (BIAS_STMATRIX_ENV, None)]}
+    for group in ("cute-bwd", "cute-bwd-reduce", "cute-bwd-bias-tc", "cute-bwd-80", "cute-bwd-reduce-warp"):
+        env[group] = env.get(group, []) + [(BIAS_STMATRIX_ENV, "0")]
+    env["cute-bwd-wide"] = env.get("cute-bwd-wide", []) + [(BIAS_STMATRIX_ENV, "0")]
+    env["cute-tvm-ffi"] = env["cute-tvm-ffi"] + [(BIAS_STMATRIX_ENV, "0")]
     for name, value in env.get(args.group, []):
         if value is None:
             os.environ.pop(name, None)

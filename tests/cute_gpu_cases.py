@@ -347,6 +347,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for m in default_modes:
             cfg = bwd.config_for(torch.bfloat16, b, sk, h, hkv, d, dv, -1, wr, sm_count=sm_count, **DQ_FLAGS[m])[0]
             found.append(cfg)
+    # and each backward config's twin without the bias stmatrix, which every backward smoke group but its own runs
+    # (and, once that group fails, ATTNKIT_SM90_BWD_BIAS_STMATRIX=0 the tests)
+    found += [bwd.without_bias_stmatrix(c) for c in found if isinstance(c, bwd.BwdConfig)]
     unique = []
     for cfg in found:
         if cfg.arch == arch and cfg not in unique:

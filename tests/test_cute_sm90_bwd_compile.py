@@ -196,6 +196,23 @@ def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias
     assert ("HGMMA.64x16x16" in sass) == cfg.make_kernel().tc_factor_grads == (rank == 16 and bias_mma)
 
 
+def test_ds_stmatrix_with_a_bias_where_the_audit_found_room():
+    """dS^T by stmatrix: without a bias, at d <= 64, and up to d = 128 except d = dv = 128 outside the deterministic
+    mode without the masked tensor-core factor gradients (the configs that spilled with it)."""
+
+    def stm(d, dv, window, **kw):
+        return bwd.choose_config(torch.bfloat16, d, dv, window[0] >= 0, window[1] >= 0, **kw).make_kernel().ds_stmatrix
+
+    tc = dict(bias_rank=8, bias_mma=True)
+    for window in ((-1, -1), (-1, 0), (64, 16)):
+        assert stm(128, 128, window) and stm(64, 64, window, bias_rank=8)
+        assert stm(96, 96, window, **tc) and stm(128, 96, window, bias_rank=4) and stm(64, 128, window, **tc)
+        assert stm(128, 128, window, deterministic=True, bias_rank=4)
+        assert stm(128, 128, window, **tc) == (window != (-1, -1))
+        assert not stm(128, 128, window, bias_rank=4) and not stm(128, 128, window, bias_rank=64, bias_mma=True)
+        assert not stm(192, 192, window, **tc)
+
+
 def test_key_factor_gradient_summed_in_smem_where_registers_allow():
     """dkf_summed_in_smem: every tensor-core factor-gradient config up to d = 96, and at d = 128 those without a mask
     or the deterministic mode (the others spilled with it)."""

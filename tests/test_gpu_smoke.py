@@ -50,6 +50,7 @@ CUTE_GROUPS = [
     "cute-bwd-reduce",
     "cute-bwd-wide",
     "cute-bwd-bias-tc",
+    "cute-bwd-bias-stmatrix",
     "cute-bwd-80",
     "cute-bwd-reduce-warp",
 ]
@@ -89,8 +90,10 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
         monkeypatch.setenv(attention_fwd.WIDE_TILE_ENV, "0")
     if group in ("cute-fwd", "cute-fwd-split"):
         monkeypatch.setenv(attention_fwd.BIAS_SLICE_ENV, "0")
-    if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc"):
+    if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc", "cute-bwd-bias-stmatrix"):
         monkeypatch.setenv(attention_bwd.DQ_TMA_REDUCE_ENV, "0")
+    if group.startswith("cute-bwd") and group != "cute-bwd-bias-stmatrix":
+        monkeypatch.setenv(attention_bwd.BIAS_STMATRIX_ENV, "0")
     for name, run in gpu_smoke.GROUPS[group].items():
         cfg = run.config()
         assert cfg in built, f"{group}: {name}: {cfg}"
@@ -117,6 +120,13 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             twin = run.config()
             monkeypatch.delenv(attention_fwd.BIAS_SLICE_ENV)
             assert not twin.bias_slice and twin in built, f"{group}: {name}: {twin}"
+        if group == "cute-bwd-bias-stmatrix":
+            # stmatrix with a bias above d = 64, and the config it falls back to (ATTNKIT_SM90_BWD_BIAS_STMATRIX=0)
+            assert cfg.bias_rank and max(cfg.head_dim, cfg.head_dim_v) > 64 and cfg.make_kernel().ds_stmatrix, name
+            twin = attention_bwd.without_bias_stmatrix(cfg)
+            assert not twin.make_kernel().ds_stmatrix and twin in built, f"{group}: {name}: {twin}"
+        elif mod is attention_bwd and cfg.bias_rank and max(cfg.head_dim, cfg.head_dim_v) > 64:
+            assert not cfg.make_kernel().ds_stmatrix, name
         if group == "cute-bwd-bias-tc":
             assert cfg.make_kernel().tc_factor_grads, name
             # and its float32 twin, which the group's failure leaves the rest of the run on

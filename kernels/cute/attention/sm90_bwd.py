@@ -323,6 +323,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         tc_factor_grads: bool = True,
         dq_reduce_warp: bool = False,
         dq_under_dk: bool = True,
+        bias_stmatrix: bool = True,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
@@ -371,6 +372,8 @@ class AttentionBwdSm90(AttentionBwdBase):
             raise ValueError("dq_reduce_warp issues the dQ bulk reduce-add: it needs dq_tma_reduce")
         self.dq_reduce_warp = dq_reduce_warp
         self.allow_dq_under_dk = dq_under_dk
+        # False: dS^T by 4-byte stores in every bias config above d = 64 (``ds_stmatrix``)
+        self.allow_bias_stmatrix = bias_stmatrix
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
         self.deterministic = deterministic
@@ -460,9 +463,22 @@ class AttentionBwdSm90(AttentionBwdBase):
     @property
     def ds_stmatrix(self) -> bool:
         """dS^T / P^T reach smem by stmatrix (``make_ds_store``): 13% fewer instructions per query block at d = 128.
-        Its loop-invariant row addresses cost registers that the factor-bias kernels above d = 64 do not have (they
-        spilled); those keep the 4-byte stores at the accumulator's own addresses."""
-        return not (self.has_bias and max(self.head_dim, self.head_dim_v) > 64)
+        Its loop-invariant row addresses cost registers that some bias kernels above d = 64 do not have; those keep
+        the 4-byte stores at the accumulator's own addresses. Where, by a SASS audit of the 516 bf16 bias configs
+        at d = 96 and 128 with stmatrix forced on (2026-11-28): d = dv = 128 outside the deterministic mode, except
+        the tensor-core factor gradients with a mask (float32 factors, rank-64 16-bit ones, and the unmasked
+        tensor-core ones spilled, up to 13 LDL, one in the main loop); above 128 (not audited). The others compiled
+        as clean as with the 4-byte stores, and 5 to 11% shorter in the main loop (d = 96 in the deterministic
+        mode 7 accesses fewer); so did the 482 fp16 configs the rule gives it. ``bias_stmatrix=False`` (the
+        fallback of ATTNKIT_SM90_BWD_BIAS_STMATRIX=0): every bias config above d = 64 keeps the 4-byte stores."""
+        widest = max(self.head_dim, self.head_dim_v)
+        if not self.has_bias or widest <= 64:
+            return True
+        if widest > 128 or not self.allow_bias_stmatrix:
+            return False
+        masked = self.has_window_left or self.has_window_right
+        both_128 = self.head_dim == self.head_dim_v == 128
+        return not both_128 or self.deterministic or (self.tc_factor_grads and masked)
 
     @property
     def fma_bias(self) -> bool:

@@ -102,6 +102,10 @@ class BwdConfig:
     # d = 96: AttentionBwdSm90.dq_under_dk); False: after it, as in the first H100 run. Set in choose_config, False
     # where it decides nothing (one config, not two alike)
     dq_under_dk: bool = True
+    # dS^T to smem by stmatrix with a bias where the SASS audit found room for it (AttentionBwdSm90.ds_stmatrix);
+    # False: the 4-byte stores of every bias config above d = 64, the fallback of ATTNKIT_SM90_BWD_BIAS_STMATRIX=0.
+    # True wherever it decides nothing
+    bias_stmatrix: bool = True
     arch: str = "sm_90a"
 
     @property
@@ -134,6 +138,7 @@ class BwdConfig:
             tc_factor_grads=self.tc_factor_grads,
             dq_reduce_warp=self.dq_reduce_warp,
             dq_under_dk=self.dq_under_dk,
+            bias_stmatrix=self.bias_stmatrix,
         )
 
 
@@ -205,6 +210,15 @@ def tc_factor_grads_enabled() -> bool:
     return os.environ.get(TC_FACTOR_GRADS_ENV, "1") != "0"
 
 
+# "0": dS^T by 4-byte stores in every bias config above d = 64, as before the stmatrix audit (gpu_check's fallback
+# when its cute-bwd-bias-stmatrix smoke group fails)
+BIAS_STMATRIX_ENV = "ATTNKIT_SM90_BWD_BIAS_STMATRIX"
+
+
+def bias_stmatrix_enabled() -> bool:
+    return os.environ.get(BIAS_STMATRIX_ENV, "1") != "0"
+
+
 def reduce_add_enabled() -> bool:
     """False under ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``: the default dQ mode is the atomics, and the benchmark
     variants and GPU tests leave the reduce-add out."""
@@ -239,7 +253,7 @@ def choose_config(
         tc_factor_grads = tc_factor_grads_enabled()
     cfg = _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch, dq_tma_reduce, deterministic,
-        split_heads, bias_mma, tile_m, tc_factor_grads,
+        split_heads, bias_mma, tile_m, tc_factor_grads, bias_stmatrix_enabled(),
     )  # fmt: skip
     if dq_reduce_warp:
         if not cfg.dq_tma_reduce:
@@ -248,6 +262,13 @@ def choose_config(
     if not dq_under_dk:
         cfg = dataclasses.replace(cfg, dq_under_dk=False)
     return cfg
+
+
+def without_bias_stmatrix(cfg: BwdConfig) -> BwdConfig:
+    """``cfg`` with dS^T by 4-byte stores where the audit gave a bias config stmatrix (``BwdConfig.bias_stmatrix``);
+    ``cfg`` itself where that decides nothing."""
+    twin = dataclasses.replace(cfg, bias_stmatrix=False)
+    return twin if cfg.make_kernel().ds_stmatrix != twin.make_kernel().ds_stmatrix else cfg
 
 
 def _atomics_measured_faster(
@@ -275,6 +296,7 @@ def _choose_config(
     bias_mma: bool,
     tile_m: int | None,
     tc_factor_grads: bool,
+    bias_stmatrix: bool = True,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
     warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic, where the H100
@@ -338,6 +360,8 @@ def _choose_config(
     if not tc_factor_grads and cfg.make_kernel().tc_factor_grads:
         # False only where it decides something (one config, not two alike)
         cfg = dataclasses.replace(cfg, tc_factor_grads=False)
+    if not bias_stmatrix:
+        cfg = without_bias_stmatrix(cfg)  # False only where it decides something
     if cfg.make_kernel().tc_factor_grads and cfg.dq_tma_reduce and max(head_dim, head_dim_v) > 64:
         # the tensor-core factor gradients beside the reduce-add's staging spill a few registers with two Q / dO
         # stages at d = 128 (compile test); with one they do not (and the default takes the atomics instead)
