@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 
 import attnkit
@@ -128,21 +127,15 @@ def lowrank_methods() -> dict[str, tuple[bool, Setup]]:
 def without_bias_slice(setup: Setup) -> Setup:
     """The same method with the CuTe forward's bias slice off (ATTNKIT_SM90_FWD_BIAS_SLICE=0 around each call): the
     bias wgmma waited for alone and multiplied before S, the default until the slice."""
-    env = "ATTNKIT_SM90_FWD_BIAS_SLICE"  # attnkit.cute.attention_fwd.BIAS_SLICE_ENV, read by every call
 
     def wrapped(c: Case):
+        from attnkit.cute.attention_fwd import bias_slices_off
+
         fwd, inputs = setup(c)
 
         def call():
-            old = os.environ.get(env)
-            os.environ[env] = "0"
-            try:
+            with bias_slices_off():
                 return fwd()
-            finally:
-                if old is None:
-                    os.environ.pop(env)
-                else:
-                    os.environ[env] = old
 
         return call, inputs
 

@@ -4,8 +4,6 @@ tests spend the device's minutes running kernels, not compiling them one after a
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 # (b, sq, sk, h, hkv, d, window_left, window_right, rank); rank < 0: factors in the input dtype
@@ -270,15 +268,8 @@ def without_bias_slice(make):
     of the bias slice fails, and in the other forward smoke groups)."""
     from attnkit.cute import attention_fwd as fwd
 
-    old = os.environ.get(fwd.BIAS_SLICE_ENV)
-    os.environ[fwd.BIAS_SLICE_ENV] = "0"
-    try:
+    with fwd.bias_slices_off():
         return make()
-    finally:
-        if old is None:
-            os.environ.pop(fwd.BIAS_SLICE_ENV)
-        else:
-            os.environ[fwd.BIAS_SLICE_ENV] = old
 
 
 def with_twin(make) -> list:

@@ -11,6 +11,7 @@ returns ``(out, lse)`` with ``out`` (B, Sq, H, Dv) in q.dtype and ``lse`` (B, H,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -152,6 +153,21 @@ BIAS_SLICE_MAX_RANK = 10
 
 def bias_slices_enabled() -> bool:
     return os.environ.get(BIAS_SLICE_ENV, "1") != "0"
+
+
+@contextlib.contextmanager
+def bias_slices_off():
+    """``ATTNKIT_SM90_FWD_BIAS_SLICE=0`` inside the block (every call reads it): the configs and kernels without the
+    bias slice, as under gpu_check's fallback (the GPU tests' twins, the bias benchmark's row of the old path)."""
+    old = os.environ.get(BIAS_SLICE_ENV)
+    os.environ[BIAS_SLICE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(BIAS_SLICE_ENV, None)
+        else:
+            os.environ[BIAS_SLICE_ENV] = old
 
 
 def _slices_bias(dtype: torch.dtype, bias_rank: int, bias_mma: bool) -> bool:
