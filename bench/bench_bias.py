@@ -19,6 +19,7 @@ Peak extra memory: torch.cuda.max_memory_allocated over one forward+backward, in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -125,21 +126,23 @@ def lowrank_methods() -> dict[str, tuple[bool, Setup]]:
 
 
 def without_bias_slice(setup: Setup) -> Setup:
-    """The same method with the CuTe forward's bias slice off (ATTNKIT_SM90_FWD_BIAS_SLICE=0 around each call): the
-    bias wgmma waited for alone and multiplied before S, the default until the slice."""
+    """The same method with the CuTe kernels' bias slices off (ATTNKIT_SM90_FWD_BIAS_SLICE=0 and
+    ATTNKIT_SM90_BWD_BIAS_SLICE=0 while ``bench_method`` times it, backward included): the bias wgmma waited for
+    alone and multiplied before S and S^T, the default until the slices."""
 
     def wrapped(c: Case):
-        from attnkit.cute.attention_fwd import bias_slices_off
+        return setup(c)
 
-        fwd, inputs = setup(c)
-
-        def call():
-            with bias_slices_off():
-                return fwd()
-
-        return call, inputs
-
+    wrapped.switched_off = slices_off
     return wrapped
+
+
+@contextlib.contextmanager
+def slices_off():
+    from attnkit.cute import attention_bwd, attention_fwd
+
+    with attention_fwd.bias_slices_off(), attention_bwd.bias_slices_off():
+        yield
 
 
 def sdpa_cudnn(c: Case, causal: bool) -> Callable[[], torch.Tensor]:
@@ -228,10 +231,12 @@ def bench_case(
 
 
 def bench_method(c: Case, setup: Setup, prefix: str, budget: common.Budget, backward: bool = True):
-    """(forward, forward+backward, peak extra MiB) for one method on one case; ``backward=False``: forward only."""
-    fwd_result, both_result = time_method(c, setup, prefix, budget, backward)
-    common.release()  # the timing's tensors are gone before the memory is measured
-    return fwd_result, both_result, peak_memory(c, setup) if both_result.ok else ""
+    """(forward, forward+backward, peak extra MiB) for one method on one case; ``backward=False``: forward only. A
+    setup's ``switched_off`` (``without_bias_slice``) is entered around all of it."""
+    with getattr(setup, "switched_off", contextlib.nullcontext)():
+        fwd_result, both_result = time_method(c, setup, prefix, budget, backward)
+        common.release()  # the timing's tensors are gone before the memory is measured
+        return fwd_result, both_result, peak_memory(c, setup) if both_result.ok else ""
 
 
 def time_method(c: Case, setup: Setup, prefix: str, budget: common.Budget, backward: bool = True):

@@ -15,7 +15,8 @@ whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM
 ``cute-fwd-bias-slice`` runs the launcher's bias as a K-slice of S (bf16 factors of rank <= 10), which the other
 forward groups leave off; its failure turns it off (``ATTNKIT_SM90_FWD_BIAS_SLICE=0``). Likewise
 ``cute-bwd-bias-stmatrix``: the backward's dS^T by stmatrix in the bias configs above d = 64 that have it
-(``ATTNKIT_SM90_BWD_BIAS_STMATRIX=0``). ``cute-tvm-ffi``
+(``ATTNKIT_SM90_BWD_BIAS_STMATRIX=0``), and ``cute-bwd-bias-slice``: the backward's S^T bias as a K-slice of its
+wgmma group (``ATTNKIT_SM90_BWD_BIAS_SLICE=0``). ``cute-tvm-ffi``
 runs forward and backward cases through the opt-in TVM-FFI host path (``ATTNKIT_CUTE_TVM_FFI=1``), whose kernels
 the precompile does not build (they compile in the group's own process). Each
 case prints ``start`` before it runs (the last one printed is the one that hung) and
@@ -400,6 +401,22 @@ GROUPS = {
             2, 500, 700, 4, 4, 128, -1, 0, 8, dq_mode="deterministic"
         ),
     },
+    # S^T's bias as a K-slice of its wgmma group (bf16 factors of rank <= 8, d <= 128; BwdConfig.bias_slice: the key
+    # factors split by a producer warp, dS^T by stmatrix at d = 128 with it): a group of its own, whose failure gives
+    # them the separate bias wgmma again (ATTNKIT_SM90_BWD_BIAS_SLICE=0); the other backward groups run without it
+    "cute-bwd-bias-slice": {
+        "d128 bf16 bias r8 gqa (slice)": cute_bwd_case(2, 700, 700, 4, 2, 128, -1, -1, -8),
+        "d128 bf16 bias r8 causal (slice)": cute_bwd_case(2, 500, 700, 4, 4, 128, -1, 0, -8),
+        "d128 bf16 bias r1 causal sq>sk (slice)": cute_bwd_case(1, 1000, 77, 2, 2, 128, -1, 0, -1),
+        "d64 bf16 bias r8 window (slice)": cute_bwd_case(1, 333, 1000, 4, 2, 64, 64, 16, -8),
+        "d128 bf16 bias r8 gqa, 4 heads per CTA (slice)": cute_bwd_case(2, 200, 4300, 8, 2, 128, -1, -1, -8),
+        "d128 bf16 bias r8 causal MQA, heads split over CTAs (slice)": cute_bwd_case(
+            1, 512, 512, 16, 1, 128, -1, 0, -8
+        ),
+        "d128 bf16 bias r5 causal deterministic (slice)": cute_bwd_case(
+            1, 500, 700, 4, 4, 128, -1, 0, -5, dq_mode="deterministic"
+        ),
+    },
     # the host path through TVM-FFI (ATTNKIT_CUTE_TVM_FFI=1, opt-in): kernels compiled for it, called with the torch
     # tensors; forward and backward cases of the groups above, with and without a bias and operands that are None
     "cute-tvm-ffi": {
@@ -425,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("group", choices=sorted(GROUPS))
     p.add_argument("--case", default="", help="only the cases whose name contains this")
     args = p.parse_args(argv)
+    from attnkit.cute.attention_bwd import BIAS_SLICE_ENV as BWD_BIAS_SLICE_ENV
     from attnkit.cute.attention_bwd import (
         BIAS_STMATRIX_ENV,
         DQ_TMA_REDUCE_ENV,
@@ -457,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         env[group] = env.get(group, []) + [(BIAS_STMATRIX_ENV, "0")]
     env["cute-bwd-wide"] = env.get("cute-bwd-wide", []) + [(BIAS_STMATRIX_ENV, "0")]
     env["cute-tvm-ffi"] = env["cute-tvm-ffi"] + [(BIAS_STMATRIX_ENV, "0")]
+    env["cute-bwd-bias-slice"] = [(BWD_BIAS_SLICE_ENV, None), (BIAS_STMATRIX_ENV, None)]
+    for group in GROUPS:
+        if group.startswith("cute-bwd") and group != "cute-bwd-bias-slice" or group == "cute-tvm-ffi":
+            env[group] = env.get(group, []) + [(BWD_BIAS_SLICE_ENV, "0")]
     for name, value in env.get(args.group, []):
         if value is None:
             os.environ.pop(name, None)

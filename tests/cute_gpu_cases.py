@@ -180,6 +180,23 @@ WIDE_BWD_CASES = [
     (2, 333, 500, 4, 2, 96, 256, -1, -1, 0, torch.bfloat16, "default"),
 ]
 
+# bf16 cases of S^T's bias as a K-slice of its own wgmma group (BwdConfig.bias_slice, the launcher's default for
+# factors in the input dtype of rank <= 8 at d <= 128), each also run with it off: ranks 1, 5 and 8, non-causal,
+# causal, windowed, GQA, empty query blocks, d = 64 and 96, 4 query heads per CTA (the split warp's head loop), the
+# group's query heads split over CTAs, the deterministic mode; (b, sq, sk, h, hkv, d, window_left, window_right, rank,
+# dQ mode), rank < 0 as above
+BWD_BIAS_SLICE_CASES = [
+    (2, 700, 700, 4, 2, 128, -1, -1, -8, "default"),
+    (2, 500, 700, 4, 4, 128, -1, 0, -8, "default"),
+    (1, 1000, 1200, 2, 2, 128, 300, 16, -5, "default"),
+    (1, 1000, 77, 2, 2, 128, -1, 0, -1, "default"),
+    (1, 300, 300, 2, 2, 96, -1, -1, -6, "default"),
+    (1, 333, 1000, 4, 2, 64, 64, 16, -8, "default"),
+    (2, 200, 4300, 8, 2, 128, -1, -1, -8, "default"),
+    (1, 512, 512, 16, 1, 128, -1, 0, -8, "default"),
+    (1, 500, 700, 4, 4, 128, -1, 0, -8, "deterministic"),
+]
+
 # the producer warp's dQ reduce-add (a benchmark variant): (b, sq, sk, h, hkv, d, window_left, window_right), bf16
 REDUCE_WARP_CASES = [
     (2, 1000, 1000, 4, 4, 128, -1, -1),
@@ -272,6 +289,15 @@ def without_bias_slice(make):
         return make()
 
 
+def without_bwd_bias_slice(make):
+    """The backward config ``make()`` returns under gpu_check's ATTNKIT_SM90_BWD_BIAS_SLICE=0 (set when the smoke
+    group of the backward's bias slice fails, and in the other backward smoke groups)."""
+    from attnkit.cute import attention_bwd as bwd
+
+    with bwd.bias_slices_off():
+        return make()
+
+
 def with_twin(make) -> list:
     """``make()``'s forward config and, where it takes the bias slice, the one it takes without."""
     cfg = make()
@@ -318,6 +344,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
             for tc in (True, False):
                 args = (dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count)
                 found.append(bwd.config_for(*args, **flags, tc_factor_grads=tc)[0])
+    for b, _sq, sk, h, hkv, d, wl, wr, rank, mode in BWD_BIAS_SLICE_CASES:
+        args = (torch.bfloat16, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0, sm_count)
+        found.append(bwd.config_for(*args, **DQ_FLAGS[mode])[0])
     # the launcher's default dQ mode, and under gpu_check's ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0 (and in the smoke groups
     # that pin it) the atomics
     default_modes = ("default", "atomics")
@@ -338,6 +367,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for m in default_modes:
             cfg = bwd.config_for(torch.bfloat16, b, sk, h, hkv, d, dv, -1, wr, sm_count=sm_count, **DQ_FLAGS[m])[0]
             found.append(cfg)
+    # where one takes the backward's bias slice, its twin without, which every backward smoke group but the slice's
+    # own runs (and, once that group fails, ATTNKIT_SM90_BWD_BIAS_SLICE=0 the tests)
+    found += [bwd.without_bias_slice(c) for c in found if isinstance(c, bwd.BwdConfig) and c.bias_slice]
     # and each backward config's twin without the bias stmatrix, which every backward smoke group but its own runs
     # (and, once that group fails, ATTNKIT_SM90_BWD_BIAS_STMATRIX=0 the tests)
     found += [bwd.without_bias_stmatrix(c) for c in found if isinstance(c, bwd.BwdConfig)]

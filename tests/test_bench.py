@@ -139,20 +139,28 @@ def test_a_backward_that_failed_its_smoke_test_leaves_the_forward_timed(monkeypa
 
 
 def test_bias_bench_times_the_rank_8_forward_without_the_bias_slice_too(monkeypatch):
-    """The CuTe rank-8 row and, in the same call, the separate bias wgmma the slice replaced: the launcher's switch
-    set around each call and restored after it."""
+    """The CuTe rank-8 row and, in the same call, the separate bias wgmmas the slices replaced: both launchers'
+    switches set around the method's timing, backward included, and restored after it."""
     import bench_bias
+    from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import attention_fwd as fwd
 
     monkeypatch.setattr(bench_bias, "OURS", ("triton", "cute"))
     names = list(bench_bias.lowrank_methods())
     assert names.index("attnkit cute rank 8, bias wgmma apart") == names.index("attnkit cute rank 8") + 1
-    monkeypatch.delenv(fwd.BIAS_SLICE_ENV, raising=False)
+    for env in (fwd.BIAS_SLICE_ENV, bwd.BIAS_SLICE_ENV):
+        monkeypatch.delenv(env, raising=False)
     seen = []
-    setup = bench_bias.without_bias_slice(lambda c: (lambda: seen.append(fwd.bias_slices_enabled()), ("x",)))
-    call, inputs = setup(None)
-    call()
-    assert seen == [False] and inputs == ("x",) and fwd.BIAS_SLICE_ENV not in os.environ
+    monkeypatch.setattr(
+        bench_bias, "time_method",
+        lambda *a, **k: seen.append((fwd.bias_slices_enabled(), bwd.bias_slices_enabled())) or (common.Result(),) * 2,
+    )  # fmt: skip
+    setup = bench_bias.without_bias_slice(lambda c: (None, ("x",)))
+    assert setup(None) == (None, ("x",))
+    bench_bias.bench_method(None, setup, "error", None)
+    bench_bias.bench_method(None, lambda c: None, "error", None)
+    assert seen == [(False, False), (True, True)]
+    assert fwd.BIAS_SLICE_ENV not in os.environ and bwd.BIAS_SLICE_ENV not in os.environ
 
 
 def test_dispatch_bench_times_cute_against_triton_per_class(monkeypatch, fake_gpu):

@@ -198,19 +198,86 @@ def test_every_bias_rank_compiles_without_spills(cache_dir, head_dim, rank, bias
 
 def test_ds_stmatrix_with_a_bias_where_the_audit_found_room():
     """dS^T by stmatrix: without a bias, at d <= 64, and up to d = 128 except d = dv = 128 outside the deterministic
-    mode without the masked tensor-core factor gradients (the configs that spilled with it)."""
+    mode without the masked tensor-core factor gradients or the bias slice (the configs that spilled with it)."""
 
     def stm(d, dv, window, **kw):
         return bwd.choose_config(torch.bfloat16, d, dv, window[0] >= 0, window[1] >= 0, **kw).make_kernel().ds_stmatrix
 
-    tc = dict(bias_rank=8, bias_mma=True)
+    tc = dict(bias_rank=16, bias_mma=True)
+    sliced = dict(bias_rank=8, bias_mma=True)
     for window in ((-1, -1), (-1, 0), (64, 16)):
         assert stm(128, 128, window) and stm(64, 64, window, bias_rank=8)
         assert stm(96, 96, window, **tc) and stm(128, 96, window, bias_rank=4) and stm(64, 128, window, **tc)
         assert stm(128, 128, window, deterministic=True, bias_rank=4)
         assert stm(128, 128, window, **tc) == (window != (-1, -1))
+        assert stm(128, 128, window, **sliced)
+        with bwd.bias_slices_off():
+            assert stm(128, 128, window, **sliced) == (window != (-1, -1))
         assert not stm(128, 128, window, bias_rank=4) and not stm(128, 128, window, bias_rank=64, bias_mma=True)
         assert not stm(192, 192, window, **tc)
+
+
+@pytest.mark.parametrize("head_dim, window", [(128, (-1, -1)), (128, (-1, 0)), (96, (-1, -1)), (64, (64, 16))])
+def test_bias_slice_joins_the_score_wgmma_group(cache_dir, head_dim, window):
+    """BwdConfig.bias_slice: S^T's group is K Q^T from zero, then the slice's two k16 steps, left in flight like the
+    no-bias S^T. Against the separate bias wgmma it replaces (waited for alone, then multiplied by 1 / scale), the
+    main loop has one wait fewer, the S^T accumulator's multiplies fewer, one HGMMA more (two slice steps for one),
+    no local memory and no serialized wgmma."""
+    wl, wr = window
+    sliced = bwd.choose_config(torch.bfloat16, head_dim, head_dim, wl >= 0, wr >= 0, bias_rank=8, bias_mma=True)
+    assert sliced.bias_slice
+    loops = []
+    for cfg in (sliced, bwd.without_bias_slice(sliced)):
+        bwd.compile_config(cfg)
+        sass = precompile.sass_of(bwd.cache().cubin(cfg))
+        counts = precompile.sass_summary(sass)
+        # (the separate wgmma's d = 96 kernel keeps its one spilled register at a head's start)
+        assert cfg is not sliced or counts["LDL"] == 0 and counts["STL"] == 0, (cfg, counts)
+        assert not counts["serialized"], cfg
+        loops.append(precompile.innermost_loop(sass, ("HGMMA", "MUFU.EX2")))
+
+    def count(loop, prefix):
+        return sum(precompile.opcode(t).startswith(prefix) for t in loop)
+
+    accumulator = sliced.tile_n * sliced.tile_m // (NUM_MMA_WARPGROUPS * WARPGROUP_THREADS)
+    assert count(loops[0], "HGMMA") == count(loops[1], "HGMMA") + 1
+    assert count(loops[0], "WARPGROUP.DEPBAR") == count(loops[1], "WARPGROUP.DEPBAR") - 1
+    assert count(loops[0], "FMUL") == count(loops[1], "FMUL") - accumulator
+    first = [t for t in loops[0] if "HGMMA" in t][0]
+    assert ", RZ, !UPT" in first and "gsb0" not in first, first  # from zero, not a group of its own
+
+
+def test_the_backward_split_of_each_key_row_replayed_on_the_host():
+    """AttentionBwdSm90.split_key_factor_row, the split warp's own code, run for all 2 x 128 items over host tiles
+    laid out like sKf (rank 8, zeros to 16) and sKs: every row ends as the three pieces at columns 0, 16 and 24 that
+    test_cute_bias_slice's PyTorch replay expects, in bf16, to the bit, and columns 8 to 15 (the split warp zeroes
+    them once) untouched."""
+    from cutlass.cute.runtime import from_dlpack
+    from test_cute_bias_slice import split_key_factors
+
+    cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=8, bias_mma=True)
+    kernel = cfg.make_kernel()
+    assert kernel.bias_slice and kernel.tile_n == 128
+    scale = 128**-0.5
+    inv_scale = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
+    torch.manual_seed(0)
+    kf = (torch.randn(128, 8) * 3).to(torch.bfloat16)
+    src = torch.nn.functional.pad(kf, (0, 8)).view(torch.int16).contiguous()
+    sentinel = 0x1234
+    dst = torch.full((128, 32), sentinel, dtype=torch.int16)
+
+    @cute.jit
+    def probe(raw_src: cute.Tensor, raw_dst: cute.Tensor, inv: Float32):
+        s = cute.make_tensor(cute.recast_ptr(raw_src.iterator, dtype=cutlass.BFloat16), raw_src.layout)
+        d = cute.make_tensor(cute.recast_ptr(raw_dst.iterator, dtype=cutlass.BFloat16), raw_dst.layout)
+        for item in cutlass.range(256, unroll=1):
+            kernel.split_key_factor_row(s, d, Int32(item), inv)
+
+    args = (from_dlpack(src), from_dlpack(dst), Float32(inv_scale))
+    cute.compile(probe, *args)(*args)
+    expected = split_key_factors(kf, scale).view(torch.int16).clone()
+    expected[:, 8:16] = sentinel
+    assert torch.equal(dst, expected)
 
 
 def test_key_factor_gradient_summed_in_smem_where_registers_allow():
@@ -537,6 +604,24 @@ def test_configs_are_distinct_cache_keys():
 @pytest.mark.parametrize("dtype, dq_mode", cute_gpu_cases.BWD_MODES)
 def test_numerics_against_float64(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode):
     cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, rank, dtype, dq_mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode", cute_gpu_cases.BWD_BIAS_SLICE_CASES)
+@pytest.mark.parametrize("bias_slice", [True, False])
+def test_numerics_of_the_bias_slice_and_without_it(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode, bias_slice):
+    """S^T's bias as a K-slice of its wgmma group (key factors split by the split warp, query factors at the pieces'
+    columns) and the separate bias wgmma it replaces, on the same inputs; under gpu_check's
+    ATTNKIT_SM90_BWD_BIAS_SLICE=0 only the latter."""
+    import contextlib
+
+    if bias_slice and not bwd.bias_slices_enabled():
+        pytest.skip(f"{bwd.BIAS_SLICE_ENV}=0: the backward's bias slice failed gpu_check's smoke test")
+    with contextlib.nullcontext() if bias_slice else bwd.bias_slices_off():
+        cfg = bwd.config_for(torch.bfloat16, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0)[0]
+        assert cfg.bias_slice == bias_slice
+        cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, rank, torch.bfloat16, dq_mode)
 
 
 @pytest.mark.gpu

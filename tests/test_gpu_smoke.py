@@ -51,6 +51,7 @@ CUTE_GROUPS = [
     "cute-bwd-wide",
     "cute-bwd-bias-tc",
     "cute-bwd-bias-stmatrix",
+    "cute-bwd-bias-slice",
     "cute-bwd-80",
     "cute-bwd-reduce-warp",
 ]
@@ -92,8 +93,10 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
         monkeypatch.setenv(attention_fwd.BIAS_SLICE_ENV, "0")
     if group in ("cute-bwd", "cute-bwd-wide", "cute-bwd-bias-tc", "cute-bwd-bias-stmatrix"):
         monkeypatch.setenv(attention_bwd.DQ_TMA_REDUCE_ENV, "0")
-    if group.startswith("cute-bwd") and group != "cute-bwd-bias-stmatrix":
+    if group.startswith("cute-bwd") and group not in ("cute-bwd-bias-stmatrix", "cute-bwd-bias-slice"):
         monkeypatch.setenv(attention_bwd.BIAS_STMATRIX_ENV, "0")
+    if group.startswith("cute-bwd") and group != "cute-bwd-bias-slice":
+        monkeypatch.setenv(attention_bwd.BIAS_SLICE_ENV, "0")
     for name, run in gpu_smoke.GROUPS[group].items():
         cfg = run.config()
         assert cfg in built, f"{group}: {name}: {cfg}"
@@ -120,7 +123,14 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             twin = run.config()
             monkeypatch.delenv(attention_fwd.BIAS_SLICE_ENV)
             assert not twin.bias_slice and twin in built, f"{group}: {name}: {twin}"
-        if group == "cute-bwd-bias-stmatrix":
+        if mod is attention_bwd:
+            assert cfg.bias_slice == (group == "cute-bwd-bias-slice"), name
+        if group == "cute-bwd-bias-slice":
+            # and the configs it falls back to: the separate bias wgmma (ATTNKIT_SM90_BWD_BIAS_SLICE=0), and that
+            # without the bias stmatrix too (ATTNKIT_SM90_BWD_BIAS_STMATRIX=0 as well)
+            twin = attention_bwd.without_bias_slice(cfg)
+            assert twin in built and attention_bwd.without_bias_stmatrix(twin) in built, f"{group}: {name}: {twin}"
+        elif group == "cute-bwd-bias-stmatrix":
             # stmatrix with a bias above d = 64, and the config it falls back to (ATTNKIT_SM90_BWD_BIAS_STMATRIX=0)
             assert cfg.bias_rank and max(cfg.head_dim, cfg.head_dim_v) > 64 and cfg.make_kernel().ds_stmatrix, name
             twin = attention_bwd.without_bias_stmatrix(cfg)

@@ -90,6 +90,8 @@ class BwdBarrier(enum.IntEnum):
     BiasGradsDone = max(NamedBarrierBwd) + 1  # fp32 dS and query factors read -> reusable
     DqTurn = max(NamedBarrierBwd) + 2  # deterministic dQ: this CTA's turn to add (or its adds are done)
     PdSEmpty = max(NamedBarrierBwd) + 3  # one P^T / dS^T buffer: both warpgroups' wgmmas done reading it
+    KfSplit = max(NamedBarrierBwd) + 4  # bias_slice: the query head's key factors split into sKs -> S^T
+    KsEmpty = max(NamedBarrierBwd) + 5  # bias_slice: the query head's last S^T done reading sKs -> the next split
 
 
 def _transpose_view(t: cute.Tensor) -> cute.Tensor:
@@ -114,6 +116,12 @@ def _smem_layout(dtype, rows: int, cols: int, stages: int | None, major_size: in
 
 # factor columns per tensor-core factor-gradient wgmma (AttentionBwdSm90.make_factor_mmas): one 32-byte swizzle atom
 FACTOR_CHUNK = 16
+# bias_slice: S^T's bias as two k16 steps of its own wgmma group, [K | Kf'] [Q | Qf']^T. Kf' holds three 16-bit pieces
+# of Kf / softmax_scale, each SLICE_MAX_RANK wide, at these columns (zeros in [8, 16)), Qf' the query factors at each
+# of them: Qf's own 16-column chunk (factors in [0, 8), zeros after) stays what the factor gradients read
+SLICE_WIDTH = 32
+SLICE_MAX_RANK = 8
+SLICE_PIECE_COLS = (0, 16, 24)
 
 
 class AttentionBwdBase:
@@ -324,6 +332,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         dq_reduce_warp: bool = False,
         dq_under_dk: bool = True,
         bias_stmatrix: bool = True,
+        bias_slice: bool = False,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
@@ -395,6 +404,15 @@ class AttentionBwdSm90(AttentionBwdBase):
         while r4 * self.dkf_split * self.tile_n // 2 < self.num_mma_threads:
             self.dkf_split *= 2
         self.dqf_split = ratio * self.dkf_split
+        # the wgmma bias as a K-slice of S^T's own group (``split_key_factors``): 16-bit factors of rank <= 8 whose
+        # gradients take the tensor cores, 128-row key blocks
+        wide_keys = self.tile_n == 64 * NUM_MMA_WARPGROUPS
+        if bias_slice and not (self.bias_mma and bias_rank == FACTOR_CHUNK and tc_factor_grads and wide_keys):
+            raise ValueError(
+                "bias_slice takes 16-bit factors padded to rank 16, their gradients on the tensor cores and "
+                f"tile_n = {64 * NUM_MMA_WARPGROUPS}"
+            )
+        self.bias_slice = bias_slice
 
     @property
     def dkv_split_d(self) -> bool:
@@ -405,6 +423,12 @@ class AttentionBwdSm90(AttentionBwdBase):
     @property
     def has_bias(self) -> bool:
         return self.bias_rank > 0
+
+    @property
+    def qf_width(self) -> int:
+        """Columns of the query factors' tile: the rank, or with ``bias_slice`` the slice's width (Qf at each piece's
+        columns, as the launcher lays them out: ``attention_bwd.sliced_query_factor``)."""
+        return SLICE_WIDTH if self.bias_slice else self.bias_rank
 
     @staticmethod
     def packs_dq(dq_tma_reduce: bool, bias_rank: int, bias_mma: bool, head_dim: int, head_dim_v: int) -> bool:
@@ -469,8 +493,10 @@ class AttentionBwdSm90(AttentionBwdBase):
         the tensor-core factor gradients with a mask (float32 factors, rank-64 16-bit ones, and the unmasked
         tensor-core ones spilled, up to 13 LDL, one in the main loop); above 128 (not audited). The others compiled
         as clean as with the 4-byte stores, and 5 to 11% shorter in the main loop (d = 96 in the deterministic
-        mode 7 accesses fewer); so did the 482 fp16 configs the rule gives it. ``bias_stmatrix=False`` (the
-        fallback of ATTNKIT_SM90_BWD_BIAS_STMATRIX=0): every bias config above d = 64 keeps the 4-byte stores."""
+        mode 7 accesses fewer); so did the 482 fp16 configs the rule gives it. With ``bias_slice`` (no bias wgmma
+        waited for and multiplied apart) d = dv = 128 takes it too: none of its configs spilled with it (77
+        instructions fewer per query block non-causal, 2026-11-28). ``bias_stmatrix=False`` (the fallback of
+        ATTNKIT_SM90_BWD_BIAS_STMATRIX=0): every bias config above d = 64 keeps the 4-byte stores."""
         widest = max(self.head_dim, self.head_dim_v)
         if not self.has_bias or widest <= 64:
             return True
@@ -478,7 +504,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             return False
         masked = self.has_window_left or self.has_window_right
         both_128 = self.head_dim == self.head_dim_v == 128
-        return not both_128 or self.deterministic or (self.tc_factor_grads and masked)
+        return not both_128 or self.deterministic or (self.tc_factor_grads and masked) or self.bias_slice
 
     @property
     def fma_bias(self) -> bool:
@@ -544,11 +570,12 @@ class AttentionBwdSm90(AttentionBwdBase):
             (ds if self.dkv_split_d else 0, 1024),  # sP
             (4 * self.stat_stride * stages, 128),  # sLSE2
             (4 * self.stat_stride * stages, 128),  # sDpsum
-            (bias_elem * stages * tm * rank if self.has_bias else 0, 1024),  # sQf
+            (bias_elem * stages * tm * max(self.qf_width, 4) if self.has_bias else 0, 1024),  # sQf
             (bias_elem * tn * rank if self.has_bias else 0, 1024),  # sKf
             (4 * (tn * (tm + 4) - 4) if self.fma_factor_grads else 0, 128),  # sdSf: (tn, tm) rows padded by 4
             (4 * tm * d if self.dq_tma_reduce else 0, 128),  # sdQ
             (4 * tn * FACTOR_CHUNK if self.dkf_summed_in_smem else 0, 128),  # sdKf: a slot per consumer thread
+            (elem * tn * SLICE_WIDTH if self.bias_slice else 0, 1024),  # sKs: the split key factors
         ]
         offset = 0
         for size, align in members:
@@ -614,7 +641,13 @@ class AttentionBwdSm90(AttentionBwdBase):
         q_bytes += 2 * 4 * tm
 
         rank = max(self.bias_rank, 4)
-        if const_expr(self.bias_mma):
+        sKs_layout = None
+        if const_expr(self.bias_slice):
+            # 32-byte swizzle atoms, a column of them per k16 step: Qf's first one is the factor gradients' chunk
+            sQf_layout = _smem_layout(self.dtype, tm, SLICE_WIDTH, self.num_stages, FACTOR_CHUNK)
+            sKf_layout = sm90.make_smem_layout(self.dtype, tn, rank)
+            sKs_layout = _smem_layout(self.dtype, tn, SLICE_WIDTH, None, FACTOR_CHUNK)
+        elif const_expr(self.bias_mma):
             # wgmma operands of S^T's bias slices, swizzled like Q and K
             # with tc_factor_grads (rank 16) one 32-byte swizzle atom wide: also the factor gradients' MN-major B
             sQf_layout = sm90.make_smem_layout(self.dtype, tm, rank, self.num_stages)
@@ -628,10 +661,10 @@ class AttentionBwdSm90(AttentionBwdBase):
         if const_expr(self.has_bias):
             mQf, mKf = [self.to_sdhb(t) for t in (mQf, mKf)]
             tma_atom_Qf, tma_Qf = cpasync.make_tiled_tma_atom(
-                load_op, mQf, cute.select(sQf_layout, mode=[0, 1]), (tm, self.bias_rank)
+                load_op, mQf, cute.select(sQf_layout, mode=[0, 1]), (tm, self.qf_width)
             )
             tma_atom_Kf, tma_Kf = cpasync.make_tiled_tma_atom(load_op, mKf, sKf_layout, (tn, self.bias_rank))
-            q_bytes += self.bias_dtype.width // 8 * tm * self.bias_rank
+            q_bytes += self.bias_dtype.width // 8 * tm * self.qf_width
         self.tx_bytes = (q_bytes, kv_bytes, self.bias_dtype.width // 8 * tn * self.bias_rank)
 
         # (b, h, s, d) -> (s, d, h, b)
@@ -643,6 +676,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         ds_f32_elems = cute.cosize(sdSf_layout) if const_expr(self.fma_factor_grads) else 0
         p_elems = cute.cosize(sdS_layout) if const_expr(self.dkv_split_d) else 0
         dkf_elems = self.tile_n * FACTOR_CHUNK if const_expr(self.dkf_summed_in_smem) else 0
+        ks_elems = cute.cosize(sKs_layout) if const_expr(self.bias_slice) else 0
 
         @cute.struct
         class SharedStorage:
@@ -662,6 +696,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             sdSf: cute.struct.Align[cute.struct.MemRange[Float32, ds_f32_elems], 128]
             sdQ: cute.struct.Align[cute.struct.MemRange[Float32, dq_elems], 128]
             sdKf: cute.struct.Align[cute.struct.MemRange[Float32, dkf_elems], 128]
+            sKs: cute.struct.Align[cute.struct.MemRange[self.dtype, ks_elems], 1024]
 
         self.shared_storage = SharedStorage
         if const_expr(self.has_bias):
@@ -677,7 +712,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf, tma_atom_LSE2, tma_atom_Dpsum,
             tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq,
             sQ_layout, sK_layout, sV_layout, sdO_layout, sdS_layout, sQf_layout, sKf_layout, sdSf_layout,
-            sStat_layout, sdQ_layout,
+            sStat_layout, sdQ_layout, sKs_layout,
             softmax_scale_log2, softmax_scale, window_left, window_right, heads_per_section, head_splits,
         ).launch(
             grid=(schedule.num_tiles(), 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
@@ -722,6 +757,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sdSf_layout: cute.Layout,
         sStat_layout: cute.Layout,
         sdQ_layout: cute.Layout,
+        sKs_layout: cute.ComposedLayout | None,
         softmax_scale_log2: Float32,
         softmax_scale: Float32,
         window_left: Int32,
@@ -776,6 +812,9 @@ class AttentionBwdSm90(AttentionBwdBase):
             # (consumer thread, its dKf accumulator elements)
             slot = self.tile_n * FACTOR_CHUNK // self.num_mma_threads
             sdKf = storage.sdKf.get_tensor(cute.make_layout((self.num_mma_threads, slot), stride=(slot, 1)))
+        sKs = None
+        if const_expr(self.bias_slice):
+            sKs = storage.sKs.get_tensor(sKs_layout.outer, swizzle=sKs_layout.inner)
 
         schedule = self.make_schedule(mK.shape[0], mK.shape[2] * head_splits, mK.shape[3], heads_per_section)
         n_block, split_head, batch = self.decode_tile(schedule, cute.arch.block_idx()[0])
@@ -793,6 +832,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                 # the producer warpgroup's second warp (WARP_ROLES.load names the whole producer warpgroup)
                 if warp_idx == WARP_ROLES.load[1]:
                     self.reduce_dq(mdQaccum, sdQ, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max)
+            if const_expr(self.bias_slice):
+                if warp_idx == WARP_ROLES.load[2]:
+                    self.split_key_factors(sKf, sKs, pipeline_kf, g_lo, g_hi, softmax_scale)
             if warp_idx == WARP_ROLES.load[0]:
                 self.load(
                     mQ, mK, mV, mdO, mQf, mKf, mLSE2, mDpsum, sQ, sK, sV, sdO, sQf, sKf, sLSE2, sDpsum,
@@ -806,7 +848,7 @@ class AttentionBwdSm90(AttentionBwdBase):
             self.mma(
                 tidx - WARPGROUP_THREADS,
                 mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
-                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, sdKf,
+                sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, sdKf, sKs,
                 tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
                 n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
@@ -1057,7 +1099,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 if const_expr(self.has_bias):
                     qf_batch = batch if mQf.shape[3] > 1 else 0
                     qf_head = head if mQf.shape[2] > 1 else 0
-                    gQf = cute.local_tile(mQf[None, None, qf_head, qf_batch], (tm, self.bias_rank), (None, 0))
+                    gQf = cute.local_tile(mQf[None, None, qf_head, qf_batch], (tm, self.qf_width), (None, 0))
                     tQfsQf, tQfgQf = cpasync.tma_partition(
                         tma_atom_Qf, 0, cute.make_layout(1), cute.group_modes(sQf, 0, 2), cute.group_modes(gQf, 0, 2)
                     )
@@ -1088,6 +1130,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         sDpsum: cute.Tensor,  # (tile_m, stages) float32
         sdQ: cute.Tensor | None,  # (tile_m * d,) float32, packed: the warpgroups' halves one after the other
         sdKf: cute.Tensor | None,  # (consumer threads, slot) float32: dkf_summed_in_smem
+        sKs: cute.Tensor | None,  # (tile_n, SLICE_WIDTH): bias_slice's split key factors
         tiled_mma_sdp: cute.TiledMma,
         tiled_mma_dv: cute.TiledMma,
         tiled_mma_dk: cute.TiledMma,
@@ -1172,7 +1215,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         tiled_mma_dkf, tiled_mma_dqf, thr_mma_dkf, thr_mma_dqf = None, None, None, None
         tdKfrdS, tdKfrQf, tdQfrdS, tdQfrKf, acc_shape_dKf, acc_shape_dQf = None, [], None, [], None, None
         if const_expr(self.bias_mma):
-            tSrKf = wg_mma_sdp.make_fragment_A(wg_mma_sdp.partition_A(sKf))
+            # bias_slice: A = the split Kf' (sKs), B = Qf' at its pieces' columns
+            tSrKf = wg_mma_sdp.make_fragment_A(wg_mma_sdp.partition_A(sKs if const_expr(self.bias_slice) else sKf))
             tSrQf = wg_mma_sdp.make_fragment_B(wg_mma_sdp.partition_B(sQf))
         if const_expr(self.tc_factor_grads):
             tiled_mma_dkf, tiled_mma_dqf = self.make_factor_mmas()
@@ -1217,6 +1261,9 @@ class AttentionBwdSm90(AttentionBwdBase):
             head = head_kv * qhead_per_kvhead + g
             if const_expr(self.has_bias):
                 pipeline_kf.consumer_wait(kf_state)
+            if const_expr(self.bias_slice):
+                # the split warp's pieces of this head's key factors are in sKs
+                barrier_sync(BwdBarrier.KfSplit, self.num_mma_threads + cute.arch.WARP_SIZE)
             if const_expr(self.dkf_summed_in_smem):
                 zeros = cute.make_rmem_tensor(cute.size(dkf_slot), Float32)
                 zeros.fill(0.0)
@@ -1227,10 +1274,15 @@ class AttentionBwdSm90(AttentionBwdBase):
                 row_start = m_block * tm
                 # 1. S^T = K Q^T and dP^T = V dO^T; dP^T runs under the exp2 (and bias FMAs) of step 2,
                 # except with ``late_dp``. The wgmma bias goes first, alone in flight, divided by the scale:
-                # S^T accumulates onto it
+                # S^T accumulates onto it; with ``bias_slice`` it is two more k16 steps of S^T's group
                 pipeline_q.consumer_wait(q_state)
                 acc_S = cute.make_rmem_tensor(acc_shape_S, Float32)
-                if const_expr(self.bias_mma):
+                if const_expr(self.bias_slice):
+                    sm90.gemm(
+                        tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], True, -1,
+                        then=(tSrKf, tSrQf[None, None, None, stage]),
+                    )  # fmt: skip
+                elif const_expr(self.bias_mma):
                     sm90.gemm(tiled_mma_sdp, acc_S, tSrKf, tSrQf[None, None, None, stage], True, 0)
                     acc_S.store(acc_S.load() * (Float32(1.0) / softmax_scale))
                     sm90.gemm(tiled_mma_sdp, acc_S, tSrK, tSrQ[None, None, None, stage], False, -1)
@@ -1400,6 +1452,9 @@ class AttentionBwdSm90(AttentionBwdBase):
                 pipeline_kf.consumer_release(kf_state)
                 kf_state.advance()
                 kf_state = kf_state
+            if const_expr(self.bias_slice):
+                # each warpgroup waited for its last S^T of the head (step 3): the split warp may write sKs
+                barrier_arrive(BwdBarrier.KsEmpty, self.num_mma_threads + cute.arch.WARP_SIZE)
         pipeline_kv.consumer_release(kv_state)
         if const_expr(self.dq_reduce_warp):
             # the reduce warp's last arrival: its last reduce-add has read the buffer (balances the barrier)
@@ -1680,6 +1735,61 @@ class AttentionBwdSm90(AttentionBwdBase):
                 if const_expr(self.has_window_left):
                     visible = visible and key >= row + offset - window_left
                 p_mn[r, c] = p_mn[r, c] if visible else Float32(0.0)
+
+    @cute.jit
+    def split_key_factors(
+        self, sKf: cute.Tensor, sKs: cute.Tensor, pipeline_kf, g_lo: Int32, g_hi: Int32, softmax_scale: Float32
+    ) -> None:
+        """bias_slice's split warp (the producer warpgroup's third), once per query head: sKs becomes the key
+        factors' three pieces of x = Kf / softmax_scale (float32) at SLICE_PIECE_COLS, zeros in [8, 16): hi = x
+        rounded to the input dtype, mid = (x - hi) rounded, lo = (x - hi - mid) rounded, whose sum is x to 2^-24
+        relative in bf16 (two pieces left 2^-18, too coarse for the float32 lse: tests/test_cute_bias_slice.py).
+        Against Qf at each piece's columns, S^T's two extra k16 steps add Kf Qf^T / scale, as the separate wgmma
+        divided by the scale did. A warp of its own, not the consumers: there the split's loop-invariant smem
+        addresses, hoisted out of the head loop, spilled registers (SASS, 2026-11-28).
+
+        Per head: wait for the key factors' TMA (the consumers release that stage), split, make the generic-proxy
+        writes visible to wgmma and arrive on KfSplit, on which the consumers wait before their first S^T; then wait
+        on KsEmpty, on which they arrive once their last S^T of the head is done."""
+        lane = cute.arch.lane_idx()
+        items = self.tile_n * 2 // cute.arch.WARP_SIZE  # half-rows per lane
+        zeros = cute.make_rmem_tensor(SLICE_MAX_RANK // 2, self.dtype)
+        zeros.fill(0.0)
+        for i in cutlass.range_constexpr(items):
+            item = lane + cute.arch.WARP_SIZE * i
+            cute.autovec_copy(zeros, cute.local_tile(sKs, (1, SLICE_MAX_RANK // 2), (item // 2, 2 + item % 2)))
+        inv_scale = Float32(1.0) / softmax_scale
+        kf_state = consumer_state(1)
+        for _g in cutlass.range(g_lo, g_hi, unroll=1):
+            pipeline_kf.consumer_wait(kf_state)
+            for i in cutlass.range(items, unroll=1):
+                self.split_key_factor_row(sKf, sKs, lane + cute.arch.WARP_SIZE * i, inv_scale)
+            cute.arch.fence_view_async_shared()
+            barrier_arrive(BwdBarrier.KfSplit, self.num_mma_threads + cute.arch.WARP_SIZE)
+            barrier_sync(BwdBarrier.KsEmpty, self.num_mma_threads + cute.arch.WARP_SIZE)
+            kf_state.advance()
+            kf_state = kf_state
+
+    @cute.jit
+    def split_key_factor_row(self, sKf: cute.Tensor, sKs: cute.Tensor, item: Int32, inv_scale: Float32) -> None:
+        """``split_key_factors``' work item ``item`` in [0, 2 tile_n): half the first 8 factor columns of key row
+        item // 2, each into its three pieces, by one 8-byte load and three 8-byte stores. Plain tensor arithmetic,
+        so that a host probe can replay every item."""
+        per_item = SLICE_MAX_RANK // 2
+        row, part = item // 2, item % 2
+        x = cute.make_rmem_tensor(per_item, self.dtype)
+        cute.autovec_copy(cute.local_tile(sKf, (1, per_item), (row, part)), x)
+        pieces = [cute.make_rmem_tensor(per_item, self.dtype) for _ in SLICE_PIECE_COLS]
+        for i in cutlass.range_constexpr(per_item):
+            v = x[i].to(Float32) * inv_scale
+            hi = v.to(self.dtype)
+            rest = v - hi.to(Float32)
+            mid = rest.to(self.dtype)
+            pieces[0][i] = hi
+            pieces[1][i] = mid
+            pieces[2][i] = (rest - mid.to(Float32)).to(self.dtype)
+        for col, piece in zip(SLICE_PIECE_COLS, pieces, strict=True):
+            cute.autovec_copy(piece, cute.local_tile(sKs, (1, per_item), (row, col // per_item + part)))
 
     @cute.jit
     def add_lowrank_bias(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..broadcast import sum_to
-from .attention_fwd import _sm_count, _window_arg
+from .attention_fwd import _sm_count, _window_arg, switched_off
 from .compile_cache import CompileCache
 from .schedule import section_heads
 from .tensors import fake_stream, launch_stream, launch_tensor, prepare_factor, tma_ready
@@ -106,6 +106,11 @@ class BwdConfig:
     # False: the 4-byte stores of every bias config above d = 64, the fallback of ATTNKIT_SM90_BWD_BIAS_STMATRIX=0.
     # True wherever it decides nothing
     bias_stmatrix: bool = True
+    # S^T's wgmma bias as two k16 steps of S^T's own group (AttentionBwdSm90.bias_slice): bf16 factors of rank <= 8
+    # with tensor-core factor gradients; the launcher lays the query factors out at the key factors' piece columns
+    # (sliced_query_factor). False: the bias wgmma waited for alone and divided by the scale, the fallback of
+    # ATTNKIT_SM90_BWD_BIAS_SLICE=0
+    bias_slice: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -139,6 +144,7 @@ class BwdConfig:
             dq_reduce_warp=self.dq_reduce_warp,
             dq_under_dk=self.dq_under_dk,
             bias_stmatrix=self.bias_stmatrix,
+            bias_slice=self.bias_slice,
         )
 
 
@@ -219,6 +225,42 @@ def bias_stmatrix_enabled() -> bool:
     return os.environ.get(BIAS_STMATRIX_ENV, "1") != "0"
 
 
+# "0": the wgmma bias of S^T waited for alone and divided by the scale before S^T, as before the slice
+# (BwdConfig.bias_slice off); gpu_check sets it when its cute-bwd-bias-slice smoke group fails
+BIAS_SLICE_ENV = "ATTNKIT_SM90_BWD_BIAS_SLICE"
+
+
+def bias_slices_enabled() -> bool:
+    return os.environ.get(BIAS_SLICE_ENV, "1") != "0"
+
+
+def bias_slices_off():
+    """``ATTNKIT_SM90_BWD_BIAS_SLICE=0`` inside the block: the configs without the backward's bias slice, as under
+    gpu_check's fallback (the GPU tests' twins, the bias benchmark's row of the old path)."""
+    return switched_off(BIAS_SLICE_ENV)
+
+
+def _slices_bias(dtype: torch.dtype, bias_rank: int, cfg: BwdConfig) -> bool:
+    """Whether the backward takes S^T's wgmma bias as a K-slice of S^T's own group (BwdConfig.bias_slice): bf16
+    factors (fp16 ones of 5.8e3 and more would overflow when divided by the scale of d = 128) of rank at most 8,
+    whose gradients take the tensor cores (up to d = 128). The separate bias wgmma is waited for alone, its result
+    multiplied by 1 / scale, before S^T is issued: per query block the tensor cores idle for its latency and 32
+    multiplies a thread, as they did in the forward, whose rank-8 bias took 1.24x the time without one on the H100
+    (2026-11-27 16:39 UTC). The slice adds two k16 steps to S^T's 8 at d = 128. Not where it spilled registers
+    outside the main loop and the separate wgmma did not (SASS audit of the 108 configs it reaches, 2026-11-28):
+    d = dv = 96 with a mask, d = 128 / dv = 96 causal."""
+    from attnkit.kernels.cute.attention.sm90_bwd import SLICE_MAX_RANK
+
+    masked = cfg.window_left or cfg.window_right
+    spilled = (
+        masked
+        and (cfg.head_dim, cfg.head_dim_v) == (96, 96)
+        or ((cfg.head_dim, cfg.head_dim_v) == (128, 96) and cfg.window_right and not cfg.window_left)
+    )
+    fits = 0 < bias_rank <= SLICE_MAX_RANK and cfg.tile_n == 128 and not spilled
+    return dtype == torch.bfloat16 and cfg.bias_mma and fits and cfg.make_kernel().tc_factor_grads
+
+
 def reduce_add_enabled() -> bool:
     """False under ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0``: the default dQ mode is the atomics, and the benchmark
     variants and GPU tests leave the reduce-add out."""
@@ -253,7 +295,7 @@ def choose_config(
         tc_factor_grads = tc_factor_grads_enabled()
     cfg = _choose_config(
         dtype, head_dim, head_dim_v, window_left, window_right, bias_rank, arch, dq_tma_reduce, deterministic,
-        split_heads, bias_mma, tile_m, tc_factor_grads, bias_stmatrix_enabled(),
+        split_heads, bias_mma, tile_m, tc_factor_grads, bias_stmatrix_enabled(), bias_slices_enabled(),
     )  # fmt: skip
     if dq_reduce_warp:
         if not cfg.dq_tma_reduce:
@@ -269,6 +311,11 @@ def without_bias_stmatrix(cfg: BwdConfig) -> BwdConfig:
     ``cfg`` itself where that decides nothing."""
     twin = dataclasses.replace(cfg, bias_stmatrix=False)
     return twin if cfg.make_kernel().ds_stmatrix != twin.make_kernel().ds_stmatrix else cfg
+
+
+def without_bias_slice(cfg: BwdConfig) -> BwdConfig:
+    """``cfg`` as ``choose_config`` gives it under ATTNKIT_SM90_BWD_BIAS_SLICE=0: the separate bias wgmma."""
+    return dataclasses.replace(cfg, bias_slice=False)
 
 
 def _atomics_measured_faster(
@@ -297,6 +344,7 @@ def _choose_config(
     tile_m: int | None,
     tc_factor_grads: bool,
     bias_stmatrix: bool = True,
+    bias_slices: bool = True,
 ) -> BwdConfig:
     """The main kernel's config. ``dq_tma_reduce=None``: dQ by TMA reduce-add (one bulk reduction per
     warpgroup and query block, as FA3 does, instead of per-element atomics) unless deterministic, where the H100
@@ -362,6 +410,8 @@ def _choose_config(
         cfg = dataclasses.replace(cfg, tc_factor_grads=False)
     if not bias_stmatrix:
         cfg = without_bias_stmatrix(cfg)  # False only where it decides something
+    if bias_slices and _slices_bias(dtype, bias_rank, cfg):
+        cfg = dataclasses.replace(cfg, bias_slice=True)
     if cfg.make_kernel().tc_factor_grads and cfg.dq_tma_reduce and max(head_dim, head_dim_v) > 64:
         # the tensor-core factor gradients beside the reduce-add's staging spill a few registers with two Q / dO
         # stages at d = 128 (compile test); with one they do not (and the default takes the atomics instead)
@@ -405,11 +455,15 @@ def shipped_configs(arch: str = "sm_90a") -> list:
     configs.append(choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=2, arch=arch))
     for head_dim in (64, 128):
         configs.append(choose_config(torch.bfloat16, head_dim, head_dim, False, True, bias_rank=8, arch=arch))
-        # learned factors in the input dtype (the tensor-core bias), causal and not (bench_bias' shape)
+        # learned factors in the input dtype (the tensor-core bias), causal and not: rank 8 (bench_bias' shape, S^T's
+        # bias slice) and 16 (the separate bias wgmma)
         for causal in (True, False):
-            configs.append(
-                choose_config(torch.bfloat16, head_dim, head_dim, False, causal, bias_rank=16, bias_mma=True, arch=arch)
-            )
+            for rank in (8, 16):
+                configs.append(
+                    choose_config(
+                        torch.bfloat16, head_dim, head_dim, False, causal, bias_rank=rank, bias_mma=True, arch=arch
+                    )
+                )
     # MQA / GQA on small grids: the group's query heads split over CTAs
     for causal in (False, True):
         configs.append(choose_config(torch.bfloat16, 128, 128, False, causal, arch=arch, split_heads=True))
@@ -596,6 +650,21 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def sliced_query_factor(q_factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """BwdConfig.bias_slice's query factors: Qf (in ``dtype``) at each column the kernel puts a piece of the key
+    factors at (sm90_bwd.SLICE_PIECE_COLS), zeros elsewhere, SLICE_WIDTH wide. The first 16 columns are the zero-padded
+    Qf the factor gradients read."""
+    from attnkit.kernels.cute.attention.sm90_bwd import SLICE_MAX_RANK, SLICE_PIECE_COLS, SLICE_WIDTH
+
+    rank = q_factor.shape[-1]
+    if rank > SLICE_MAX_RANK:
+        raise ValueError(f"bias_slice takes factors of rank <= {SLICE_MAX_RANK}, got q_factor of rank {rank}")
+    out = q_factor.new_zeros(*q_factor.shape[:-1], SLICE_WIDTH, dtype=dtype)
+    for col in SLICE_PIECE_COLS:
+        out[..., col : col + rank].copy_(q_factor)
+    return tma_ready(out)
+
+
 def attention_bwd(
     dout: torch.Tensor,  # (B, Sq, H, Dv)
     q: torch.Tensor,  # (B, Sq, H, D)
@@ -687,7 +756,10 @@ def attention_bwd(
     qf = kf = dqf_accum = dkf_accum = None
     if rank:
         factor_dtype = q.dtype if cfg.bias_mma else torch.float32
-        qf = launch_tensor(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
+        if cfg.bias_slice:
+            qf = launch_tensor(sliced_query_factor(q_factor, factor_dtype))
+        else:
+            qf = launch_tensor(prepare_factor(q_factor, cfg.bias_rank, factor_dtype))
         kf = launch_tensor(prepare_factor(k_factor, cfg.bias_rank, factor_dtype))
         dqf_buf = torch.zeros(batch, num_heads, sq_pad, cfg.bias_rank, dtype=torch.float32, device=dev)
         dkf_buf = torch.zeros(batch, num_heads, sk_pad, cfg.bias_rank, dtype=torch.float32, device=dev)

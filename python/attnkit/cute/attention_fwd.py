@@ -156,18 +156,23 @@ def bias_slices_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def bias_slices_off():
-    """``ATTNKIT_SM90_FWD_BIAS_SLICE=0`` inside the block (every call reads it): the configs and kernels without the
-    bias slice, as under gpu_check's fallback (the GPU tests' twins, the bias benchmark's row of the old path)."""
-    old = os.environ.get(BIAS_SLICE_ENV)
-    os.environ[BIAS_SLICE_ENV] = "0"
+def switched_off(name: str):
+    """``name=0`` inside the block, restored after it: a launcher switch that every call reads."""
+    old = os.environ.get(name)
+    os.environ[name] = "0"
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(BIAS_SLICE_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[BIAS_SLICE_ENV] = old
+            os.environ[name] = old
+
+
+def bias_slices_off():
+    """``ATTNKIT_SM90_FWD_BIAS_SLICE=0`` inside the block: the configs and kernels without the bias slice, as under
+    gpu_check's fallback (the GPU tests' twins, the bias benchmark's row of the old path)."""
+    return switched_off(BIAS_SLICE_ENV)
 
 
 def _slices_bias(dtype: torch.dtype, bias_rank: int, bias_mma: bool) -> bool:
