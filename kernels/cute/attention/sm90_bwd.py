@@ -36,8 +36,9 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
 CTA layout of the main kernel (3 warpgroups):
     WG0      producer: warp 0 issues the TMA loads of K, V (once), the key bias factors (once
              per query head) and Q, dO, lse2, D (+ query bias factors) per query block into a
-             ``num_stages`` pipeline; with ``dq_reduce_warp`` warp 1 issues dQ's reduce-adds; the
-             warpgroup gives registers back.
+             ``num_stages`` pipeline; with ``dq_reduce_warp`` warp 1 issues dQ's reduce-adds; with
+             ``bias_slice`` warp 2 splits each query head's key factors into the slice's pieces
+             (``split_key_factors``); the warpgroup gives registers back.
     WG1, WG2 consumers: 64 key rows each of the 128-row key block, 64 query rows per step (128 for bf16 at
              d <= 64 without a bias, as FA3 does: S^T / dP^T of 64 x 128 still fit in registers there;
              80 at d = 128 without a bias, FA4's non-causal tile, where dQ = dS K, whose 80 rows are no
