@@ -61,19 +61,25 @@ def test_key_factors_stand_at_three_columns():
     assert not out[..., 30:].any()
 
 
+def pieces_at(f: torch.Tensor, inv_scale: torch.Tensor, cols, width: int) -> torch.Tensor:
+    """The kernels' split_in_three replayed: the pieces of x = f * inv_scale in float32 (hi, mid, lo, ...: each the
+    rest rounded to nearest in f's dtype, cvt.rn), one at each of ``cols``, zeros elsewhere, ``width`` wide."""
+    rest = f.float() * inv_scale
+    out = f.new_zeros(*f.shape[:-1], width)
+    for col in cols:
+        piece = rest.to(f.dtype)
+        out[..., col : col + f.shape[-1]] = piece
+        rest = rest - piece.float()
+    return out
+
+
 def _split_query_factors(qf: torch.Tensor, width: int, softmax_scale: float, pieces: int = 3) -> torch.Tensor:
-    """What the kernel leaves in smem: [hi | mid | lo | 0] of x = Qf * (1 / (scale_log2 * ln 2)) in float32, each
-    piece rounded to nearest in qf's dtype (cvt.rn), at columns 0, p, 2p (p = width // 3)."""
+    """What the forward leaves in smem: [hi | mid | lo | 0] of x = Qf * (1 / (scale_log2 * ln 2)) at columns 0, p,
+    2p (p = width // 3)."""
     p = width // 3
     scale_log2 = torch.tensor(softmax_scale * math.log2(math.e), dtype=torch.float32)
     inv_scale = torch.tensor(1.0, dtype=torch.float32) / (scale_log2 * torch.tensor(LN2, dtype=torch.float32))
-    rest = qf.float() * inv_scale
-    out = qf.new_zeros(*qf.shape[:-1], width)
-    for i in range(pieces):
-        piece = rest.to(qf.dtype)
-        out[..., i * p : i * p + qf.shape[-1]] = piece
-        rest = rest - piece.float()
-    return out
+    return pieces_at(qf, inv_scale, range(0, pieces * p, p), width)
 
 
 def _emulated_forward(q, k, v, qf, kf, softmax_scale, pieces=3):
@@ -215,16 +221,9 @@ def test_query_factors_stand_at_the_pieces_columns():
 
 
 def split_key_factors(kf: torch.Tensor, softmax_scale: float) -> torch.Tensor:
-    """What the backward's split warp leaves in sKs: the pieces of x = Kf * (1 / scale) in float32 (hi, mid, lo, each
-    rounded to nearest in kf's dtype) at SLICE_PIECE_COLS, zeros elsewhere, SLICE_WIDTH wide."""
+    """What the backward's split warp leaves in sKs: the pieces of x = Kf * (1 / scale) at SLICE_PIECE_COLS."""
     inv_scale = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(softmax_scale, dtype=torch.float32)
-    rest = kf.float() * inv_scale
-    out = kf.new_zeros(*kf.shape[:-1], SLICE_WIDTH)
-    for col in SLICE_PIECE_COLS:
-        piece = rest.to(kf.dtype)
-        out[..., col : col + kf.shape[-1]] = piece
-        rest = rest - piece.float()
-    return out
+    return pieces_at(kf, inv_scale, SLICE_PIECE_COLS, SLICE_WIDTH)
 
 
 def _k16_steps(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:

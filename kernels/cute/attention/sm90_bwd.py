@@ -68,7 +68,7 @@ from ..common.layouts import (
     acc_view_mn,
     store_acc_pairs,
 )
-from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_acc_f32, red_add_f32
+from ..common.lowrank import LOG2_E, add_lowrank_fma, red_add_acc_f32, red_add_f32, split_in_three
 from ..common.packed import load_packed, red_add_packed, store_packed
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import MMA_REGS, NUM_MMA_WARPGROUPS, PRODUCER_REGS, WARP_ROLES
@@ -1742,12 +1742,10 @@ class AttentionBwdSm90(AttentionBwdBase):
         self, sKf: cute.Tensor, sKs: cute.Tensor, pipeline_kf, g_lo: Int32, g_hi: Int32, softmax_scale: Float32
     ) -> None:
         """bias_slice's split warp (the producer warpgroup's third), once per query head: sKs becomes the key
-        factors' three pieces of x = Kf / softmax_scale (float32) at SLICE_PIECE_COLS, zeros in [8, 16): hi = x
-        rounded to the input dtype, mid = (x - hi) rounded, lo = (x - hi - mid) rounded, whose sum is x to 2^-24
-        relative in bf16 (two pieces left 2^-18, too coarse for the float32 lse: tests/test_cute_bias_slice.py).
-        Against Qf at each piece's columns, S^T's two extra k16 steps add Kf Qf^T / scale, as the separate wgmma
-        divided by the scale did. A warp of its own, not the consumers: there the split's loop-invariant smem
-        addresses, hoisted out of the head loop, spilled registers (SASS, 2026-11-28).
+        factors' three pieces of x = Kf / softmax_scale (float32, ``split_in_three``) at SLICE_PIECE_COLS, zeros
+        in [8, 16). Against Qf at each piece's columns, S^T's two extra k16 steps add Kf Qf^T / scale, as the
+        separate wgmma divided by the scale did. A warp of its own, not the consumers: there the split's
+        loop-invariant smem addresses, hoisted out of the head loop, spilled registers (SASS, 2026-11-28).
 
         Per head: wait for the key factors' TMA (the consumers release that stage), split, make the generic-proxy
         writes visible to wgmma and arrive on KfSplit, on which the consumers wait before their first S^T; then wait
@@ -1782,13 +1780,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         cute.autovec_copy(cute.local_tile(sKf, (1, per_item), (row, part)), x)
         pieces = [cute.make_rmem_tensor(per_item, self.dtype) for _ in SLICE_PIECE_COLS]
         for i in cutlass.range_constexpr(per_item):
-            v = x[i].to(Float32) * inv_scale
-            hi = v.to(self.dtype)
-            rest = v - hi.to(Float32)
-            mid = rest.to(self.dtype)
-            pieces[0][i] = hi
-            pieces[1][i] = mid
-            pieces[2][i] = (rest - mid.to(Float32)).to(self.dtype)
+            pieces[0][i], pieces[1][i], pieces[2][i] = split_in_three(x[i].to(Float32) * inv_scale, self.dtype)
         for col, piece in zip(SLICE_PIECE_COLS, pieces, strict=True):
             cute.autovec_copy(piece, cute.local_tile(sKs, (1, per_item), (row, col // per_item + part)))
 

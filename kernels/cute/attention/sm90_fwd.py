@@ -46,6 +46,7 @@ from cutlass.cute.nvgpu import cpasync, warp, warpgroup
 from ..common import sm90
 from ..common.barriers import WARPGROUP_THREADS, NamedBarrierFwd, barrier_arrive, barrier_sync
 from ..common.layouts import acc_view_as_operand_a, acc_view_mn
+from ..common.lowrank import split_in_three
 from ..common.pipeline import consumer_state, make_tma_pipeline, producer_state
 from ..common.sm90 import REGISTER_BUDGETS, WARP_ROLES
 from ..common.tile_scheduler import TileHandoff
@@ -851,11 +852,10 @@ class AttentionFwdSm90(AttentionFwdBase):
         wg_idx: Int32,
         softmax_scale_log2: Float32,
     ) -> None:
-        """bias_slice: this warpgroup's rows of sQf become [hi | mid | lo | 0] of x = Qf / softmax_scale (float32),
-        hi = x rounded to the input dtype, mid = (x - hi) rounded, lo = (x - hi - mid) rounded; hi + mid + lo equals
-        x to 2^-24 relative in bf16 (two pieces left 2^-18: too coarse for the float32 lse). Two threads a row, in
-        place: a thread reads only the columns below p it also writes, the others' writes land at p and above,
-        which hold zeros. Then the generic-proxy writes are made visible to wgmma, and the warpgroup synced."""
+        """bias_slice: this warpgroup's rows of sQf become [hi | mid | lo | 0] of x = Qf / softmax_scale (float32,
+        ``split_in_three``). Two threads a row, in place: a thread reads only the columns below p it also writes,
+        the others' writes land at p and above, which hold zeros. Then the generic-proxy writes are made visible to
+        wgmma, and the warpgroup synced."""
         self.split_factor_row(sQf, tidx % WARPGROUP_THREADS, wg_idx, Float32(1.0) / (softmax_scale_log2 * LN2))
         cute.arch.fence_view_async_shared()
         barrier_sync(NamedBarrierFwd.BiasSliceWG1 + wg_idx, WARPGROUP_THREADS)
@@ -870,13 +870,10 @@ class AttentionFwdSm90(AttentionFwdBase):
         for i in cutlass.range_constexpr((p + 1) // 2):
             col = lane % 2 + 2 * i
             if col < p:
-                x = sQf[row, col].to(Float32) * inv_scale
-                hi = x.to(self.dtype)
-                rest = x - hi.to(Float32)
-                mid = rest.to(self.dtype)
+                hi, mid, lo = split_in_three(sQf[row, col].to(Float32) * inv_scale, self.dtype)
                 sQf[row, col] = hi
                 sQf[row, p + col] = mid
-                sQf[row, 2 * p + col] = (rest - mid.to(Float32)).to(self.dtype)
+                sQf[row, 2 * p + col] = lo
 
     @cute.jit
     def score_epilogue(

@@ -1,5 +1,5 @@
-"""The float32 low-rank bias in FMAs (its product added to a wgmma score accumulator), and the float32 atomic
-add its gradients and dQ use.
+"""The float32 low-rank bias in FMAs (its product added to a wgmma score accumulator), the float32 atomic add its
+gradients and dQ use, and the three 16-bit pieces the bias slices split a factor into.
 
 Position-like factors (ALiBi, distances) must keep float32 arithmetic: their product is exact to well under one
 unit at 16k tokens only in float32, which the tensor cores (bf16/tf32 operands) do not give.
@@ -14,6 +14,17 @@ from cutlass import Float32, Int32, const_expr
 from .layouts import acc_view_mn
 
 LOG2_E = math.log2(math.e)
+
+
+@cute.jit
+def split_in_three(x: Float32, dtype: type[cutlass.Numeric]) -> tuple:
+    """(hi, mid, lo) in ``dtype`` (16-bit) of float32 ``x``: hi = x rounded, mid = (x - hi) rounded, lo = (x - hi -
+    mid) rounded. Their sum is x to 2^-24 relative in bf16 (two pieces leave 2^-18, too coarse for the float32 lse):
+    the bias slices' K-slice pieces of a factor divided by the scale (tests/test_cute_bias_slice.py)."""
+    hi = x.to(dtype)
+    rest = x - hi.to(Float32)
+    mid = rest.to(dtype)
+    return hi, mid, (rest - mid.to(Float32)).to(dtype)
 
 
 @cute.jit
