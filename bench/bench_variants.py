@@ -51,8 +51,8 @@ def _with_schedule(fn: Callable[[], object], persistent: bool) -> Callable[[], o
     return call
 
 
-# the variants the first H100 run timed (bench/RESULTS.md, 2026-11-27): each shape times them after those not yet
-# measured, so that a short budget leaves these out first
+# the variants the H100 runs timed (bench/RESULTS.md, 2026-11-27, 12:06 and 16:39 UTC): each shape times them after
+# those not yet measured, so that a short budget leaves these out first
 MEASURED = (
     "lazy rescale (threshold 8)",
     "poly exp2 on 2 of 8",
@@ -64,6 +64,22 @@ MEASURED = (
     "TMA reduce-add",
     "deterministic",
     "64 query rows per step",
+    # the second run's
+    "interior blocks in their own loop",
+    "key tiles of 176, O over Q",
+    "one tile per CTA",
+    "persistent (dynamic)",
+    "persistent (static)",
+    "pack GQA (8 heads)",
+    "one head per tile",
+    "L2 sections of 16 MiB",
+    "L2 sections of 64 MiB",
+    "80 query rows per step",
+    "80 query rows, dQ atomics",
+    "dQ after dK",
+    "default, dQ reduce warp",
+    "80 query rows per step, dQ reduce warp",
+    "64 query rows per step, dQ reduce warp",
 )
 
 
@@ -156,6 +172,8 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
     # each reduce-add variant with the reduce-add issued by a producer warp
     for name in list(flags):
         flags[f"{name}, dQ reduce warp"] = {**flags[name], "dq_reduce_warp": True}
+    flags[bwd.THREE_STAGES_VARIANT] = {"num_stages": 3}
+    flags[bwd.LATE_STATS_VARIANT] = {"early_stats": False}
     variants = bwd.variant_configs(causal, head_dim)
     assert set(variants) <= set(flags), "bench and launcher variants disagree"
     # the launcher's variants for this shape (no 64-row one where the default takes 64; no reduce-add after it
@@ -245,7 +263,9 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
         "backward: the main kernel with its preprocess and postprocess, lse and O given; the default dQ mode is "
         "the TMA reduce-add where it costs no pipeline stage, and at D = 64 the default takes 128 query rows per "
         "step (attention_bwd.choose_config); at D = 128 the 80-row variants are FA4's non-causal tile (dQ computed "
-        "transposed)."
+        "transposed), and '3 Q / dO stages' keeps three query blocks in flight instead of two; 'lse2 and D read "
+        "after the waits' is the order of the H100 runs of 2026-11-27 (the default loads them while S^T and dP^T "
+        "run)."
     )
     return [fwd_table, bwd_table]
 

@@ -12,6 +12,7 @@ after a failure), ``cute-bwd-80`` (the 80-row steps) and ``cute-bwd-reduce-warp`
 warp) and ``cute-fwd-split`` (the forward's interior key blocks in a loop without mask code), benchmark variants
 whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``,
 ``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark.
+``cute-bwd-3-stages`` (three Q / dO stages at d = 128, ``ATTNKIT_SM90_BWD_3_STAGES=0``) is one more such variant.
 ``cute-fwd-bias-slice`` runs the launcher's bias as a K-slice of S (bf16 factors of rank <= 10), which the other
 forward groups leave off; its failure turns it off (``ATTNKIT_SM90_FWD_BIAS_SLICE=0``). Likewise
 ``cute-bwd-bias-stmatrix``: the backward's dS^T by stmatrix in the bias configs above d = 64 that have it
@@ -40,7 +41,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from cute_gpu_cases import DQ_FLAGS, dynamic_schedule, split_loops, wide_key_tiles  # noqa: E402
+from cute_gpu_cases import (  # noqa: E402
+    BWD_3_STAGES_CASES,
+    DQ_FLAGS,
+    dynamic_schedule,
+    split_loops,
+    wide_key_tiles,
+)
 from numerics import max_err  # noqa: E402
 
 BLOCK = 64
@@ -130,8 +137,9 @@ def cute_fwd_case(
 
 
 def cute_bwd_case(
-    b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=torch.bfloat16, l2_budget=None, dv=None, tile_m=None
-):
+    b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=torch.bfloat16, l2_budget=None, dv=None, tile_m=None,
+    num_stages=None,
+):  # fmt: skip
     from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import schedule
     from attnkit.reference.attention import attention_backward, attention_forward
@@ -146,7 +154,9 @@ def cute_bwd_case(
         out64, lse64 = attention_forward(*ins64, compute_dtype=torch.float64, **kw)
         poison(4 * b * max(sq, sk) * h * d * 4)
         with schedule.section_bytes(l2_budget):
-            got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode], tile_m=tile_m)
+            got = bwd.attention_bwd(
+                dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode], tile_m=tile_m, num_stages=num_stages
+            )  # fmt: skip
             torch.cuda.synchronize()
         ref64 = attention_backward(
             dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw
@@ -160,8 +170,9 @@ def cute_bwd_case(
 
     # on an H100 SXM (132 SMs), as tests/cute_gpu_cases.py assumes
     run.config = lambda: bwd.config_for(
-        dtype, b, sk, h, hkv, d, dv or d, wl, wr, abs(rank), rank < 0, 132, **DQ_FLAGS[dq_mode], tile_m=tile_m
-    )[0]
+        dtype, b, sk, h, hkv, d, dv or d, wl, wr, abs(rank), rank < 0, 132, **DQ_FLAGS[dq_mode], tile_m=tile_m,
+        num_stages=num_stages,
+    )[0]  # fmt: skip
     return run
 
 
@@ -359,6 +370,23 @@ GROUPS = {
         ),
         "d128 sq>sk (empty query blocks)": cute_bwd_case(1, 1000, 77, 2, 2, 128, -1, 0, 0, dq_mode="reduce_warp"),
     },
+    # three Q / dO stages at d = 128 (a benchmark variant): a group of its own, so that its failure only leaves that
+    # variant out (ATTNKIT_SM90_BWD_3_STAGES=0)
+    "cute-bwd-3-stages": {
+        f"d128 {name}": cute_bwd_case(b, sq, sk, h, hkv, 128, wl, wr, 0, dq_mode=mode, num_stages=3)
+        for name, (b, sq, sk, h, hkv, wl, wr, mode) in zip(
+            (
+                "full gqa (dQ atomics)",
+                "causal (dQ reduce-add)",
+                "causal sq<sk, fewer query blocks than stages",
+                "window sq>sk",
+                "causal MQA, query heads split over CTAs",
+                "causal deterministic",
+            ),
+            BWD_3_STAGES_CASES[:6],
+            strict=True,
+        )
+    },
     # wide heads: 64-row key blocks both warpgroups share, P^T / dS^T through smem (a group of its own, so that a
     # failure here leaves only tests/test_cute_sm90_bwd_wide.py out)
     "cute-bwd-wide": {
@@ -449,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         REDUCE_WARP_ENV,
         ROWS_80_ENV,
         TC_FACTOR_GRADS_ENV,
+        THREE_STAGES_ENV,
     )
     from attnkit.cute.attention_fwd import (
         BIAS_SLICE_ENV,
@@ -469,9 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     env |= {"cute-bwd-bias-tc": [(DQ_TMA_REDUCE_ENV, "0"), (TC_FACTOR_GRADS_ENV, None)]}
     env |= {"cute-bwd-80": [(DQ_TMA_REDUCE_ENV, None), (ROWS_80_ENV, None)]}
     env |= {"cute-bwd-reduce-warp": [(DQ_TMA_REDUCE_ENV, None), (REDUCE_WARP_ENV, None)]}
+    env |= {"cute-bwd-3-stages": [(DQ_TMA_REDUCE_ENV, None), (THREE_STAGES_ENV, None)]}
     env |= {"cute-tvm-ffi": [(TVM_FFI_ENV, "1")]}
     env |= {"cute-bwd-bias-stmatrix": [(DQ_TMA_REDUCE_ENV, "0"), (BIAS_STMATRIX_ENV, None)]}
-    for group in ("cute-bwd", "cute-bwd-reduce", "cute-bwd-bias-tc", "cute-bwd-80", "cute-bwd-reduce-warp"):
+    variants = ("cute-bwd-80", "cute-bwd-reduce-warp", "cute-bwd-3-stages")
+    for group in ("cute-bwd", "cute-bwd-reduce", "cute-bwd-bias-tc", *variants):
         env[group] = env.get(group, []) + [(BIAS_STMATRIX_ENV, "0")]
     env["cute-bwd-wide"] = env.get("cute-bwd-wide", []) + [(BIAS_STMATRIX_ENV, "0")]
     env["cute-tvm-ffi"] = env["cute-tvm-ffi"] + [(BIAS_STMATRIX_ENV, "0")]

@@ -109,7 +109,7 @@ def cute_fwd_variants() -> list:
 
 def cute_bwd_variants() -> list:
     """(name, case) of the backward variants that passed gpu_check's smoke test: the 80-row steps, the producer
-    warp's dQ reduce-add (its named barriers hand one smem buffer back and forth)."""
+    warp's dQ reduce-add (its named barriers hand one smem buffer back and forth), three Q / dO stages."""
     from attnkit.cute import attention_bwd as bwd
 
     found = []
@@ -121,6 +121,8 @@ def cute_bwd_variants() -> list:
         if bwd.rows_80_enabled():
             # causal: the non-causal 80-row variant adds dQ by atomics (no reduce-add to issue from a warp)
             found.append(("cute bwd 80 rows, reduce warp", cute_bwd_variant(170, 170, 128, True, tile_m=80, **flags)))
+    if bwd.three_stages_enabled():
+        found.append(("cute bwd 3 Q / dO stages", cute_bwd_variant(300, 300, 128, True, num_stages=3)))
     return found
 
 

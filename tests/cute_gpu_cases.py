@@ -216,6 +216,26 @@ BWD_80_CASES = [
 ]
 BWD_80_MODES = ["default", "atomics", "deterministic", "reduce_warp"]
 
+# lse2 and D read after the S^T / dP^T waits (a benchmark variant: the order of the H100 runs), bf16 at d = 128:
+# (b, sq, sk, h, hkv, window_left, window_right, rank, dQ mode)
+LATE_STATS_CASES = [
+    (2, 1000, 1000, 4, 2, -1, -1, 0, "default"),  # dQ atomics
+    (2, 1000, 1000, 4, 4, -1, 0, 0, "default"),  # dQ reduce-add
+    (1, 500, 700, 4, 4, -1, -1, -8, "default"),  # the bias slice, rank 8
+]
+
+# three Q / dO stages at d = 128 (a benchmark variant, attention_bwd.THREE_STAGES_VARIANT), bf16:
+# (b, sq, sk, h, hkv, window_left, window_right, dQ mode); scripts/gpu_smoke.py's cute-bwd-3-stages runs the first six
+BWD_3_STAGES_CASES = [
+    (2, 1000, 1000, 4, 2, -1, -1, "default"),  # dQ atomics, GQA
+    (2, 1000, 1000, 4, 4, -1, 0, "default"),  # dQ reduce-add
+    (1, 77, 1000, 4, 2, -1, 0, "atomics"),  # fewer query blocks than stages
+    (1, 1000, 333, 2, 2, 64, 16, "default"),
+    (1, 512, 512, 16, 1, -1, 0, "default"),  # query heads split over CTAs
+    (1, 500, 500, 2, 2, -1, 0, "deterministic"),
+    (1, 4097, 4097, 2, 1, -1, -1, "default"),
+]
+
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE
 DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
 # the forward's: O over Q with 128 keys (d = 192, dv = 128), a separate O with 80 (d = 128, dv = 256)
@@ -238,10 +258,13 @@ def make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype) -> tuple:
     return q, k, v, qf, kf
 
 
-def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None) -> None:
+def check_backward(
+    b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None, num_stages=None, early_stats=True
+) -> None:
     """The CuTe backward on one case against the float64 reference (the 2x rule), every gradient, outputs
     allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias); ``tile_m``: the
-    query rows per step (None: the launcher's choice)."""
+    query rows per step, ``num_stages`` the Q / dO stages (None: the launcher's choice); ``early_stats=False``: lse2
+    and D read after the waits (a benchmark variant)."""
     import math
 
     import pytest
@@ -255,6 +278,8 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_
         pytest.skip(f"{bwd.REDUCE_WARP_ENV}=0: the producer warp's reduce-add failed gpu_check's smoke test")
     if tile_m == 80 and not bwd.rows_80_enabled():
         pytest.skip(f"{bwd.ROWS_80_ENV}=0: the 80-row steps failed gpu_check's smoke test")
+    if num_stages == 3 and not bwd.three_stages_enabled():
+        pytest.skip(f"{bwd.THREE_STAGES_ENV}=0: the three Q / dO stages failed gpu_check's smoke test")
     dev = "cuda"
     q, k, v, qf, kf = make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype)
     dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
@@ -266,7 +291,8 @@ def check_backward(b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_
     # poison: the outputs are allocated from the caching allocator's freed NaN blocks
     poison = [torch.full((4 * b * max(sq, sk) * h * max(d, dv),), float("nan"), device=dev) for _ in range(4)]
     del poison
-    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode], tile_m=tile_m)
+    flags = dict(**DQ_FLAGS[dq_mode], tile_m=tile_m, num_stages=num_stages, early_stats=early_stats)
+    got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **flags)
     torch.cuda.synchronize()
     ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)
     ref_lp = attention_backward(dout, q, k, v, out_lp, lse_lp, qf, kf, compute_dtype=dtype, **kw)
@@ -362,6 +388,12 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for m in BWD_80_MODES:
             args = (torch.bfloat16, b, sk, h, hkv, 128, dv, wl, wr)
             found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], tile_m=80)[0])
+    for b, _sq, sk, h, hkv, wl, wr, rank, m in LATE_STATS_CASES:
+        args = (torch.bfloat16, b, sk, h, hkv, 128, 128, wl, wr, abs(rank), rank < 0)
+        found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], early_stats=False)[0])
+    for b, _sq, sk, h, hkv, wl, wr, m in BWD_3_STAGES_CASES:
+        args = (torch.bfloat16, b, sk, h, hkv, 128, 128, wl, wr)
+        found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], num_stages=3)[0])
     b, _sq, sk, h, hkv = DV_SHAPE
     for d, dv, wr in DV_CASES:
         for m in default_modes:

@@ -98,21 +98,22 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     )
     fwd, bwd = bench_variants.run(argparse.Namespace(quick=True), fake_gpu, common.Budget(None))
     n = bench_variants.QUICK[0]
-    # the default, the variants not measured on an H100 yet, then the ones the first run measured
-    measured = ["lazy rescale (threshold 8)", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
+    # the default, then the variants in the launcher's order: both H100 runs measured every forward switch (a new one
+    # would go right after the default: test_unmeasured_variants_go_first)
     split, dynamic, wide_n = "interior blocks in their own loop", "persistent (dynamic)", "key tiles of 176, O over Q"
+    switches = ["lazy rescale (threshold 8)", "poly exp2 on 2 of 8", "no ping-pong", "no intra-WG overlap"]
     # the schedule the default does not take: persistent without a causal mask, one CTA per tile with it
     full, causal = "one tile per CTA", "persistent (static)"
-    sections = ["L2 sections of 16 MiB", "L2 sections of 64 MiB"]
+    sections = ["one L2 section", "L2 sections of 16 MiB", "L2 sections of 64 MiB"]
     assert calls == [
-        (n, 1, False, 128, ["default", split, wide_n, full, *measured]),
+        (n, 1, False, 128, ["default", split, wide_n, *switches, full]),
         (n, 8, False, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, False, 128, ["default", "one head per tile"]),
-        (n, 1, False, 64, ["default", split, full, "128 query rows per tile"]),  # D = 64: the default takes 192
-        (n, 1, True, 128, ["default", split, dynamic, causal, *sections, *measured, "one L2 section"]),
+        (n, 1, False, 64, ["default", split, "128 query rows per tile", full]),  # D = 64: the default takes 192
+        (n, 1, True, 128, ["default", split, dynamic, *switches, causal, *sections]),
         (n, 8, True, 128, ["default", "pack GQA (8 heads)"]),
         (bench_variants.SHORT_Q, 8, True, 128, ["default", "one head per tile"]),
-        (n, 1, True, 64, ["default", split, dynamic, causal, "128 query rows per tile"]),
+        (n, 1, True, 64, ["default", split, dynamic, "128 query rows per tile", causal]),
         # the causal schedules at short sequences
         *[(short, 1, True, 128, ["default", dynamic, causal]) for short in bench_variants.SHORT_SCHEDULE_SEQLENS],
     ]
@@ -120,6 +121,21 @@ def test_variants_bench_times_every_switch_against_its_default(monkeypatch, fake
     # the backward also at D = 64 (H = 32)
     assert f"H16 N{n} D128 causal" in bwd.markdown() and f"H32 N{n} D64 causal" in bwd.markdown()
     assert f"H32 N{n} D64 causal" in fwd.markdown()
+
+
+def test_unmeasured_variants_go_first():
+    """A short budget leaves out the variants an H100 run has timed before those it has not (the backward's three
+    Q / dO stages among them): the default, then the unmeasured ones, then the measured, each in the given order."""
+    import bench_variants
+
+    calls = {name: None for name in ("atomics", "default", "3 Q / dO stages", "dQ after dK", "new switch")}
+    assert list(bench_variants._unmeasured_first(calls)) == [
+        "default",
+        "3 Q / dO stages",
+        "new switch",
+        "atomics",
+        "dQ after dK",
+    ]
 
 
 def test_a_backward_that_failed_its_smoke_test_leaves_the_forward_timed(monkeypatch, fake_gpu):

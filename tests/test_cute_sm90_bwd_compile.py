@@ -5,6 +5,7 @@ H100 and runs under the gpu/sm90 markers."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -592,6 +593,69 @@ def test_80_query_rows_per_step():
         bwd.BwdPostprocessConfig("bf16", 64, tile_m=80).make_kernel()
 
 
+def test_three_q_do_stages_variant(monkeypatch):
+    """The variant with a third Q / dO stage: at d = 128 without a bias it fits (the causal default's reduce-add
+    staging included, to the byte), and is the default config but for its stages; where it does not fit the launcher
+    says so instead of building it; gpu_check's ATTNKIT_SM90_BWD_3_STAGES=0 leaves it out."""
+    for causal in (False, True):
+        variants = bwd.variant_configs(causal, 128)
+        three = variants[bwd.THREE_STAGES_VARIANT]
+        assert three == dataclasses.replace(variants["default"], num_stages=3)
+        assert three.make_kernel().smem_bytes() <= bwd.SMEM_CAPACITY
+        assert bwd.choose_config(torch.bfloat16, 128, 128, False, causal, num_stages=3) == three
+        assert bwd.THREE_STAGES_VARIANT not in bwd.variant_configs(causal, 64)
+    # the launcher's own choice is untouched; the flag reaches the config through config_for
+    assert bwd.choose_config(torch.bfloat16, 128, 128, False, False).num_stages == 2
+    assert bwd.config_for(torch.bfloat16, 1, 1000, 4, 2, 128, 128, -1, 0, num_stages=3)[0].num_stages == 3
+    for d, rank, stages in ((64, 0, 3), (128, 8, 3), (128, 0, 4), (128, 0, 0)):
+        with pytest.raises(ValueError, match=f"num_stages = {stages}"):
+            bwd.choose_config(torch.bfloat16, d, d, False, True, bias_rank=rank, num_stages=stages)
+    monkeypatch.setenv(bwd.THREE_STAGES_ENV, "0")
+    assert bwd.THREE_STAGES_VARIANT not in bwd.variant_configs(False, 128)
+
+
+def _loads_before_first_wait(cfg) -> int:
+    """Shared-memory loads in the key block's loop before its first wgmma wait (S^T's)."""
+    bwd.compile_config(cfg)
+    loop = precompile.innermost_loop(precompile.sass_of(bwd.cache().cubin(cfg)), ("HGMMA", "MUFU.EX2"))
+    first_wait = next(i for i, t in enumerate(loop) if precompile.opcode(t).startswith("WARPGROUP.DEPBAR"))
+    return sum(precompile.opcode(t).startswith("LDS") for t in loop[:first_wait])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lse_and_d_are_loaded_while_the_score_wgmmas_run(cache_dir, causal):
+    """BwdConfig.early_stats: the query block's lse2 and D (16 columns a thread, 8-byte loads) are read from smem
+    between the issue of S^T's and dP^T's wgmmas and the wait for them, as FA4 orders them; the benchmark variant
+    (the order of the H100 runs) reads them after the waits."""
+    cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, causal)
+    assert cfg.make_kernel().early_stats
+    assert _loads_before_first_wait(cfg) == 16
+    late = bwd.variant_configs(causal, 128)[bwd.LATE_STATS_VARIANT]
+    assert (
+        late
+        == bwd.without_early_stats(cfg)
+        == bwd.choose_config(torch.bfloat16, 128, 128, False, causal, early_stats=False)
+    )
+    assert not late.make_kernel().early_stats and _loads_before_first_wait(late) == 0
+
+
+def test_early_stats_only_where_the_audit_found_room():
+    """Where the registers held across the waits spilled (SASS audit, 2026-11-28): 128 or 80 query rows per step
+    (twice or 1.25x the columns), float32 factors (their bias FMAs), the tensor-core factor gradients above d = 64
+    (16-bit factors of rank <= 16, the bias slice included); there the switch decides nothing."""
+    half = dict(bias_rank=8, bias_mma=True)
+    for d, kw in ((64, {}), (128, dict(tile_m=80)), (128, dict(bias_rank=8)), (128, half), (96, half)):
+        cfg = bwd.choose_config(torch.bfloat16, d, d, False, False, **kw)
+        assert not cfg.make_kernel().early_stats, (d, kw)
+        assert bwd.without_early_stats(cfg) == cfg
+    assert bwd.LATE_STATS_VARIANT not in bwd.variant_configs(False, 64)
+    # 16-bit factors with their gradients on the tensor cores at d = 64, or above rank 16 (in FMAs) at d = 128
+    for d, rank in ((64, 16), (128, 64)):
+        cfg = bwd.choose_config(torch.bfloat16, d, d, False, True, bias_rank=rank, bias_mma=True)
+        assert cfg.make_kernel().early_stats, (d, rank)
+    assert bwd.choose_config(torch.float16, 256, 256, True, True).make_kernel().early_stats
+
+
 def test_configs_are_distinct_cache_keys():
     configs = bwd.shipped_configs("sm_90a")
     assert len(set(configs)) == len(configs)
@@ -637,6 +701,20 @@ def test_numerics_with_the_dq_reduce_warp(b, sq, sk, h, hkv, d, wl, wr):
 @pytest.mark.parametrize("dq_mode", cute_gpu_cases.BWD_80_MODES)
 def test_numerics_with_80_query_rows_per_step(b, sq, sk, h, hkv, dv, wl, wr, dq_mode):
     cute_gpu_cases.check_backward(b, sq, sk, h, hkv, 128, dv, wl, wr, 0, torch.bfloat16, dq_mode, tile_m=80)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, wl, wr, rank, dq_mode", cute_gpu_cases.LATE_STATS_CASES)
+def test_numerics_with_lse_and_d_read_after_the_waits(b, sq, sk, h, hkv, wl, wr, rank, dq_mode):
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, 128, 128, wl, wr, rank, torch.bfloat16, dq_mode, early_stats=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, wl, wr, dq_mode", cute_gpu_cases.BWD_3_STAGES_CASES)
+def test_numerics_with_three_q_do_stages(b, sq, sk, h, hkv, wl, wr, dq_mode):
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, 128, 128, wl, wr, 0, torch.bfloat16, dq_mode, num_stages=3)
 
 
 @pytest.mark.gpu

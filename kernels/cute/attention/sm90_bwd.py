@@ -334,6 +334,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         dq_under_dk: bool = True,
         bias_stmatrix: bool = True,
         bias_slice: bool = False,
+        early_stats: bool = True,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
@@ -384,6 +385,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         self.allow_dq_under_dk = dq_under_dk
         # False: dS^T by 4-byte stores in every bias config above d = 64 (``ds_stmatrix``)
         self.allow_bias_stmatrix = bias_stmatrix
+        # False: lse2 and D read from smem after the S^T / dP^T waits, where used (``early_stats``)
+        self.allow_early_stats = early_stats
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
         self.deterministic = deterministic
@@ -506,6 +509,27 @@ class AttentionBwdSm90(AttentionBwdBase):
         masked = self.has_window_left or self.has_window_right
         both_128 = self.head_dim == self.head_dim_v == 128
         return not both_128 or self.deterministic or (self.tc_factor_grads and masked) or self.bias_slice
+
+    @property
+    def early_stats(self) -> bool:
+        """The query block's lse2 and D loaded from smem into registers right after S^T's and dP^T's wgmmas are
+        issued (FA4's order), while the tensor cores run them: the exp2 of P^T and dS^T = P^T (dP^T - D) then start as
+        soon as their wait returns, not a shared-memory load latency later. Costs two registers per query column a
+        thread holds (32 with 64 query rows per step), held across the waits. False (``early_stats=False``): each
+        read where used, after the waits.
+
+        Not where those registers spilled (SASS audit of the 1984 configs with 64 query rows per step and no
+        float32 factors, both dtypes, against their twins, 2026-11-28): 128 and 80 query rows per step (twice and
+        1.25x the columns), float32 factors (their bias FMAs), and the tensor-core factor gradients above d = 64
+        (d = 128 with 16-bit factors of rank <= 16, the bias slice included, 1 to 12 spilled accesses in the main
+        loop; d = 96 without a mask). Everywhere else none spilled or had its wgmmas serialized that did not already
+        (d = 256 with a sliding window and rank-32 or rank-64 factors keep their 4 accesses outside the loop)."""
+        return (
+            self.allow_early_stats
+            and self.tile_m == 64
+            and not self.fma_bias
+            and not (self.tc_factor_grads and max(self.head_dim, self.head_dim_v) > 64)
+        )
 
     @property
     def fma_bias(self) -> bool:
@@ -1292,15 +1316,22 @@ class AttentionBwdSm90(AttentionBwdBase):
                 acc_dP = cute.make_rmem_tensor(acc_shape_S, Float32)
                 if const_expr(not self.late_dp):
                     sm90.gemm(tiled_mma_sdp, acc_dP, tdPrV, tdPrdO[None, None, None, stage], True, -1)
+                # per column: lse2 and D, read from smem while the wgmmas run (early_stats) or where used
+                lse2s, dpsums = None, None
+                if const_expr(self.early_stats):
+                    lse2s, dpsums = cute.make_rmem_tensor(num_cols, Float32), cute.make_rmem_tensor(num_cols, Float32)
+                    for c in cutlass.range_constexpr(num_cols):
+                        lse2s[c] = sLSE2[c_mn[0, c][1], stage]
+                    for c in cutlass.range_constexpr(num_cols):
+                        dpsums[c] = sDpsum[c_mn[0, c][1], stage]
                 warpgroup.wait_group(0 if const_expr(self.late_dp) else 1)
 
                 # 2. P^T = exp2(S^T * scale_log2 [+ bias] - lse2), zeroed where invisible
                 s_mn = acc_view_mn(acc_S)
                 if const_expr(self.fma_bias):
                     self.add_lowrank_bias(acc_S, tScS, sKf, sQf[None, None, stage], softmax_scale_log2)
-                # per column: lse2 and D are read from smem where used, not held across the GEMMs
                 for c in cutlass.range_constexpr(num_cols):
-                    lse2 = sLSE2[c_mn[0, c][1], stage]
+                    lse2 = lse2s[c] if const_expr(self.early_stats) else sLSE2[c_mn[0, c][1], stage]
                     for r in cutlass.range_constexpr(num_rows):
                         if const_expr(self.fma_bias):
                             s_mn[r, c] = cute.math.exp2(s_mn[r, c] - lse2, fastmath=True)
@@ -1327,7 +1358,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 warpgroup.wait_group(0)
                 dp_mn = acc_view_mn(acc_dP)
                 for c in cutlass.range_constexpr(num_cols):
-                    dpsum = sDpsum[c_mn[0, c][1], stage]
+                    dpsum = dpsums[c] if const_expr(self.early_stats) else sDpsum[c_mn[0, c][1], stage]
                     for r in cutlass.range_constexpr(num_rows):
                         dp_mn[r, c] = s_mn[r, c] * (dp_mn[r, c] - dpsum)
                 rdS = cute.make_rmem_tensor_like(acc_dP, self.dtype)

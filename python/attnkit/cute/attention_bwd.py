@@ -111,6 +111,10 @@ class BwdConfig:
     # (sliced_query_factor). False: the bias wgmma waited for alone and divided by the scale, the fallback of
     # ATTNKIT_SM90_BWD_BIAS_SLICE=0
     bias_slice: bool = False
+    # the query block's lse2 and D loaded into registers while S^T's and dP^T's wgmmas run (FA4's order), where the
+    # SASS audit found room (AttentionBwdSm90.early_stats); False: read from smem where used, after the waits (the
+    # order of the H100 runs, a benchmark variant). True wherever it decides nothing
+    early_stats: bool = True
     arch: str = "sm_90a"
 
     @property
@@ -145,6 +149,7 @@ class BwdConfig:
             dq_under_dk=self.dq_under_dk,
             bias_stmatrix=self.bias_stmatrix,
             bias_slice=self.bias_slice,
+            early_stats=self.early_stats,
         )
 
 
@@ -202,10 +207,24 @@ TC_FACTOR_GRADS_ENV = "ATTNKIT_SM90_BWD_TC_FACTOR_GRADS"
 # (gpu_check sets them when their smoke groups fail, so that the rest is still tested and measured)
 ROWS_80_ENV = "ATTNKIT_SM90_BWD_80_ROWS"
 REDUCE_WARP_ENV = "ATTNKIT_SM90_BWD_DQ_REDUCE_WARP"
+# likewise for the variant with a third Q / dO stage (THREE_STAGES_VARIANT)
+THREE_STAGES_ENV = "ATTNKIT_SM90_BWD_3_STAGES"
+# the backward variant whose producer keeps three query blocks in flight instead of two (where the smem has room:
+# d = 128 without a bias): the load of block m + 3 then has two blocks' compute to land, not one. FA4's sm90
+# backward (2 stages, 80-row steps) hands dO back before its dQ and dK wgmmas; this kernel hands Q and dO back together
+# after them. Not measured yet (bench_variants times it against the default)
+THREE_STAGES_VARIANT = "3 Q / dO stages"
+# the default with lse2 and D read where used, after the S^T / dP^T waits (BwdConfig.early_stats off): the order of
+# the H100 runs
+LATE_STATS_VARIANT = "lse2 and D read after the waits"
 
 
 def rows_80_enabled() -> bool:
     return os.environ.get(ROWS_80_ENV, "1") != "0"
+
+
+def three_stages_enabled() -> bool:
+    return os.environ.get(THREE_STAGES_ENV, "1") != "0"
 
 
 def reduce_warp_enabled() -> bool:
@@ -283,12 +302,16 @@ def choose_config(
     tc_factor_grads: bool | None = None,
     dq_reduce_warp: bool = False,
     dq_under_dk: bool = True,
+    num_stages: int | None = None,
+    early_stats: bool = True,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
     dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add), and
     ``ATTNKIT_SM90_BWD_TC_FACTOR_GRADS=0`` the default factor gradients float32 FMAs. ``dq_reduce_warp``: that
     config's TMA reduce-add issued by a producer warp (an error where the config adds dQ otherwise);
-    ``dq_under_dk=False``: dQ added after the dK wgmma (``BwdConfig.dq_under_dk``)."""
+    ``dq_under_dk=False``: dQ added after the dK wgmma (``BwdConfig.dq_under_dk``); ``num_stages``: the Q / dO
+    pipeline's stages (None: the default's; a ValueError where they do not fit shared memory);
+    ``early_stats=False``: lse2 and D read after the S^T / dP^T waits (``BwdConfig.early_stats``)."""
     if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
         dq_tma_reduce = False
     if tc_factor_grads is None:
@@ -303,6 +326,16 @@ def choose_config(
         cfg = dataclasses.replace(cfg, dq_reduce_warp=True)
     if not dq_under_dk:
         cfg = dataclasses.replace(cfg, dq_under_dk=False)
+    if not early_stats:
+        cfg = without_early_stats(cfg)
+    if num_stages is not None and num_stages != cfg.num_stages:
+        if num_stages not in (1, 2, 3):
+            raise ValueError(f"num_stages = {num_stages}: the Q / dO pipeline takes 1 to 3 stages")
+        staged = dataclasses.replace(cfg, num_stages=num_stages)
+        smem = staged.make_kernel().smem_bytes()
+        if smem > SMEM_CAPACITY:
+            raise ValueError(f"num_stages = {num_stages}: {smem} bytes of shared memory, {SMEM_CAPACITY} fit: {staged}")
+        cfg = staged
     return cfg
 
 
@@ -311,6 +344,13 @@ def without_bias_stmatrix(cfg: BwdConfig) -> BwdConfig:
     ``cfg`` itself where that decides nothing."""
     twin = dataclasses.replace(cfg, bias_stmatrix=False)
     return twin if cfg.make_kernel().ds_stmatrix != twin.make_kernel().ds_stmatrix else cfg
+
+
+def without_early_stats(cfg: BwdConfig) -> BwdConfig:
+    """``cfg`` with lse2 and D read from smem after the S^T / dP^T waits, where used (the order of the H100 runs, a
+    benchmark variant); ``cfg`` itself where ``BwdConfig.early_stats`` decides nothing."""
+    twin = dataclasses.replace(cfg, early_stats=False)
+    return twin if cfg.make_kernel().early_stats else cfg
 
 
 def without_bias_slice(cfg: BwdConfig) -> BwdConfig:
@@ -486,7 +526,9 @@ VARIANT_HEAD_DIMS = (128, 64)
 
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
     """The default and the three ways dQ reaches its float32 buffer, bf16, where the default takes 128 query rows
-    per step (d <= 64) 64 rows, and at d = 128 80 rows (dQ by the default mode and by atomics), for
+    per step (d <= 64) 64 rows, and at d = 128 80 rows (dQ by the default mode and by atomics) and three Q / dO
+    stages (``THREE_STAGES_VARIANT``), and the default with lse2 and D read after the waits (``LATE_STATS_VARIANT``),
+    for
     ``bench/bench_variants.py`` (and ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
     variants = {
@@ -514,6 +556,12 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     if variants["default"].dq_under_dk:
         # the order of the 2026-11-27 run: dQ added after the dK wgmma
         variants["dQ after dK"] = dataclasses.replace(variants["default"], dq_under_dk=False)
+    if head_dim == 128 and three_stages_enabled():
+        # after the reduce warp's loop: not combined with it
+        variants[THREE_STAGES_VARIANT] = choose_config(*args, arch=arch, num_stages=3)
+    late = without_early_stats(variants["default"])
+    if late != variants["default"]:
+        variants[LATE_STATS_VARIANT] = late
     return variants
 
 
@@ -613,6 +661,8 @@ def config_for(
     tc_factor_grads: bool | None = None,
     dq_reduce_warp: bool = False,
     dq_under_dk: bool = True,
+    num_stages: int | None = None,
+    early_stats: bool = True,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
@@ -635,6 +685,8 @@ def config_for(
         tc_factor_grads=tc_factor_grads,
         dq_reduce_warp=dq_reduce_warp,
         dq_under_dk=dq_under_dk,
+        num_stages=num_stages,
+        early_stats=early_stats,
     )
     return cfg, splits
 
@@ -683,12 +735,16 @@ def attention_bwd(
     tile_m: int | None = None,
     dq_reduce_warp: bool = False,
     dq_under_dk: bool = True,
+    num_stages: int | None = None,
+    early_stats: bool = True,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
 
     ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer (None: ``choose_config``'s default);
     ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default);
-    ``dq_reduce_warp`` has a producer warp issue the reduce-add; ``dq_under_dk=False`` adds dQ after the dK wgmma.
+    ``dq_reduce_warp`` has a producer warp issue the reduce-add; ``dq_under_dk=False`` adds dQ after the dK wgmma;
+    ``num_stages`` sets the Q / dO pipeline's stages (None: the default's); ``early_stats=False`` reads lse2 and D
+    after the S^T / dP^T waits.
     """
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -722,6 +778,8 @@ def attention_bwd(
         tile_m,
         dq_reduce_warp=dq_reduce_warp,
         dq_under_dk=dq_under_dk,
+        num_stages=num_stages,
+        early_stats=early_stats,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
