@@ -522,13 +522,15 @@ class AttentionBwdSm90(AttentionBwdBase):
         float32 factors, both dtypes, against their twins, 2026-11-28): 128 and 80 query rows per step (twice and
         1.25x the columns), float32 factors (their bias FMAs), and the tensor-core factor gradients above d = 64
         (d = 128 with 16-bit factors of rank <= 16, the bias slice included, 1 to 12 spilled accesses in the main
-        loop; d = 96 without a mask). Everywhere else none spilled or had its wgmmas serialized that did not already
-        (d = 256 with a sliding window and rank-32 or rank-64 factors keep their 4 accesses outside the loop)."""
+        loop; d = 96 without a mask), and dQ's reduce-add from a producer warp (a benchmark variant; 5 accesses at d =
+        128 without a mask). Everywhere else none spilled or had its wgmmas serialized that did not already (d = 256
+        with a sliding window and rank-32 or rank-64 factors keep their 4 accesses outside the loop)."""
         return (
             self.allow_early_stats
             and self.tile_m == 64
             and not self.fma_bias
             and not (self.tc_factor_grads and max(self.head_dim, self.head_dim_v) > 64)
+            and not self.dq_reduce_warp
         )
 
     @property
