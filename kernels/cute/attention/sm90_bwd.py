@@ -520,11 +520,14 @@ class AttentionBwdSm90(AttentionBwdBase):
 
         Not where those registers spilled (SASS audit of the 1984 configs with 64 query rows per step and no
         float32 factors, both dtypes, against their twins, 2026-11-28): 128 and 80 query rows per step (twice and
-        1.25x the columns), float32 factors (their bias FMAs), and the tensor-core factor gradients above d = 64
+        1.25x the columns), float32 factors (their bias FMAs), the tensor-core factor gradients above d = 64
         (d = 128 with 16-bit factors of rank <= 16, the bias slice included, 1 to 12 spilled accesses in the main
-        loop; d = 96 without a mask), and dQ's reduce-add from a producer warp (a benchmark variant; 5 accesses at d =
-        128 without a mask). Everywhere else none spilled or had its wgmmas serialized that did not already (d = 256
-        with a sliding window and rank-32 or rank-64 factors keep their 4 accesses outside the loop)."""
+        loop; d = 96 without a mask) and dQ's reduce-add from a producer warp (a benchmark variant; 5 accesses at d =
+        128 without a mask). A second audit, of the 1112 configs in the other dQ mode (atomics where the default takes
+        the reduce-add, and the reverse), found nothing it made worse. Everywhere else none spilled or had its wgmmas
+        serialized that did not already (d = 256 with a sliding window and rank-32 or rank-64 factors keep their 4
+        accesses outside the loop; in the atomics fallback, d = 128 with a left bound and rank-64 16-bit factors
+        keeps its 2 in the loop)."""
         return (
             self.allow_early_stats
             and self.tile_m == 64

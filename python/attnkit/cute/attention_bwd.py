@@ -525,10 +525,9 @@ VARIANT_HEAD_DIMS = (128, 64)
 
 
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
-    """The default and the three ways dQ reaches its float32 buffer, bf16, where the default takes 128 query rows
-    per step (d <= 64) 64 rows, and at d = 128 80 rows (dQ by the default mode and by atomics) and three Q / dO
-    stages (``THREE_STAGES_VARIANT``), and the default with lse2 and D read after the waits (``LATE_STATS_VARIANT``),
-    for
+    """The default and the three ways dQ reaches its float32 buffer, bf16; where the default takes 128 query rows
+    per step (d <= 64) 64 rows; at d = 128 80 rows (dQ by the default mode and by atomics) and three Q / dO stages
+    (``THREE_STAGES_VARIANT``); and the default with lse2 and D read after the waits (``LATE_STATS_VARIANT``). For
     ``bench/bench_variants.py`` (and ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
     variants = {
