@@ -39,7 +39,17 @@ def import_fa4() -> types.ModuleType:
     os.environ.setdefault("FLASH_ATTENTION_ARCH", "90")
     os.environ.setdefault("FLASH_ATTENTION_NUM_SMS", "132")  # an H100 SXM's, for its split heuristics
     try:
-        import flash_attn.cute.interface as interface  # noqa: F401
+        import einops  # noqa: F401
+    except ImportError:  # only FA4's test helpers use it: names that fail when called
+        stub = types.ModuleType("einops")
+
+        def unavailable(*args, **kwargs):
+            raise NotImplementedError("einops is stubbed by scripts/peer_sass.py")
+
+        stub.rearrange = stub.repeat = unavailable
+        sys.modules["einops"] = stub
+    try:
+        import flash_attn.cute.interface as interface
     except ImportError:
         wheels = []
         for folder in (os.path.join(ROOT, ".device", "wheels"), os.path.join(ROOT, "..", "shared", "device", "wheels")):
@@ -53,15 +63,7 @@ def import_fa4() -> types.ModuleType:
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, *wheels]
         subprocess.run(pip, check=True)
         sys.path.insert(0, target)
-    if "einops" not in sys.modules:
-        try:
-            import einops  # noqa: F401
-        except ImportError:
-            stub = types.ModuleType("einops")
-            stub.rearrange = stub.repeat = lambda *a, **k: (_ for _ in ()).throw(NotImplementedError("einops stub"))
-            sys.modules["einops"] = stub
-    import flash_attn.cute.interface as interface
-
+        import flash_attn.cute.interface as interface
     return interface
 
 
