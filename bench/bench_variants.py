@@ -174,6 +174,7 @@ def backward_variants(q, k, v, causal: bool) -> dict[str, Callable[[], object]]:
         flags[f"{name}, dQ reduce warp"] = {**flags[name], "dq_reduce_warp": True}
     flags[bwd.THREE_STAGES_VARIANT] = {"num_stages": 3}
     flags[bwd.LATE_STATS_VARIANT] = {"early_stats": False}
+    flags[bwd.ROTATED_VARIANT] = {"rotate_query_blocks": True}
     variants = bwd.variant_configs(causal, head_dim)
     assert set(variants) <= set(flags), "bench and launcher variants disagree"
     # the launcher's variants for this shape (no 64-row one where the default takes 64; no reduce-add after it

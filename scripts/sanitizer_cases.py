@@ -123,6 +123,9 @@ def cute_bwd_variants() -> list:
             found.append(("cute bwd 80 rows, reduce warp", cute_bwd_variant(170, 170, 128, True, tile_m=80, **flags)))
     if bwd.three_stages_enabled():
         found.append(("cute bwd 3 Q / dO stages", cute_bwd_variant(300, 300, 128, True, num_stages=3)))
+    if bwd.rotation_enabled():
+        flags = dict(rotate_query_blocks=True, dq_tma_reduce=False)
+        found.append(("cute bwd rotated query blocks", cute_bwd_variant(300, 300, 128, False, **flags)))
     return found
 
 

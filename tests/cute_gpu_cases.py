@@ -236,6 +236,21 @@ BWD_3_STAGES_CASES = [
     (1, 4097, 4097, 2, 1, -1, -1, "default"),
 ]
 
+# each key block's walk over the query blocks from a rotated start (a benchmark variant, attention_bwd.ROTATED_VARIANT),
+# bf16: (b, sq, sk, h, hkv, d, window_left, window_right, rank, dQ mode); scripts/gpu_smoke.py's cute-bwd-rotate runs
+# the first seven
+ROTATED_CASES = [
+    (2, 1000, 1000, 4, 2, 128, -1, -1, 0, "default"),  # dQ atomics, GQA: 16 query blocks, 8 key blocks
+    (2, 1000, 1000, 4, 4, 128, -1, 0, 0, "default"),  # causal, dQ reduce-add
+    (2, 1023, 1023, 4, 2, 64, -1, -1, 0, "default"),  # 128 query rows per step
+    (1, 77, 1000, 4, 2, 128, -1, 0, 0, "atomics"),  # fewer query blocks than key blocks
+    (1, 512, 512, 16, 1, 128, -1, 0, 0, "default"),  # query heads split over CTAs
+    (1, 700, 700, 4, 4, 128, -1, -1, -8, "default"),  # the bias slice, rank 8
+    (1, 1000, 333, 2, 2, 128, 64, 16, 0, "default"),  # window
+    (1, 4097, 4097, 2, 1, 128, -1, -1, 0, "default"),
+    (1, 1000, 1000, 4, 4, 128, -1, -1, 0, "reduce_warp"),  # the producer warp walks the same rotated order
+]
+
 # v narrower or wider than q / k: (d, dv, window_right), at b, sq, sk, h, hkv = DV_SHAPE
 DV_CASES = [(128, 64, 0), (64, 128, -1), (96, 128, 0)]
 # the forward's: O over Q with 128 keys (d = 192, dv = 128), a separate O with 80 (d = 128, dv = 256)
@@ -259,12 +274,14 @@ def make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype) -> tuple:
 
 
 def check_backward(
-    b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None, num_stages=None, early_stats=True
-) -> None:
+    b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None, num_stages=None, early_stats=True,
+    rotate_query_blocks=False,
+) -> None:  # fmt: skip
     """The CuTe backward on one case against the float64 reference (the 2x rule), every gradient, outputs
     allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias); ``tile_m``: the
     query rows per step, ``num_stages`` the Q / dO stages (None: the launcher's choice); ``early_stats=False``: lse2
-    and D read after the waits (a benchmark variant)."""
+    and D read after the waits, ``rotate_query_blocks``: each key block's walk from its own query block (benchmark
+    variants)."""
     import math
 
     import pytest
@@ -280,6 +297,8 @@ def check_backward(
         pytest.skip(f"{bwd.ROWS_80_ENV}=0: the 80-row steps failed gpu_check's smoke test")
     if num_stages == 3 and not bwd.three_stages_enabled():
         pytest.skip(f"{bwd.THREE_STAGES_ENV}=0: the three Q / dO stages failed gpu_check's smoke test")
+    if rotate_query_blocks and not bwd.rotation_enabled():
+        pytest.skip(f"{bwd.ROTATE_ENV}=0: the rotated query-block walk failed gpu_check's smoke test")
     dev = "cuda"
     q, k, v, qf, kf = make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype)
     dout = torch.randn(b, sq, h, dv, device=dev, dtype=dtype)
@@ -292,6 +311,7 @@ def check_backward(
     poison = [torch.full((4 * b * max(sq, sk) * h * max(d, dv),), float("nan"), device=dev) for _ in range(4)]
     del poison
     flags = dict(**DQ_FLAGS[dq_mode], tile_m=tile_m, num_stages=num_stages, early_stats=early_stats)
+    flags["rotate_query_blocks"] = rotate_query_blocks
     got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **flags)
     torch.cuda.synchronize()
     ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)
@@ -394,6 +414,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
     for b, _sq, sk, h, hkv, wl, wr, m in BWD_3_STAGES_CASES:
         args = (torch.bfloat16, b, sk, h, hkv, 128, 128, wl, wr)
         found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], num_stages=3)[0])
+    for b, _sq, sk, h, hkv, d, wl, wr, rank, m in ROTATED_CASES:
+        args = (torch.bfloat16, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+        found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], rotate_query_blocks=True)[0])
     b, _sq, sk, h, hkv = DV_SHAPE
     for d, dv, wr in DV_CASES:
         for m in default_modes:

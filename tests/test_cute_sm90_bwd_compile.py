@@ -5,6 +5,7 @@ H100 and runs under the gpu/sm90 markers."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
@@ -614,6 +615,55 @@ def test_three_q_do_stages_variant(monkeypatch):
     assert bwd.THREE_STAGES_VARIANT not in bwd.variant_configs(False, 128)
 
 
+def test_rotated_query_block_variant(monkeypatch):
+    """Each key block's walk over the query blocks from its own start: a variant of the default at d = 64 and 128,
+    causal or not (its SASS checked with the other variants'), never the default; the flag reaches the kernel
+    through config_for and attention_bwd's keyword; the deterministic mode, whose dQ order it would break, refuses
+    it, and so do the bias configs where it spilled; gpu_check's ATTNKIT_SM90_BWD_ROTATE=0 leaves it out."""
+    for causal in (False, True):
+        for d in bwd.VARIANT_HEAD_DIMS:
+            variants = bwd.variant_configs(causal, d)
+            rotated = variants[bwd.ROTATED_VARIANT]
+            assert rotated == dataclasses.replace(variants["default"], rotate_query_blocks=True)
+            assert rotated.make_kernel().rotate_query_blocks
+            assert not variants["default"].rotate_query_blocks
+            assert rotated in _VARIANTS
+    assert not any(getattr(c, "rotate_query_blocks", False) for c in bwd.shipped_configs("sm_90a"))
+    cfg = bwd.config_for(torch.bfloat16, 2, 1000, 4, 2, 128, 128, -1, -1, rotate_query_blocks=True)[0]
+    assert cfg.rotate_query_blocks and cfg == dataclasses.replace(
+        bwd.config_for(torch.bfloat16, 2, 1000, 4, 2, 128, 128, -1, -1)[0], rotate_query_blocks=True
+    )
+    with pytest.raises(ValueError, match="rotate_query_blocks"):
+        bwd.choose_config(torch.bfloat16, 128, 128, False, True, deterministic=True, rotate_query_blocks=True)
+    # where the SASS audit found it spilling: a bias with a left window bound, or above d = 128
+    for d, window_left in ((128, True), (256, False)):
+        with pytest.raises(ValueError, match="rotate_query_blocks"):
+            bwd.choose_config(torch.bfloat16, d, d, window_left, True, bias_rank=8, rotate_query_blocks=True)
+    assert bwd.choose_config(torch.bfloat16, 128, 128, False, True, bias_rank=8, rotate_query_blocks=True).bias_rank
+    with pytest.raises(ValueError, match="rotate_query_blocks"):
+        AttentionBwdSm90(cutlass.BFloat16, 128, 128, 2, False, True, deterministic=True, rotate_query_blocks=True)
+    monkeypatch.setenv(bwd.ROTATE_ENV, "0")
+    assert bwd.ROTATED_VARIANT not in bwd.variant_configs(False, 128)
+
+
+def test_rotated_walk_changes_only_the_order():
+    """The rotated kernel's loop holds the default's instructions of every kind that does the work (the same
+    wgmmas, exp2s, loads, stores and dQ reduction adds) and only a few more uniform-datapath ones: the start and
+    the wrap of the walk."""
+    for causal in (False, True):
+        base = bwd.choose_config(torch.bfloat16, 128, 128, False, causal)
+        counts = []
+        for cfg in (base, dataclasses.replace(base, rotate_query_blocks=True)):
+            bwd.compile_config(cfg)
+            loop = precompile.innermost_loop(precompile.sass_of(bwd.cache().cubin(cfg)), ("HGMMA", "MUFU.EX2"))
+            ops = collections.Counter(precompile.opcode(t).split(".")[0] for t in loop)
+            counts.append((len(loop), ops))
+        (n0, ops0), (n1, ops1) = counts
+        for op in ("HGMMA", "MUFU", "LDS", "STS", "STSM", "REDG", "UBLKRED", "BAR", "SYNCS", "FFMA", "FMUL"):
+            assert ops0[op] == ops1[op], (causal, op, ops0[op], ops1[op])
+        assert n0 < n1 <= n0 + 32, (causal, n0, n1)
+
+
 def _loads_before_first_wait(cfg) -> int:
     """Shared-memory loads in the key block's loop before its first wgmma wait (S^T's)."""
     bwd.compile_config(cfg)
@@ -715,6 +765,15 @@ def test_numerics_with_lse_and_d_read_after_the_waits(b, sq, sk, h, hkv, wl, wr,
 @pytest.mark.parametrize("b, sq, sk, h, hkv, wl, wr, dq_mode", cute_gpu_cases.BWD_3_STAGES_CASES)
 def test_numerics_with_three_q_do_stages(b, sq, sk, h, hkv, wl, wr, dq_mode):
     cute_gpu_cases.check_backward(b, sq, sk, h, hkv, 128, 128, wl, wr, 0, torch.bfloat16, dq_mode, num_stages=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.sm90
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode", cute_gpu_cases.ROTATED_CASES)
+def test_numerics_with_query_blocks_from_a_rotated_start(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode):
+    cute_gpu_cases.check_backward(
+        b, sq, sk, h, hkv, d, d, wl, wr, rank, torch.bfloat16, dq_mode, rotate_query_blocks=True
+    )
 
 
 @pytest.mark.gpu

@@ -29,7 +29,9 @@ Kernels (the tensors are the forward's (b, s, h, d) ones; see ``AttentionBwdSm90
                  smem (query-contiguous: an MN-major A operand) for dQ = dS K, which the two
                  consumer warpgroups split along d (128-row steps: 64 query rows each; 80-row steps:
                  dS, key-contiguous, the K-major B operand of dQ^T = K^T dS^T, the warpgroups stacked
-                 along d); dQ is added to a float32 buffer.
+                 along d); dQ is added to a float32 buffer. Each CTA walks its query blocks in
+                 order, or with ``rotate_query_blocks`` (a benchmark variant) from a start of its own,
+                 around, so that key blocks running side by side add dQ to different query blocks.
     postprocess  dq = dQaccum * softmax_scale, converted to the input dtype, each packed element put
                  back at the (row, column) of the dQ MMA's C partition.
 
@@ -335,6 +337,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         bias_stmatrix: bool = True,
         bias_slice: bool = False,
         early_stats: bool = True,
+        rotate_query_blocks: bool = False,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
         # query rows per step (TILE_M_CHOICES): 64; 128 for d <= 64 (FA3's tile there: wgmmas twice as wide, half
@@ -390,6 +393,10 @@ class AttentionBwdSm90(AttentionBwdBase):
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
         self.deterministic = deterministic
+        # each CTA walks its query blocks from its own start, around (``query_block``)
+        if rotate_query_blocks and deterministic:
+            raise ValueError("the deterministic mode adds dQ in key-block order; it excludes rotate_query_blocks")
+        self.rotate_query_blocks = rotate_query_blocks
         # the query heads of a K/V head are split over `head_splits` CTAs (a runtime count), which add their
         # dK / dV partials into float32 buffers: more CTAs when key blocks x K/V heads x batch is small (MQA)
         self.split_heads = split_heads
@@ -855,13 +862,14 @@ class AttentionBwdSm90(AttentionBwdBase):
         g_lo = (split_head % head_splits) * heads_per_split
         g_hi = cutlass.min(g_lo + heads_per_split, qhead_per_kvhead)
         m_min, m_max = self.m_block_range(n_block, mQ.shape[0], mK.shape[0], window_left, window_right)
+        shift = self.query_block_shift(n_block, cute.ceil_div(mK.shape[0], self.tile_n), m_min, m_max)
 
         if warp_idx < WARP_ROLES.mma_wg1[0]:
             cute.arch.setmaxregister_decrease(PRODUCER_REGS)
             if const_expr(self.dq_reduce_warp):
                 # the producer warpgroup's second warp (WARP_ROLES.load names the whole producer warpgroup)
                 if warp_idx == WARP_ROLES.load[1]:
-                    self.reduce_dq(mdQaccum, sdQ, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max)
+                    self.reduce_dq(mdQaccum, sdQ, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max, shift)
             if const_expr(self.bias_slice):
                 if warp_idx == WARP_ROLES.load[2]:
                     self.split_key_factors(sKf, sKs, pipeline_kf, g_lo, g_hi, softmax_scale)
@@ -871,7 +879,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                     tma_atom_Q, tma_atom_K, tma_atom_V, tma_atom_dO, tma_atom_Qf, tma_atom_Kf,
                     tma_atom_LSE2, tma_atom_Dpsum,
                     pipeline_kv, pipeline_q, pipeline_kf, n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi,
-                    m_min, m_max,
+                    m_min, m_max, shift,
                 )  # fmt: skip
         else:
             cute.arch.setmaxregister_increase(MMA_REGS)
@@ -880,7 +888,7 @@ class AttentionBwdSm90(AttentionBwdBase):
                 mdQaccum, mdK, mdV, mdQf, mdKf, mSem,
                 sQ, sK, sV, sdO, sdS, sP, sQf, sKf, sdSf, sLSE2, sDpsum, sdQ, sdKf, sKs,
                 tiled_mma_sdp, tiled_mma_dv, tiled_mma_dk, tiled_mma_dq, pipeline_kv, pipeline_q, pipeline_kf,
-                n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max,
+                n_block, head_kv, batch, qhead_per_kvhead, g_lo, g_hi, m_min, m_max, shift,
                 mQ.shape[0], mK.shape[0], softmax_scale_log2, softmax_scale, window_left, window_right,
             )  # fmt: skip
 
@@ -1035,6 +1043,31 @@ class AttentionBwdSm90(AttentionBwdBase):
         return m_min, m_max
 
     @cute.jit
+    def query_block_shift(self, n_block: Int32, num_n_blocks: Int32, m_min: Int32, m_max: Int32) -> Int32:
+        """``rotate_query_blocks``: where in [m_min, m_max) this key block's walk starts, relative to m_min: the key
+        blocks of a head spread evenly around the range, so that CTAs that run side by side at the same pace (every
+        key block of a non-causal head starts at query block 0) add their dQ to different query blocks at any time,
+        not all to the same addresses. 0 without it."""
+        shift = Int32(0)
+        if const_expr(self.rotate_query_blocks):
+            count = cutlass.max(m_max - m_min, 1)
+            # n_block * step <= count: no overflow at any length
+            step = cutlass.max(count // num_n_blocks, 1)
+            shift = (n_block * step) % count
+        return shift
+
+    @cute.jit
+    def query_block(self, i: Int32, m_min: Int32, m_max: Int32, shift: Int32) -> Int32:
+        """The query block of step i in [m_min, m_max) of the walk: i itself, or with ``rotate_query_blocks`` i + shift
+        wrapped around into the range. The producer, the consumers and the reduce warp walk alike."""
+        m_block = i
+        if const_expr(self.rotate_query_blocks):
+            m_block = i + shift
+            if m_block >= m_max:
+                m_block = m_block - (m_max - m_min)
+        return m_block
+
+    @cute.jit
     def load(
         self,
         mQ: cute.Tensor,  # (s_q, d, h, b)
@@ -1072,6 +1105,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         g_hi: Int32,
         m_min: Int32,
         m_max: Int32,
+        shift: Int32,  # query_block_shift
     ):
         tm, tn = self.tile_m, self.tile_n
         kv_state = producer_state(1)
@@ -1119,7 +1153,8 @@ class AttentionBwdSm90(AttentionBwdBase):
             tDsD, tDgD = cpasync.tma_partition(
                 tma_atom_Dpsum, 0, cute.make_layout(1), cute.group_modes(sDpsum, 0, 1), cute.group_modes(gDpsum, 0, 1)
             )
-            for m_block in cutlass.range(m_min, m_max, unroll=1):
+            for i in cutlass.range(m_min, m_max, unroll=1):
+                m_block = self.query_block(i, m_min, m_max, shift)
                 pipeline_q.producer_acquire(q_state)
                 bar = pipeline_q.producer_get_barrier(q_state)
                 cute.copy(tma_atom_Q, tQgQ[None, m_block], tQsQ[None, q_state.index], tma_bar_ptr=bar)
@@ -1176,6 +1211,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         g_hi: Int32,
         m_min: Int32,
         m_max: Int32,
+        shift: Int32,  # query_block_shift
         seqlen_q: Int32,
         seqlen_k: Int32,
         softmax_scale_log2: Float32,
@@ -1298,7 +1334,8 @@ class AttentionBwdSm90(AttentionBwdBase):
                 zeros = cute.make_rmem_tensor(cute.size(dkf_slot), Float32)
                 zeros.fill(0.0)
                 cute.autovec_copy(zeros, dkf_slot)
-            for m_block in cutlass.range(m_min, m_max, unroll=1):
+            for i in cutlass.range(m_min, m_max, unroll=1):
+                m_block = self.query_block(i, m_min, m_max, shift)
                 stage = q_state.index
                 ds_stage = iteration % self.ds_stages
                 row_start = m_block * tm
@@ -1702,6 +1739,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         g_hi: Int32,
         m_min: Int32,
         m_max: Int32,
+        shift: Int32,  # query_block_shift
     ) -> None:
         """``dq_reduce_warp``, a producer warp: for every query block the consumers visit, in their order, wait for
         both warpgroups' dQ in smem (dQFull), add the whole packed tile to dQaccum by one bulk reduce-add, and once
@@ -1713,7 +1751,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         barrier_arrive(NamedBarrierBwd.dQEmpty, threads)
         for g in cutlass.range(g_lo, g_hi, unroll=1):
             head = head_kv * qhead_per_kvhead + g
-            for m_block in cutlass.range(m_min, m_max, unroll=1):
+            for i in cutlass.range(m_min, m_max, unroll=1):
+                m_block = self.query_block(i, m_min, m_max, shift)
                 barrier_sync(NamedBarrierBwd.dQFull, threads)
                 if lane == 0:
                     gdQ = cute.local_tile(mdQaccum[None, None, head, batch], (tm, d), (m_block, 0))

@@ -115,6 +115,10 @@ class BwdConfig:
     # SASS audit found room (AttentionBwdSm90.early_stats); False: read from smem where used, after the waits (the
     # order of the H100 runs, a benchmark variant). True wherever it decides nothing
     early_stats: bool = True
+    # each CTA walks its query blocks from its own start, around (AttentionBwdSm90.query_block_shift), so that the
+    # key blocks of a head that run side by side add dQ to different query blocks; a benchmark variant
+    # (ROTATED_VARIANT), never the default (not measured yet). Not with the deterministic mode
+    rotate_query_blocks: bool = False
     arch: str = "sm_90a"
 
     @property
@@ -150,6 +154,7 @@ class BwdConfig:
             bias_stmatrix=self.bias_stmatrix,
             bias_slice=self.bias_slice,
             early_stats=self.early_stats,
+            rotate_query_blocks=self.rotate_query_blocks,
         )
 
 
@@ -217,6 +222,10 @@ THREE_STAGES_VARIANT = "3 Q / dO stages"
 # the default with lse2 and D read where used, after the S^T / dP^T waits (BwdConfig.early_stats off): the order of
 # the H100 runs
 LATE_STATS_VARIANT = "lse2 and D read after the waits"
+# the default with each key block's walk over the query blocks starting at its own place (BwdConfig.rotate_query_blocks)
+ROTATED_VARIANT = "query blocks from a rotated start"
+# "0": the benchmark variants and GPU tests leave out ROTATED_VARIANT; gpu_check sets it when its smoke group fails
+ROTATE_ENV = "ATTNKIT_SM90_BWD_ROTATE"
 
 
 def rows_80_enabled() -> bool:
@@ -225,6 +234,10 @@ def rows_80_enabled() -> bool:
 
 def three_stages_enabled() -> bool:
     return os.environ.get(THREE_STAGES_ENV, "1") != "0"
+
+
+def rotation_enabled() -> bool:
+    return os.environ.get(ROTATE_ENV, "1") != "0"
 
 
 def reduce_warp_enabled() -> bool:
@@ -304,6 +317,7 @@ def choose_config(
     dq_under_dk: bool = True,
     num_stages: int | None = None,
     early_stats: bool = True,
+    rotate_query_blocks: bool = False,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
     dQ mode the atomics (except with ``tile_m=128``, which needs the reduce-add), and
@@ -311,7 +325,9 @@ def choose_config(
     config's TMA reduce-add issued by a producer warp (an error where the config adds dQ otherwise);
     ``dq_under_dk=False``: dQ added after the dK wgmma (``BwdConfig.dq_under_dk``); ``num_stages``: the Q / dO
     pipeline's stages (None: the default's; a ValueError where they do not fit shared memory);
-    ``early_stats=False``: lse2 and D read after the S^T / dP^T waits (``BwdConfig.early_stats``)."""
+    ``early_stats=False``: lse2 and D read after the S^T / dP^T waits (``BwdConfig.early_stats``);
+    ``rotate_query_blocks``: each key block's walk over the query blocks from its own start (a ValueError with
+    ``deterministic``, and with a bias above d = 128 or with a left window bound, where it spills)."""
     if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
         dq_tma_reduce = False
     if tc_factor_grads is None:
@@ -336,6 +352,15 @@ def choose_config(
         if smem > SMEM_CAPACITY:
             raise ValueError(f"num_stages = {num_stages}: {smem} bytes of shared memory, {SMEM_CAPACITY} fit: {staged}")
         cfg = staged
+    if rotate_query_blocks:
+        if cfg.deterministic:
+            raise ValueError("rotate_query_blocks: the deterministic mode adds dQ in key-block order")
+        if cfg.bias_rank and (max(head_dim, head_dim_v) > 128 or window_left):
+            # a SASS audit of the 274 bf16 configs (d = dv) found spills in these and nowhere else (2026-11-28)
+            raise ValueError(
+                "rotate_query_blocks: with a bias it takes head dims <= 128 and no left window bound (it spills there)"
+            )
+        cfg = dataclasses.replace(cfg, rotate_query_blocks=True)
     return cfg
 
 
@@ -527,7 +552,8 @@ VARIANT_HEAD_DIMS = (128, 64)
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
     """The default and the three ways dQ reaches its float32 buffer, bf16; where the default takes 128 query rows
     per step (d <= 64) 64 rows; at d = 128 80 rows (dQ by the default mode and by atomics) and three Q / dO stages
-    (``THREE_STAGES_VARIANT``); and the default with lse2 and D read after the waits (``LATE_STATS_VARIANT``). For
+    (``THREE_STAGES_VARIANT``); the default with lse2 and D read after the waits (``LATE_STATS_VARIANT``); and the
+    default with each key block's walk over the query blocks from a rotated start (``ROTATED_VARIANT``). For
     ``bench/bench_variants.py`` (and ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
     variants = {
@@ -561,6 +587,8 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     late = without_early_stats(variants["default"])
     if late != variants["default"]:
         variants[LATE_STATS_VARIANT] = late
+    if rotation_enabled() and not variants["default"].deterministic:
+        variants[ROTATED_VARIANT] = dataclasses.replace(variants["default"], rotate_query_blocks=True)
     return variants
 
 
@@ -662,6 +690,7 @@ def config_for(
     dq_under_dk: bool = True,
     num_stages: int | None = None,
     early_stats: bool = True,
+    rotate_query_blocks: bool = False,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
     ``sm_count``); precompile --cases warms them ahead."""
@@ -686,6 +715,7 @@ def config_for(
         dq_under_dk=dq_under_dk,
         num_stages=num_stages,
         early_stats=early_stats,
+        rotate_query_blocks=rotate_query_blocks,
     )
     return cfg, splits
 
@@ -736,6 +766,7 @@ def attention_bwd(
     dq_under_dk: bool = True,
     num_stages: int | None = None,
     early_stats: bool = True,
+    rotate_query_blocks: bool = False,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
 
@@ -743,7 +774,8 @@ def attention_bwd(
     ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default);
     ``dq_reduce_warp`` has a producer warp issue the reduce-add; ``dq_under_dk=False`` adds dQ after the dK wgmma;
     ``num_stages`` sets the Q / dO pipeline's stages (None: the default's); ``early_stats=False`` reads lse2 and D
-    after the S^T / dP^T waits.
+    after the S^T / dP^T waits; ``rotate_query_blocks`` starts each key block's walk over the query blocks at its
+    own place.
     """
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -779,6 +811,7 @@ def attention_bwd(
         dq_under_dk=dq_under_dk,
         num_stages=num_stages,
         early_stats=early_stats,
+        rotate_query_blocks=rotate_query_blocks,
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
