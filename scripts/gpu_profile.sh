@@ -23,6 +23,17 @@ case_s=${GPU_PROFILE_CASE_S:-75}
 # sections every ncu since 2022 has; stall reasons come with WarpStateStats (in the raw page)
 sections=(SpeedOfLight ComputeWorkloadAnalysis MemoryWorkloadAnalysis Occupancy LaunchStats SchedulerStats
   WarpStateStats InstructionStats)
+# and where this ncu lists it (an unknown section would fail every case): the memory tables, whose shared-memory rows
+# (wavefronts, bank conflicts) and L2 rows (reductions: dQ's adds) say whether the backward waits on shared memory or
+# on L2's atomics
+available=$("$ncu" --list-sections 2>/dev/null || true)
+for s in MemoryWorkloadAnalysis_Tables; do
+  if grep -qw "$s" <<<"$available"; then
+    sections+=("$s")
+  else
+    echo "gpu_profile: this ncu lists no section $s; left out"
+  fi
+done
 section_args=()
 for s in "${sections[@]}"; do section_args+=(--section "$s"); done
 
