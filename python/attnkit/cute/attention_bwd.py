@@ -117,7 +117,8 @@ class BwdConfig:
     early_stats: bool = True
     # each CTA walks its query blocks from its own start, around (AttentionBwdSm90.query_block_shift), so that the
     # key blocks of a head that run side by side add dQ to different query blocks; a benchmark variant
-    # (ROTATED_VARIANT), never the default (not measured yet). Not with the deterministic mode
+    # (ROTATED_VARIANT), never the default (not measured yet). Not with the deterministic mode, nor with a bias above
+    # d = 128 or with a left window bound (choose_config: spills)
     rotate_query_blocks: bool = False
     arch: str = "sm_90a"
 
