@@ -266,7 +266,8 @@ def run(args, ceilings: common.Ceilings, budget: common.Budget) -> list[common.T
         "step (attention_bwd.choose_config); at D = 128 the 80-row variants are FA4's non-causal tile (dQ computed "
         "transposed), and '3 Q / dO stages' keeps three query blocks in flight instead of two; 'lse2 and D read "
         "after the waits' is the order of the H100 runs of 2026-11-27 (the default loads them while S^T and dP^T "
-        "run)."
+        "run); 'query blocks from a rotated start' starts each key block's walk over the query blocks at its own "
+        "place (the default: every key block from the first)."
     )
     return [fwd_table, bwd_table]
 
