@@ -57,7 +57,7 @@ record precompile $? "$(tail -n 2 "$out/precompile.log" | tr '\n' ' ')"
 # A group that hangs or is wrong here is left out of the tests (its files ignored), the sanitizers and the benchmark.
 # The groups run at once, each in its own process under its own timeout (small shapes: the GPU has room for all,
 # and a hung kernel only slows the others down); their logs are then read in this order.
-groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-fwd-split cute-fwd-bias-slice cute-fwd-176 cute-fwd-dynamic cute-bwd-reduce cute-bwd cute-bwd-80 cute-bwd-reduce-warp cute-bwd-3-stages cute-bwd-rotate cute-bwd-wide cute-bwd-bias-tc cute-bwd-bias-stmatrix cute-bwd-bias-slice cute-tvm-ffi triton)
+groups=(cute-fwd cute-fwd-wide cute-fwd-192 cute-fwd-split cute-fwd-bias-slice cute-fwd-176 cute-fwd-dynamic cute-bwd-reduce cute-bwd cute-bwd-80 cute-bwd-reduce-warp cute-bwd-3-stages cute-bwd-rotate cute-bwd-early-stats cute-bwd-wide cute-bwd-bias-tc cute-bwd-bias-stmatrix cute-bwd-bias-slice cute-tvm-ffi triton)
 pytest_ignore=()
 skip_backends=()
 sanitizer_flags=()
@@ -102,6 +102,7 @@ for group in "${groups[@]}"; do
       cute-bwd-80) export ATTNKIT_SM90_BWD_80_ROWS=0 ;;
       cute-bwd-3-stages) export ATTNKIT_SM90_BWD_3_STAGES=0 ;;
       cute-bwd-rotate) export ATTNKIT_SM90_BWD_ROTATE=0 ;;
+      cute-bwd-early-stats) export ATTNKIT_SM90_BWD_EARLY_STATS=0 ;;
       cute-fwd-split) export ATTNKIT_SM90_FWD_SPLIT_LOOPS=0 ;;
       # the launcher's bias as a K-slice of S: the bias wgmma waited for alone again
       cute-fwd-bias-slice) export ATTNKIT_SM90_FWD_BIAS_SLICE=0 ;;

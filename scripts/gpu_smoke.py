@@ -13,7 +13,9 @@ warp) and ``cute-fwd-split`` (the forward's interior key blocks in a loop withou
 whose failure leaves only them out (``ATTNKIT_SM90_BWD_80_ROWS=0``, ``ATTNKIT_SM90_BWD_DQ_REDUCE_WARP=0``,
 ``ATTNKIT_SM90_FWD_SPLIT_LOOPS=0``), and a failing backward leaves the forward in the benchmark.
 ``cute-bwd-3-stages`` (three Q / dO stages at d = 128, ``ATTNKIT_SM90_BWD_3_STAGES=0``) and ``cute-bwd-rotate``
-(each key block's walk over the query blocks from a rotated start, ``ATTNKIT_SM90_BWD_ROTATE=0``) are two more.
+(each key block's walk over the query blocks from a rotated start, ``ATTNKIT_SM90_BWD_ROTATE=0``) and
+``cute-bwd-early-stats`` (lse2 and D loaded while the score wgmmas run, ``ATTNKIT_SM90_BWD_EARLY_STATS=0``) are three
+more.
 ``cute-fwd-bias-slice`` runs the launcher's bias as a K-slice of S (bf16 factors of rank <= 10), which the other
 forward groups leave off; its failure turns it off (``ATTNKIT_SM90_FWD_BIAS_SLICE=0``). Likewise
 ``cute-bwd-bias-stmatrix``: the backward's dS^T by stmatrix in the bias configs above d = 64 that have it
@@ -45,6 +47,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from cute_gpu_cases import (  # noqa: E402
     BWD_3_STAGES_CASES,
     DQ_FLAGS,
+    EARLY_STATS_CASES,
     ROTATED_CASES,
     dynamic_schedule,
     split_loops,
@@ -140,7 +143,7 @@ def cute_fwd_case(
 
 def cute_bwd_case(
     b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode="default", dtype=torch.bfloat16, l2_budget=None, dv=None, tile_m=None,
-    num_stages=None, rotate=False,
+    num_stages=None, rotate=False, early_stats=False,
 ):  # fmt: skip
     from attnkit.cute import attention_bwd as bwd
     from attnkit.cute import schedule
@@ -158,7 +161,7 @@ def cute_bwd_case(
         with schedule.section_bytes(l2_budget):
             got = bwd.attention_bwd(
                 dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **DQ_FLAGS[dq_mode], tile_m=tile_m, num_stages=num_stages,
-                rotate_query_blocks=rotate,
+                rotate_query_blocks=rotate, early_stats=early_stats,
             )  # fmt: skip
             torch.cuda.synchronize()
         ref64 = attention_backward(
@@ -174,7 +177,7 @@ def cute_bwd_case(
     # on an H100 SXM (132 SMs), as tests/cute_gpu_cases.py assumes
     run.config = lambda: bwd.config_for(
         dtype, b, sk, h, hkv, d, dv or d, wl, wr, abs(rank), rank < 0, 132, **DQ_FLAGS[dq_mode], tile_m=tile_m,
-        num_stages=num_stages, rotate_query_blocks=rotate,
+        num_stages=num_stages, rotate_query_blocks=rotate, early_stats=early_stats,
     )[0]  # fmt: skip
     return run
 
@@ -408,6 +411,24 @@ GROUPS = {
             strict=True,
         )
     },
+    # lse2 and D loaded while S^T's and dP^T's wgmmas run (a benchmark variant): a group of its own, so that its
+    # failure only leaves that variant out (ATTNKIT_SM90_BWD_EARLY_STATS=0)
+    "cute-bwd-early-stats": {
+        f"d{d} {name}": cute_bwd_case(b, sq, sk, h, hkv, d, wl, wr, rank, dq_mode=mode, dtype=dtype, early_stats=True)
+        for name, (b, sq, sk, h, hkv, d, wl, wr, rank, dtype, mode) in zip(
+            (
+                "full gqa (dQ atomics)",
+                "causal (dQ reduce-add)",
+                "causal sq<sk, fewer query blocks than key blocks",
+                "fp16 window sq>sk (64 query rows per step)",
+                "causal MQA, query heads split over CTAs",
+                "causal, bf16 bias r16 (gradients on the tensor cores)",
+                "fp16 window",
+            ),
+            EARLY_STATS_CASES[:7],
+            strict=True,
+        )
+    },
     # wide heads: 64-row key blocks both warpgroups share, P^T / dS^T through smem (a group of its own, so that a
     # failure here leaves only tests/test_cute_sm90_bwd_wide.py out)
     "cute-bwd-wide": {
@@ -495,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     from attnkit.cute.attention_bwd import (
         BIAS_STMATRIX_ENV,
         DQ_TMA_REDUCE_ENV,
+        EARLY_STATS_ENV,
         REDUCE_WARP_ENV,
         ROTATE_ENV,
         ROWS_80_ENV,
@@ -522,9 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     env |= {"cute-bwd-reduce-warp": [(DQ_TMA_REDUCE_ENV, None), (REDUCE_WARP_ENV, None)]}
     env |= {"cute-bwd-3-stages": [(DQ_TMA_REDUCE_ENV, None), (THREE_STAGES_ENV, None)]}
     env |= {"cute-bwd-rotate": [(DQ_TMA_REDUCE_ENV, None), (ROTATE_ENV, None)]}
+    env |= {"cute-bwd-early-stats": [(DQ_TMA_REDUCE_ENV, None), (EARLY_STATS_ENV, None)]}
     env |= {"cute-tvm-ffi": [(TVM_FFI_ENV, "1")]}
     env |= {"cute-bwd-bias-stmatrix": [(DQ_TMA_REDUCE_ENV, "0"), (BIAS_STMATRIX_ENV, None)]}
-    variants = ("cute-bwd-80", "cute-bwd-reduce-warp", "cute-bwd-3-stages", "cute-bwd-rotate")
+    variants = ("cute-bwd-80", "cute-bwd-reduce-warp", "cute-bwd-3-stages", "cute-bwd-rotate", "cute-bwd-early-stats")
     for group in ("cute-bwd", "cute-bwd-reduce", "cute-bwd-bias-tc", *variants):
         env[group] = env.get(group, []) + [(BIAS_STMATRIX_ENV, "0")]
     env["cute-bwd-wide"] = env.get("cute-bwd-wide", []) + [(BIAS_STMATRIX_ENV, "0")]

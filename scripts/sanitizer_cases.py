@@ -109,7 +109,8 @@ def cute_fwd_variants() -> list:
 
 def cute_bwd_variants() -> list:
     """(name, case) of the backward variants that passed gpu_check's smoke test: the 80-row steps, the producer
-    warp's dQ reduce-add (its named barriers hand one smem buffer back and forth), three Q / dO stages."""
+    warp's dQ reduce-add (its named barriers hand one smem buffer back and forth), three Q / dO stages, the rotated
+    query-block walk, lse2 and D loaded while the score wgmmas run."""
     from attnkit.cute import attention_bwd as bwd
 
     found = []
@@ -126,6 +127,8 @@ def cute_bwd_variants() -> list:
     if bwd.rotation_enabled():
         flags = dict(rotate_query_blocks=True, dq_tma_reduce=False)
         found.append(("cute bwd rotated query blocks", cute_bwd_variant(300, 300, 128, False, **flags)))
+    if bwd.early_stats_enabled():
+        found.append(("cute bwd lse2 and D loaded early", cute_bwd_variant(200, 300, 128, True, early_stats=True)))
     return found
 
 

@@ -216,12 +216,20 @@ BWD_80_CASES = [
 ]
 BWD_80_MODES = ["default", "atomics", "deterministic", "reduce_warp"]
 
-# lse2 and D read after the S^T / dP^T waits (a benchmark variant: the order of the H100 runs), bf16 at d = 128:
-# (b, sq, sk, h, hkv, window_left, window_right, rank, dQ mode)
-LATE_STATS_CASES = [
-    (2, 1000, 1000, 4, 2, -1, -1, 0, "default"),  # dQ atomics
-    (2, 1000, 1000, 4, 4, -1, 0, 0, "default"),  # dQ reduce-add
-    (1, 500, 700, 4, 4, -1, -1, -8, "default"),  # the bias slice, rank 8
+# lse2 and D loaded while S^T's and dP^T's wgmmas run (a benchmark variant, attention_bwd.EARLY_STATS_VARIANT), each
+# case a config where it changes the kernel: (b, sq, sk, h, hkv, d, window_left, window_right, rank, dtype, dQ mode);
+# scripts/gpu_smoke.py's cute-bwd-early-stats runs the first seven
+EARLY_STATS_CASES = [
+    (2, 1000, 1000, 4, 2, 128, -1, -1, 0, torch.bfloat16, "default"),  # dQ atomics, GQA
+    (2, 1000, 1000, 4, 4, 128, -1, 0, 0, torch.bfloat16, "default"),  # causal, dQ reduce-add
+    (1, 77, 1000, 4, 2, 128, -1, 0, 0, torch.bfloat16, "atomics"),  # fewer query blocks than key blocks
+    (1, 1000, 333, 2, 2, 64, 64, 16, 0, torch.float16, "default"),  # d = 64 with 64 query rows per step, a window
+    (1, 512, 512, 16, 1, 128, -1, 0, 0, torch.bfloat16, "default"),  # query heads split over CTAs
+    (1, 300, 400, 2, 2, 64, -1, 0, -16, torch.bfloat16, "default"),  # 16-bit factors, gradients on the tensor cores
+    (1, 300, 300, 2, 2, 256, 64, 0, 0, torch.float16, "default"),  # wide heads, sliding window
+    (1, 500, 500, 2, 2, 128, -1, 0, 0, torch.bfloat16, "deterministic"),
+    (1, 300, 300, 2, 2, 128, -1, 0, -64, torch.bfloat16, "default"),  # rank 64: factor gradients in float32 FMAs
+    (1, 4097, 4097, 2, 1, 128, -1, -1, 0, torch.bfloat16, "default"),
 ]
 
 # three Q / dO stages at d = 128 (a benchmark variant, attention_bwd.THREE_STAGES_VARIANT), bf16:
@@ -274,13 +282,13 @@ def make_inputs(b, sq, sk, h, hkv, d, dv, rank, dtype) -> tuple:
 
 
 def check_backward(
-    b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None, num_stages=None, early_stats=True,
+    b, sq, sk, h, hkv, d, dv, wl, wr, rank, dtype, dq_mode, tile_m=None, num_stages=None, early_stats=False,
     rotate_query_blocks=False,
 ) -> None:  # fmt: skip
     """The CuTe backward on one case against the float64 reference (the 2x rule), every gradient, outputs
     allocated over NaN-poisoned memory. rank < 0: factors in the input dtype (tensor-core bias); ``tile_m``: the
-    query rows per step, ``num_stages`` the Q / dO stages (None: the launcher's choice); ``early_stats=False``: lse2
-    and D read after the waits, ``rotate_query_blocks``: each key block's walk from its own query block (benchmark
+    query rows per step, ``num_stages`` the Q / dO stages (None: the launcher's choice); ``early_stats``: lse2 and
+    D loaded while the wgmmas run, ``rotate_query_blocks``: each key block's walk from its own query block (benchmark
     variants)."""
     import math
 
@@ -297,6 +305,8 @@ def check_backward(
         pytest.skip(f"{bwd.ROWS_80_ENV}=0: the 80-row steps failed gpu_check's smoke test")
     if num_stages == 3 and not bwd.three_stages_enabled():
         pytest.skip(f"{bwd.THREE_STAGES_ENV}=0: the three Q / dO stages failed gpu_check's smoke test")
+    if early_stats and not bwd.early_stats_enabled():
+        pytest.skip(f"{bwd.EARLY_STATS_ENV}=0: lse2 and D loaded early failed gpu_check's smoke test")
     if rotate_query_blocks and not bwd.rotation_enabled():
         pytest.skip(f"{bwd.ROTATE_ENV}=0: the rotated query-block walk failed gpu_check's smoke test")
     dev = "cuda"
@@ -408,9 +418,9 @@ def configs(arch: str = "sm_90a", sm_count: int = 132) -> list:
         for m in BWD_80_MODES:
             args = (torch.bfloat16, b, sk, h, hkv, 128, dv, wl, wr)
             found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], tile_m=80)[0])
-    for b, _sq, sk, h, hkv, wl, wr, rank, m in LATE_STATS_CASES:
-        args = (torch.bfloat16, b, sk, h, hkv, 128, 128, wl, wr, abs(rank), rank < 0)
-        found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], early_stats=False)[0])
+    for b, _sq, sk, h, hkv, d, wl, wr, rank, dtype, m in EARLY_STATS_CASES:
+        args = (dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+        found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], early_stats=True)[0])
     for b, _sq, sk, h, hkv, wl, wr, m in BWD_3_STAGES_CASES:
         args = (torch.bfloat16, b, sk, h, hkv, 128, 128, wl, wr)
         found.append(bwd.config_for(*args, sm_count=sm_count, **DQ_FLAGS[m], num_stages=3)[0])

@@ -673,37 +673,50 @@ def _loads_before_first_wait(cfg) -> int:
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_lse_and_d_are_loaded_while_the_score_wgmmas_run(cache_dir, causal):
-    """BwdConfig.early_stats: the query block's lse2 and D (16 columns a thread, 8-byte loads) are read from smem
-    between the issue of S^T's and dP^T's wgmmas and the wait for them, as FA4 orders them; the benchmark variant
-    (the order of the H100 runs) reads them after the waits."""
+def test_lse_and_d_are_loaded_while_the_score_wgmmas_run(cache_dir, causal, monkeypatch):
+    """BwdConfig.early_stats, a benchmark variant: the query block's lse2 and D (16 columns a thread, 8-byte loads)
+    are read from smem between the issue of S^T's and dP^T's wgmmas and the wait for them, as FA4 orders them; the
+    default (the order of the H100 runs) reads them after the waits. The flag reaches the config through
+    config_for; gpu_check's ATTNKIT_SM90_BWD_EARLY_STATS=0 leaves the variant out."""
     cfg = bwd.choose_config(torch.bfloat16, 128, 128, False, causal)
-    assert cfg.make_kernel().early_stats
-    assert _loads_before_first_wait(cfg) == 16
-    late = bwd.variant_configs(causal, 128)[bwd.LATE_STATS_VARIANT]
+    assert not cfg.early_stats and not cfg.make_kernel().early_stats
+    assert _loads_before_first_wait(cfg) == 0
+    early = bwd.variant_configs(causal, 128)[bwd.EARLY_STATS_VARIANT]
     assert (
-        late
-        == bwd.without_early_stats(cfg)
-        == bwd.choose_config(torch.bfloat16, 128, 128, False, causal, early_stats=False)
+        early
+        == bwd.with_early_stats(cfg)
+        == dataclasses.replace(cfg, early_stats=True)
+        == bwd.choose_config(torch.bfloat16, 128, 128, False, causal, early_stats=True)
+        == bwd.config_for(torch.bfloat16, 2, 1000, 4, 4, 128, 128, -1, 0 if causal else -1, early_stats=True)[0]
     )
-    assert not late.make_kernel().early_stats and _loads_before_first_wait(late) == 0
+    assert early.make_kernel().early_stats and _loads_before_first_wait(early) == 16
+    assert early in _VARIANTS
+    assert not any(getattr(c, "early_stats", False) for c in bwd.shipped_configs("sm_90a"))
+    monkeypatch.setenv(bwd.EARLY_STATS_ENV, "0")
+    assert bwd.EARLY_STATS_VARIANT not in bwd.variant_configs(causal, 128)
 
 
 def test_early_stats_only_where_the_audit_found_room():
     """Where the registers held across the waits spilled (SASS audit, 2026-11-28): 128 or 80 query rows per step
     (twice or 1.25x the columns), float32 factors (their bias FMAs), the tensor-core factor gradients above d = 64
-    (16-bit factors of rank <= 16, the bias slice included); there the switch decides nothing."""
+    (16-bit factors of rank <= 16, the bias slice included); there the switch decides nothing, and the config asked
+    for with it is the one without. Every case of the variant's GPU tests has it."""
     half = dict(bias_rank=8, bias_mma=True)
     for d, kw in ((64, {}), (128, dict(tile_m=80)), (128, dict(bias_rank=8)), (128, half), (96, half)):
         cfg = bwd.choose_config(torch.bfloat16, d, d, False, False, **kw)
-        assert not cfg.make_kernel().early_stats, (d, kw)
-        assert bwd.without_early_stats(cfg) == cfg
-    assert bwd.LATE_STATS_VARIANT not in bwd.variant_configs(False, 64)
+        assert not dataclasses.replace(cfg, early_stats=True).make_kernel().early_stats, (d, kw)
+        assert bwd.with_early_stats(cfg) == cfg == bwd.choose_config(torch.bfloat16, d, d, False, False, **kw)
+        assert bwd.choose_config(torch.bfloat16, d, d, False, False, early_stats=True, **kw) == cfg
+    assert bwd.EARLY_STATS_VARIANT not in bwd.variant_configs(False, 64)
     # 16-bit factors with their gradients on the tensor cores at d = 64, or above rank 16 (in FMAs) at d = 128
     for d, rank in ((64, 16), (128, 64)):
-        cfg = bwd.choose_config(torch.bfloat16, d, d, False, True, bias_rank=rank, bias_mma=True)
+        cfg = bwd.choose_config(torch.bfloat16, d, d, False, True, bias_rank=rank, bias_mma=True, early_stats=True)
         assert cfg.make_kernel().early_stats, (d, rank)
-    assert bwd.choose_config(torch.float16, 256, 256, True, True).make_kernel().early_stats
+    assert bwd.choose_config(torch.float16, 256, 256, True, True, early_stats=True).make_kernel().early_stats
+    for b, _sq, sk, h, hkv, d, wl, wr, rank, dtype, m in cute_gpu_cases.EARLY_STATS_CASES:
+        args = (dtype, b, sk, h, hkv, d, d, wl, wr, abs(rank), rank < 0)
+        cfg = bwd.config_for(*args, **cute_gpu_cases.DQ_FLAGS[m], early_stats=True)[0]
+        assert cfg.early_stats and cfg.make_kernel().early_stats, (d, wl, wr, rank, dtype, m)
 
 
 def test_configs_are_distinct_cache_keys():
@@ -755,9 +768,9 @@ def test_numerics_with_80_query_rows_per_step(b, sq, sk, h, hkv, dv, wl, wr, dq_
 
 @pytest.mark.gpu
 @pytest.mark.sm90
-@pytest.mark.parametrize("b, sq, sk, h, hkv, wl, wr, rank, dq_mode", cute_gpu_cases.LATE_STATS_CASES)
-def test_numerics_with_lse_and_d_read_after_the_waits(b, sq, sk, h, hkv, wl, wr, rank, dq_mode):
-    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, 128, 128, wl, wr, rank, torch.bfloat16, dq_mode, early_stats=False)
+@pytest.mark.parametrize("b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode", cute_gpu_cases.EARLY_STATS_CASES)
+def test_numerics_with_lse_and_d_loaded_while_the_wgmmas_run(b, sq, sk, h, hkv, d, wl, wr, rank, dtype, dq_mode):
+    cute_gpu_cases.check_backward(b, sq, sk, h, hkv, d, d, wl, wr, rank, dtype, dq_mode, early_stats=True)
 
 
 @pytest.mark.gpu

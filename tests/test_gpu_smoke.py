@@ -56,6 +56,7 @@ CUTE_GROUPS = [
     "cute-bwd-reduce-warp",
     "cute-bwd-3-stages",
     "cute-bwd-rotate",
+    "cute-bwd-early-stats",
 ]
 
 
@@ -121,6 +122,7 @@ def test_smoke_configs_are_precompiled(monkeypatch, group):
             assert cfg.dq_reduce_warp == (group == "cute-bwd-reduce-warp"), name
             assert (cfg.num_stages == 3) == (group == "cute-bwd-3-stages"), name
             assert cfg.rotate_query_blocks == (group == "cute-bwd-rotate"), name
+            assert cfg.early_stats == (group == "cute-bwd-early-stats"), name
         if group == "cute-fwd-bias-slice":
             # and the config it falls back to, the bias wgmma waited for alone (ATTNKIT_SM90_FWD_BIAS_SLICE=0)
             monkeypatch.setenv(attention_fwd.BIAS_SLICE_ENV, "0")

@@ -95,3 +95,35 @@ def test_spill_audit_walks_the_reachable_configs():
     kind, _, counts, regs, error = spill_audit._audit_one(bwd.choose_config(torch.bfloat16, 64, 64, False, True))
     assert error is None and kind == "bwd" and regs > 0
     assert counts["LDL"] == counts["STL"] == counts["in loop"] == counts["serialized"] == 0
+
+
+def test_auto_runs_the_kernels_its_gpu_run_checked(cache_dir):
+    """backend='auto' sends each dispatch.AUTO_CUTE class to kernels whose SASS is, instruction for instruction, that
+    of the kernels the class's GPU run checked and timed (CuteRule.kernels, pinned from the commit of that run): a
+    change that reaches one of them (a new default, a kernel edit) fails here until a GPU run has checked it and the
+    rule is repinned with that run as its evidence. The digests depend on the pinned nvidia-cutlass-dsl (its ptxas)
+    and Triton's cuobjdump (setup_env.sh)."""
+    import dataclasses
+
+    from attnkit import dispatch
+
+    for rule in dispatch.AUTO_CUTE:
+        assert rule.kernels, f"{rule.arch}: no pinned kernels"
+        now = precompile.auto_digests(rule)
+        changed = {what: (now.get(what), want) for what, want in rule.kernels if now.get(what) != want}
+        assert not changed and len(now) == len(rule.kernels), (
+            f"auto's kernels differ from those its GPU run checked (now, pinned): {changed or now}; "
+            "`python -m attnkit.precompile --auto` lists them"
+        )
+        # a wider class runs configs auto_kernels does not list yet: it says so rather than pin too few
+        for wider in (dict(gqa=True), dict(bias=True), dict(masks=("window",))):
+            with pytest.raises(NotImplementedError):
+                precompile.auto_kernels(dataclasses.replace(rule, **wider))
+
+
+def test_instruction_digest_ignores_addresses_and_encodings():
+    one = "        /*0010*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;   /* 0x00000 */\n"
+    moved = "        /*0a30*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;   /* 0x1234f */\n"
+    other = "        /*0010*/                   HGMMA.64x128x16.F32.BF16 R26, gdesc[UR4], R24 ;   /* 0x00000 */\n"
+    assert precompile.instruction_digest(one) == precompile.instruction_digest(moved)
+    assert precompile.instruction_digest(one) != precompile.instruction_digest(other)

@@ -54,6 +54,11 @@ class CuteRule:
     # calls whose backward must be deterministic (torch.use_deterministic_algorithms) too: the CuTe backward's
     # ordered dQ mode was timed slower than Triton's backward at d = 128 on the H100 (bench/RESULTS.md, 16:39 UTC)
     deterministic: bool = False
+    # the kernels the run of ``evidence`` checked, pinned: (description, precompile.instruction_digest of its SASS)
+    # for each of precompile.auto_kernels(rule). A CPU test compiles them and compares, so that no change to a
+    # kernel reaches auto's users before a GPU run has checked it (``python -m attnkit.precompile --auto`` prints
+    # both; repin only with that run recorded in bench/RESULTS.md and ``evidence``)
+    kernels: tuple[tuple[str, str], ...] = ()
 
     def covers(self, q, k, v, bias, window_left: int, window_right: int, softmax_scale: float) -> bool:
         """Whether this call is of the class. Traced by torch.compile, the answer is a constant: each comparison of
@@ -100,8 +105,20 @@ AUTO_CUTE: tuple[CuteRule, ...] = (
             "smoke case correct against the float64 reference, no CuTe GPU test failed (the suite reached 94 % of its "
             "tests; the d > 128 backward's last cases unrun); B2 H16 N8192 D128 bf16, Triton's time over CuTe's: "
             "forward 1.31x and 1.37x, causal 1.17x and 1.28x; backward 1.41x and 1.50x, causal 1.53x and 1.51x. "
-            "Since 6a29e05 the launchers were refactored (each tensor converted once) and the non-causal backward "
-            "adds dQ by atomics (run in the smoke test, timed as a variant): compiled and CPU-tested, not rerun"
+            "The kernels below are those runs' (their SASS at 6a29e05 and now compared instruction for instruction, "
+            "2026-11-28); the non-causal backward's is the dQ-atomics one the 16:39 run tested and timed as a variant "
+            "(1.05x its reduce-add default then). Since 6a29e05 the launchers' host code was refactored (each tensor "
+            "converted once): CPU-tested, not rerun on a GPU"
+        ),
+        kernels=(
+            ("bwd main bf16 d128/128 causal", "c3f30008d9e4ce28"),
+            ("bwd main bf16 d128/128 none", "855c8479ca345b8e"),
+            ("bwd post bf16 d128/128 causal", "e937372bf56b6951"),
+            ("bwd post bf16 d128/128 none", "e937372bf56b6951"),
+            ("bwd pre bf16 d128/128 causal", "bc36484962b185ed"),
+            ("bwd pre bf16 d128/128 none", "bc36484962b185ed"),
+            ("fwd bf16 d128/128 causal", "80265cfed2ed208e"),
+            ("fwd bf16 d128/128 none", "00c97419e0737881"),
         ),
     ),
 )

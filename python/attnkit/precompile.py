@@ -1,13 +1,16 @@
 """Compile every shipped CuTe-DSL kernel config without a GPU; optionally dump each kernel's SASS.
 
     python -m attnkit.precompile --arch sm_90a [--sass DIR] [--only fwd|bwd] [--jobs N] [--variants] [--cases FILE]
+    python -m attnkit.precompile --auto
 
 Warms the disk compile cache (``$ATTNKIT_CACHE_DIR`` or ``~/.cache/attnkit``) for deployment. The
 registry below lists launcher modules; each exposes ``shipped_configs(arch)`` (frozen config
 dataclasses), ``compile_config(cfg)`` and ``cache()`` (its ``CompileCache``, for the cubins), and may
 expose ``variant_configs(causal)`` (the switches ``bench/bench_variants.py`` measures; built with
 ``--variants``). ``--cases FILE`` adds the configs a Python file's ``configs(arch)`` returns (the GPU tests'
-``tests/cute_gpu_cases.py``). A module that is not importable yet is skipped with a note.
+``tests/cute_gpu_cases.py``). A module that is not importable yet is skipped with a note. ``--auto`` compiles only
+the kernels ``backend='auto'`` runs (``auto_kernels``) and prints their digests beside the ones each
+``dispatch.AUTO_CUTE`` rule pinned at its GPU run.
 """
 
 from __future__ import annotations
@@ -213,6 +216,78 @@ def opcode(instruction: str) -> str:
     return words[1] if words[0].startswith("@") else words[0]
 
 
+def instruction_digest(sass: str) -> str:
+    """The first 16 hex digits of the sha256 of a kernel's SASS instructions, without addresses, encodings, names or
+    comments: two kernels with one digest run the same machine code."""
+    import hashlib
+
+    text = "\n".join(t for _, t in _instructions(sass))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# the masks of dispatch.CuteRule and the (window_left, window_right) a call of each passes
+_RULE_MASKS = {"none": (-1, -1), "causal": (-1, 0)}
+
+
+def auto_kernels(rule) -> dict[str, tuple[str, object]]:
+    """Every CuTe kernel ``backend='auto'`` runs for a call of ``rule``'s class (``dispatch.CuteRule`` on sm90), by
+    a description ("bwd main bf16 d128/128 causal"): (kind, config) of the forward, the backward's main kernel and its
+    preprocess and postprocess, per dtype, head dims and mask, as the launchers choose them (one K/V head per query
+    head, no bias, 132 SMs)."""
+    import torch
+
+    from attnkit.cute import attention_bwd, attention_fwd
+
+    if rule.arch != "sm90" or rule.gqa or rule.bias or rule.deterministic or set(rule.masks) - set(_RULE_MASKS):
+        # a wider class runs more configs (GQA's packing and head splits, bias ranks, windows): list them here first
+        raise NotImplementedError(f"auto_kernels lists sm90 MHA calls without a bias or a window only: {rule}")
+    found = {}
+    for dtype in rule.dtypes:
+        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+        for head_dim, head_dim_v in rule.head_dims:
+            for mask, (wl, wr) in _RULE_MASKS.items():
+                if mask not in rule.masks:
+                    continue
+                where = f"{name} d{head_dim}/{head_dim_v} {mask}"
+                args = (dtype, rule.min_seqlen, 1, 1, head_dim, head_dim_v, wl, wr)
+                found[f"fwd {where}"] = ("fwd", attention_fwd.config_for(*args))
+                main, _ = attention_bwd.config_for(
+                    dtype, 1, rule.min_seqlen, 1, 1, head_dim, head_dim_v, wl, wr, sm_count=132
+                )
+                pre, post = attention_bwd.pass_configs(main)
+                found |= {f"bwd main {where}": ("bwd", main), f"bwd pre {where}": ("bwd", pre)}
+                found[f"bwd post {where}"] = ("bwd", post)
+    return found
+
+
+def auto_digests(rule) -> dict[str, str]:
+    """``instruction_digest`` of each of ``auto_kernels(rule)``, compiled for sm_90a (the disk cache's copy where
+    it has one)."""
+    digests = {}
+    for what, (kind, cfg) in auto_kernels(rule).items():
+        mod = importlib.import_module(REGISTRY[kind])
+        mod.compile_config(cfg)
+        digests[what] = instruction_digest(sass_of(mod.cache().cubin(cfg)))
+    return digests
+
+
+def print_auto_digests() -> int:
+    """``--auto``: each auto rule's kernels, their digests now and the ones its GPU run pinned
+    (``dispatch.CuteRule.kernels``); exit status 1 if any differs (a rule's kernels changed since its run)."""
+    from attnkit import dispatch
+
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    changed = 0
+    for rule in dispatch.AUTO_CUTE:
+        pinned = dict(rule.kernels)
+        now = auto_digests(rule)
+        for what in sorted(now.keys() | pinned.keys()):
+            same = now.get(what) == pinned.get(what)
+            changed += not same
+            print(f"{what:36s} {now.get(what, '-'):16s} pinned {pinned.get(what, '-'):16s} {'' if same else 'CHANGED'}")
+    return 1 if changed else 0
+
+
 def innermost_loop(sass: str, containing: tuple[str, ...]) -> list[str]:
     """The instructions of the shortest loop (a backward branch and the code it jumps back over) whose
     body has every opcode prefix in ``containing``; empty if none has."""
@@ -238,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="compile in N processes first (needs the disk cache)")
     parser.add_argument("--variants", action="store_true", help="also the configs bench/bench_variants.py times")
     parser.add_argument("--cases", default=None, help="also the configs a Python file's configs(arch) returns")
+    parser.add_argument(
+        "--auto", action="store_true", help="only the kernels backend='auto' runs: their digests and the pinned ones"
+    )
     args = parser.parse_args(argv)
+    if args.auto:
+        return print_auto_digests()
 
     if args.jobs > 1:
         if os.environ.get("ATTNKIT_DISABLE_DISK_CACHE") == "1":

@@ -336,7 +336,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         dq_under_dk: bool = True,
         bias_stmatrix: bool = True,
         bias_slice: bool = False,
-        early_stats: bool = True,
+        early_stats: bool = False,
         rotate_query_blocks: bool = False,
     ):
         super().__init__(dtype, head_dim, head_dim_v)
@@ -388,7 +388,7 @@ class AttentionBwdSm90(AttentionBwdBase):
         self.allow_dq_under_dk = dq_under_dk
         # False: dS^T by 4-byte stores in every bias config above d = 64 (``ds_stmatrix``)
         self.allow_bias_stmatrix = bias_stmatrix
-        # False: lse2 and D read from smem after the S^T / dP^T waits, where used (``early_stats``)
+        # True: lse2 and D loaded while S^T's and dP^T's wgmmas run, where the audit found room (``early_stats``)
         self.allow_early_stats = early_stats
         # key blocks add their dQ (and query-factor) partials of a query block in increasing order,
         # each waiting on a per-(batch, head, query block) counter
@@ -522,8 +522,8 @@ class AttentionBwdSm90(AttentionBwdBase):
         """The query block's lse2 and D loaded from smem into registers right after S^T's and dP^T's wgmmas are
         issued (FA4's order), while the tensor cores run them: the exp2 of P^T and dS^T = P^T (dP^T - D) then start as
         soon as their wait returns, not a shared-memory load latency later. Costs two registers per query column a
-        thread holds (32 with 64 query rows per step), held across the waits. False (``early_stats=False``): each
-        read where used, after the waits.
+        thread holds (32 with 64 query rows per step), held across the waits. A benchmark variant
+        (``early_stats=True``); the default reads each where used, after the waits: the order of the H100 runs.
 
         Not where those registers spilled (SASS audit of the 1984 configs with 64 query rows per step and no
         float32 factors, both dtypes, against their twins, 2026-11-28): 128 and 80 query rows per step (twice and

@@ -112,9 +112,11 @@ class BwdConfig:
     # ATTNKIT_SM90_BWD_BIAS_SLICE=0
     bias_slice: bool = False
     # the query block's lse2 and D loaded into registers while S^T's and dP^T's wgmmas run (FA4's order), where the
-    # SASS audit found room (AttentionBwdSm90.early_stats); False: read from smem where used, after the waits (the
-    # order of the H100 runs, a benchmark variant). True wherever it decides nothing
-    early_stats: bool = True
+    # SASS audit found room (AttentionBwdSm90.early_stats): a benchmark variant (EARLY_STATS_VARIANT), not measured
+    # yet. False, the default: read from smem where used, after the waits, the order of the H100 runs (the kernels
+    # backend='auto' takes are the ones those runs checked: tests/test_precompile.py pins their SASS). False wherever
+    # it decides nothing
+    early_stats: bool = False
     # each CTA walks its query blocks from its own start, around (AttentionBwdSm90.query_block_shift), so that the
     # key blocks of a head that run side by side add dQ to different query blocks; a benchmark variant
     # (ROTATED_VARIANT), never the default (not measured yet). Not with the deterministic mode, nor with a bias above
@@ -220,9 +222,11 @@ THREE_STAGES_ENV = "ATTNKIT_SM90_BWD_3_STAGES"
 # backward (2 stages, 80-row steps) hands dO back before its dQ and dK wgmmas; this kernel hands Q and dO back together
 # after them. Not measured yet (bench_variants times it against the default)
 THREE_STAGES_VARIANT = "3 Q / dO stages"
-# the default with lse2 and D read where used, after the S^T / dP^T waits (BwdConfig.early_stats off): the order of
-# the H100 runs
-LATE_STATS_VARIANT = "lse2 and D read after the waits"
+# the default with lse2 and D loaded while S^T's and dP^T's wgmmas run (BwdConfig.early_stats), where it changes the
+# kernel; the default reads them after the waits, the order of the H100 runs
+EARLY_STATS_VARIANT = "lse2 and D read while S^T and dP^T run"
+# "0": the benchmark variants and GPU tests leave out EARLY_STATS_VARIANT; gpu_check sets it when its smoke group fails
+EARLY_STATS_ENV = "ATTNKIT_SM90_BWD_EARLY_STATS"
 # the default with each key block's walk over the query blocks starting at its own place (BwdConfig.rotate_query_blocks)
 ROTATED_VARIANT = "query blocks from a rotated start"
 # "0": the benchmark variants and GPU tests leave out ROTATED_VARIANT; gpu_check sets it when its smoke group fails
@@ -235,6 +239,10 @@ def rows_80_enabled() -> bool:
 
 def three_stages_enabled() -> bool:
     return os.environ.get(THREE_STAGES_ENV, "1") != "0"
+
+
+def early_stats_enabled() -> bool:
+    return os.environ.get(EARLY_STATS_ENV, "1") != "0"
 
 
 def rotation_enabled() -> bool:
@@ -317,7 +325,7 @@ def choose_config(
     dq_reduce_warp: bool = False,
     dq_under_dk: bool = True,
     num_stages: int | None = None,
-    early_stats: bool = True,
+    early_stats: bool = False,
     rotate_query_blocks: bool = False,
 ) -> BwdConfig:
     """The main kernel's config (see ``_choose_config``); ``ATTNKIT_SM90_BWD_DQ_TMA_REDUCE=0`` makes the default
@@ -326,7 +334,8 @@ def choose_config(
     config's TMA reduce-add issued by a producer warp (an error where the config adds dQ otherwise);
     ``dq_under_dk=False``: dQ added after the dK wgmma (``BwdConfig.dq_under_dk``); ``num_stages``: the Q / dO
     pipeline's stages (None: the default's; a ValueError where they do not fit shared memory);
-    ``early_stats=False``: lse2 and D read after the S^T / dP^T waits (``BwdConfig.early_stats``);
+    ``early_stats=True``: lse2 and D loaded while S^T's and dP^T's wgmmas run, where the audit found room
+    (``BwdConfig.early_stats``; a benchmark variant);
     ``rotate_query_blocks``: each key block's walk over the query blocks from its own start (a ValueError with
     ``deterministic``, and with a bias above d = 128 or with a left window bound, where it spills)."""
     if dq_tma_reduce is None and tile_m != 128 and not reduce_add_enabled():
@@ -343,8 +352,8 @@ def choose_config(
         cfg = dataclasses.replace(cfg, dq_reduce_warp=True)
     if not dq_under_dk:
         cfg = dataclasses.replace(cfg, dq_under_dk=False)
-    if not early_stats:
-        cfg = without_early_stats(cfg)
+    if early_stats:
+        cfg = with_early_stats(cfg)
     if num_stages is not None and num_stages != cfg.num_stages:
         if num_stages not in (1, 2, 3):
             raise ValueError(f"num_stages = {num_stages}: the Q / dO pipeline takes 1 to 3 stages")
@@ -372,11 +381,11 @@ def without_bias_stmatrix(cfg: BwdConfig) -> BwdConfig:
     return twin if cfg.make_kernel().ds_stmatrix != twin.make_kernel().ds_stmatrix else cfg
 
 
-def without_early_stats(cfg: BwdConfig) -> BwdConfig:
-    """``cfg`` with lse2 and D read from smem after the S^T / dP^T waits, where used (the order of the H100 runs, a
-    benchmark variant); ``cfg`` itself where ``BwdConfig.early_stats`` decides nothing."""
-    twin = dataclasses.replace(cfg, early_stats=False)
-    return twin if cfg.make_kernel().early_stats else cfg
+def with_early_stats(cfg: BwdConfig) -> BwdConfig:
+    """``cfg`` with lse2 and D loaded while S^T's and dP^T's wgmmas run (``BwdConfig.early_stats``, a benchmark
+    variant); ``cfg`` itself where the audit left no room for it (it would decide nothing there)."""
+    twin = dataclasses.replace(cfg, early_stats=True)
+    return twin if twin.make_kernel().early_stats else cfg
 
 
 def without_bias_slice(cfg: BwdConfig) -> BwdConfig:
@@ -553,7 +562,7 @@ VARIANT_HEAD_DIMS = (128, 64)
 def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> dict[str, BwdConfig]:
     """The default and the three ways dQ reaches its float32 buffer, bf16; where the default takes 128 query rows
     per step (d <= 64) 64 rows; at d = 128 80 rows (dQ by the default mode and by atomics) and three Q / dO stages
-    (``THREE_STAGES_VARIANT``); the default with lse2 and D read after the waits (``LATE_STATS_VARIANT``); and the
+    (``THREE_STAGES_VARIANT``); the default with lse2 and D read while the wgmmas run (``EARLY_STATS_VARIANT``); and the
     default with each key block's walk over the query blocks from a rotated start (``ROTATED_VARIANT``). For
     ``bench/bench_variants.py`` (and ``precompile --variants``); ``attention_bwd`` picks each by its flags."""
     args = (torch.bfloat16, head_dim, head_dim, False, causal)
@@ -585,9 +594,9 @@ def variant_configs(causal: bool, head_dim: int = 128, arch: str = "sm_90a") -> 
     if head_dim == 128 and three_stages_enabled():
         # after the reduce warp's loop: not combined with it
         variants[THREE_STAGES_VARIANT] = choose_config(*args, arch=arch, num_stages=3)
-    late = without_early_stats(variants["default"])
-    if late != variants["default"]:
-        variants[LATE_STATS_VARIANT] = late
+    early = with_early_stats(variants["default"])
+    if early_stats_enabled() and early != variants["default"]:
+        variants[EARLY_STATS_VARIANT] = early
     if rotation_enabled() and not variants["default"].deterministic:
         variants[ROTATED_VARIANT] = dataclasses.replace(variants["default"], rotate_query_blocks=True)
     return variants
@@ -690,7 +699,7 @@ def config_for(
     dq_reduce_warp: bool = False,
     dq_under_dk: bool = True,
     num_stages: int | None = None,
-    early_stats: bool = True,
+    early_stats: bool = False,
     rotate_query_blocks: bool = False,
 ) -> tuple[BwdConfig, int]:
     """The main kernel's config ``attention_bwd`` runs for inputs of this kind, and its head splits (1 without
@@ -719,6 +728,13 @@ def config_for(
         rotate_query_blocks=rotate_query_blocks,
     )
     return cfg, splits
+
+
+def pass_configs(cfg: BwdConfig) -> tuple[BwdPreprocessConfig, BwdPostprocessConfig]:
+    """The preprocess (D = rowsum(dO * O), lse2) and the postprocess (dQ to the output dtype) that run with the main
+    kernel ``cfg``."""
+    pre = BwdPreprocessConfig(cfg.dtype, cfg.head_dim_v, cfg.arch)
+    return pre, BwdPostprocessConfig(cfg.dtype, cfg.head_dim, cfg.arch, cfg.tile_m, cfg.dq_packed)
 
 
 def key_tile_n(head_dim: int, head_dim_v: int) -> int:
@@ -766,7 +782,7 @@ def attention_bwd(
     dq_reduce_warp: bool = False,
     dq_under_dk: bool = True,
     num_stages: int | None = None,
-    early_stats: bool = True,
+    early_stats: bool = False,
     rotate_query_blocks: bool = False,
 ):
     """Attention backward on sm90: (dq, dk, dv, dq_factor, dk_factor).
@@ -774,9 +790,9 @@ def attention_bwd(
     ``dq_tma_reduce`` picks how dQ partials reach the float32 buffer (None: ``choose_config``'s default);
     ``deterministic`` orders them (see ``BwdConfig``); ``tile_m`` the query rows per step (None: the default);
     ``dq_reduce_warp`` has a producer warp issue the reduce-add; ``dq_under_dk=False`` adds dQ after the dK wgmma;
-    ``num_stages`` sets the Q / dO pipeline's stages (None: the default's); ``early_stats=False`` reads lse2 and D
-    after the S^T / dP^T waits; ``rotate_query_blocks`` starts each key block's walk over the query blocks at its
-    own place.
+    ``num_stages`` sets the Q / dO pipeline's stages (None: the default's); ``early_stats=True`` loads lse2 and D
+    while S^T's and dP^T's wgmmas run (where the audit found room); ``rotate_query_blocks`` starts each key block's
+    walk over the query blocks at its own place.
     """
     batch, seqlen_q, num_heads, head_dim = q.shape
     seqlen_k, num_heads_kv, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
@@ -828,9 +844,10 @@ def attention_bwd(
         # nothing is visible: every gradient is zero (TMA cannot describe a 0-extent tensor)
         return dq.zero_(), dk.zero_(), dv.zero_(), dq_factor, dk_factor
 
-    pre = compile_config(BwdPreprocessConfig(cfg.dtype, head_dim_v, cfg.arch))
+    pre_cfg, post_cfg = pass_configs(cfg)
+    pre = compile_config(pre_cfg)
     main = compile_config(cfg)
-    post = compile_config(BwdPostprocessConfig(cfg.dtype, head_dim, cfg.arch, cfg.tile_m, cfg.dq_packed))
+    post = compile_config(post_cfg)
 
     dev = q.device
     q, k, v, dout, out = (tma_ready(t) for t in (q, k, v, dout, out))
