@@ -234,8 +234,6 @@ def auto_kernels(rule) -> dict[str, tuple[str, object]]:
     a description ("bwd main bf16 d128/128 causal"): (kind, config) of the forward, the backward's main kernel and its
     preprocess and postprocess, per dtype, head dims and mask, as the launchers choose them (one K/V head per query
     head, no bias, 132 SMs)."""
-    import torch
-
     from attnkit.cute import attention_bwd, attention_fwd
 
     if rule.arch != "sm90" or rule.gqa or rule.bias or rule.deterministic or set(rule.masks) - set(_RULE_MASKS):
@@ -243,14 +241,13 @@ def auto_kernels(rule) -> dict[str, tuple[str, object]]:
         raise NotImplementedError(f"auto_kernels lists sm90 MHA calls without a bias or a window only: {rule}")
     found = {}
     for dtype in rule.dtypes:
-        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
         for head_dim, head_dim_v in rule.head_dims:
             for mask, (wl, wr) in _RULE_MASKS.items():
                 if mask not in rule.masks:
                     continue
-                where = f"{name} d{head_dim}/{head_dim_v} {mask}"
-                args = (dtype, rule.min_seqlen, 1, 1, head_dim, head_dim_v, wl, wr)
-                found[f"fwd {where}"] = ("fwd", attention_fwd.config_for(*args))
+                fwd = attention_fwd.config_for(dtype, rule.min_seqlen, 1, 1, head_dim, head_dim_v, wl, wr)
+                where = f"{fwd.dtype} d{head_dim}/{head_dim_v} {mask}"
+                found[f"fwd {where}"] = ("fwd", fwd)
                 main, _ = attention_bwd.config_for(
                     dtype, 1, rule.min_seqlen, 1, 1, head_dim, head_dim_v, wl, wr, sm_count=132
                 )
