@@ -342,3 +342,105 @@ def test_kernels_pipeline_without_loop_spills_sm90():
         [sys.executable, "-c", _SM90_LAUNCH_COMPILE], env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def _many_key_tiles(sq, sk, h, d, dtype, device, rank):
+    """Each query row's largest logit is with a key in the first key tile (key i = 4 q_i, a logit near
+    4 |q_i|² / sqrt(d) = 32), and the other keys are random: the running max is set once and then stands over every
+    later key tile, and ulp(max · log2 e) is large."""
+    q, k, v = _make(1, sq, sk, h, h, d, d, dtype, device)
+    k[:, :sq] = 4 * q
+    if rank == 0:
+        return q, k, v, None
+    qf = 0.5 * torch.randn(1, sq, h, rank, device=device).to(dtype)
+    kf = 0.5 * torch.randn(1, sk, h, rank, device=device).to(dtype)
+    return q, k, v, attnkit.LowRankBias(qf, kf)
+
+
+def _check_lse_over_many_key_tiles(sq, sk, h, d, dtype, device, rank):
+    q, k, v, bias = _many_key_tiles(sq, sk, h, d, dtype, device, rank)
+    out, lse = attnkit.attention(q, k, v, bias=bias, return_lse=True, backend="triton")
+    kw = dict(softmax_scale=d**-0.5, window_left=-1, window_right=-1)
+    f64 = [None, None] if bias is None else [bias.q_factor.double(), bias.k_factor.double()]
+    fl = [None, None] if bias is None else [bias.q_factor, bias.k_factor]
+    o64, l64 = reference.attention_forward(q.double(), k.double(), v.double(), *f64, compute_dtype=torch.float64, **kw)
+    ol, ll = reference.attention_forward(q, k, v, *fl, compute_dtype=dtype, **kw)
+    assert_2x("out", out, o64, ol)
+    _assert_lse(lse, l64, ll)
+
+
+@pytest.mark.parametrize("rank", [0, 8], ids=["no-bias", "bias-r8"])
+def test_lse_over_many_key_tiles_cpu(rank):
+    _check_lse_over_many_key_tiles(32, 320, 1, 32, _F16, CPU, rank)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("rank", [0, 8], ids=["no-bias", "bias-r8"])
+def test_lse_over_many_key_tiles_gpu(rank, dtype):
+    """The forward once computed its rescale factor as exp2(m_old * c - round(m_new * c)); the GPU build contracts
+    that into an FMA whose result is round(m * c)'s rounding error, not 0, so alpha = 2^delta on every key tile
+    after the max is set, out unchanged and lse off by a few ulp per dozen tiles (3 GPU bias cases failed on lse
+    alone, 2026-11-27). 256 key tiles after the max make the old drift about 20 times the bound (a float32
+    emulation of both forms: 6.4e-4 against 3.2e-5)."""
+    _check_lse_over_many_key_tiles(128, 16384, 2, 64, dtype, torch.device("cuda"), rank)
+
+
+_SM90_RESCALE = """
+import inspect
+import re
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from attnkit.backends.triton_attention import attention_tiles
+from attnkit.kernels.triton import attention as kernels
+
+fn = kernels.attention_fwd
+source, first = inspect.getsourcelines(kernels._fwd_tiles.fn)
+alpha_line = first + next(i for i, text in enumerate(source) if "alpha = tl.exp2(" in text)
+# (D, bias mode, rank, padded rank, factor dtype, has left window, has right window)
+CASES = [(128, 0, 1, 1, "fp32", False, True), (64, 1, 8, 16, "bf16", True, True)]
+for d, bias, rank, block_r, fdt, left, right in CASES:
+    t = attention_tiles(torch.device("cuda"), d, d, bias, block_r).fwd
+    pointers = {n: "*bf16" for n in ("Q", "K", "V", "Out")}
+    pointers.update(Lse="*fp32", QF="*" + fdt, KF="*" + fdt)
+    consts = dict(HEAD_DIM=d, HEAD_DIM_V=d, RANK=rank, BLOCK_D=d, BLOCK_DV=d, BLOCK_R=block_r, BIAS=bias,
+                  HAS_LEFT=left, HAS_RIGHT=right, LOGITS_RAW=bias == 0, BLOCK_M=t.block_m, BLOCK_N=t.block_n)
+    sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if "scale" in n else "i32") for n in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 128),
+                              options=dict(num_warps=t.num_warps, num_stages=t.num_stages))
+    ptx = compiled.asm["ptx"].splitlines()
+    files = {m.group(1) for line in ptx if (m := re.match(r'\\s*\\.file\\s+(\\d+)\\s+"[^"]*attention\\.py"', line))}
+    defs = {}
+    for line in ptx:
+        m = re.match(r"\\s*([a-z][\\w.]*)\\s+(%[\\w]+)\\s*,", line)
+        if m:
+            defs.setdefault(m.group(2), []).append(m.group(1))
+    loc, operands = None, []
+    for line in ptx:
+        m = re.match(r"\\s*\\.loc\\s+(\\d+)\\s+(\\d+)\\s", line)
+        if m:
+            loc = (m.group(1), int(m.group(2)))
+            continue
+        m = re.match(r"\\s*ex2\\.approx[\\w.]*\\s+%\\w+\\s*,\\s*(%\\w+)", line)
+        if m and loc is not None and loc[0] in files and loc[1] == alpha_line:
+            operands.append(m.group(1))
+    assert operands, ("no exp2 of the rescale factor found", d, bias, alpha_line)
+    for reg in operands:
+        ops = defs.get(reg, [])
+        assert ops and all(op.split(".")[0] in ("sub", "add") for op in ops), (d, bias, reg, ops)
+print("ok")
+"""
+
+
+def test_forward_rescale_factor_is_exact_while_the_max_stands_sm90():
+    """Compiled for sm_90a with FMA contraction on (Triton's default, what a GPU run gets): the exponent of every
+    exp2 on the rescale-factor line is a plain difference of the two stored running maxima, so it is 0 and alpha is
+    1 while a row's max stands. The interpreter never contracts, so only this and the GPU test above see it."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run([sys.executable, "-c", _SM90_RESCALE], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -6,10 +6,11 @@ Dv != D; any sequence lengths; causal and sliding windows aligned bottom-right; 
 `q_factor · k_factorᵀ` whose factors broadcast over batch and heads through zero strides.
 Not supported: dropout, paged or variable-length (packed) sequences, dense additive masks.
 
-The softmax runs on exp2 with log2(e) folded into the scale: P = exp2(x·c − m·c), one FMA per logit, with x = q·kᵀ
+The softmax runs on exp2 with log2(e) folded into the scale: P = exp2(x·c − M), one FMA per logit, with x = q·kᵀ
 and c = softmax_scale·log2(e) without a bias, and x = q·kᵀ·softmax_scale + q_factor·k_factorᵀ and c = log2(e) with
-one. lse is stored as a natural log; the backward forms P = exp2((s − lse)·log2(e)), whose largest exponent stays
-exact as in the reference.
+one; M is the running row max of x·c, kept as that float32 value, so the rescale factor exp2(M_old − M_new) is
+exactly 1 while the max stands. lse = M·ln 2 + ln(rowsum P) is stored as a natural log; the backward forms
+P = exp2((s − lse)·log2(e)), whose largest exponent stays exact as in the reference.
 
 Masking: query i sits at key position i + Sk − Sq and sees key j iff (left < 0 or j ≥ i + Sk − Sq − left) and
 (right < 0 or j ≤ i + Sk − Sq + right). Each program computes the tile range any of its rows can see, runs the
@@ -28,6 +29,7 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 # How the bias tile q_factor·k_factorᵀ is computed (the BIAS constexpr).
 BIAS_NONE = tl.constexpr(0)
@@ -195,7 +197,7 @@ def _low_rank_grad(ds, b, offs_r, RANK: tl.constexpr, BIAS: tl.constexpr):
 
 @triton.jit
 def _fwd_tiles(
-    acc, l_i, m_i, q, qf,
+    acc, l_i, ms_i, q, qf,
     k_base, v_base, kf_base,  # at (b, key head); kf at (b, query head)
     stride_ks, stride_vs, stride_kfs,
     offs_m, offs_d, offs_dv, offs_r, start, end,
@@ -219,20 +221,25 @@ def _fwd_tiles(
                 offs_m[:, None], offs_n[None, :], seqlen_q, seqlen_k, window_left, window_right, HAS_LEFT, HAS_RIGHT
             )
             x = tl.where(keep, x, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(x, 1))
+        # The running max is kept in exp2 units, as the float32 value every exp2 subtracts (exp2_scale > 0, so the
+        # max commutes with the scaling). The rescale factor's exponent is then a difference of two stored values:
+        # exactly 0 while the max stands, so alpha is exactly 1. Written as exp2(m_i * exp2_scale - m_scaled), the
+        # GPU build contracts it into an FMA whose result is the rounding error of m_scaled, not 0: alpha = 2^delta
+        # on every tile, which leaves out (acc and l_i scale alike) but compounds into lse, a few ulp per dozen
+        # tiles (the interpreter does not contract, so only a GPU shows it).
+        ms_new = tl.maximum(ms_i, tl.max(x, 1) * exp2_scale)
+        if MASK:
             # A row with nothing visible yet keeps max -inf; subtracting 0 instead keeps exp2 at 0, not NaN.
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            ms_use = tl.where(ms_new == float("-inf"), 0.0, ms_new)
         else:
-            m_new = tl.maximum(m_i, tl.max(x, 1))
-            m_use = m_new
-        m_scaled = m_use * exp2_scale
-        p = tl.exp2(x * exp2_scale - m_scaled[:, None])  # one FMA per logit
-        alpha = tl.exp2(m_i * exp2_scale - m_scaled)
+            ms_use = ms_new
+        p = tl.exp2(x * exp2_scale - ms_use[:, None])  # one FMA per logit
+        alpha = tl.exp2(ms_i - ms_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_rows(v_base, offs_n, stride_vs, offs_dv, seqlen_k, HEAD_DIM_V, BLOCK_DV, MASK)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
-    return acc, l_i, m_i
+        ms_i = ms_new
+    return acc, l_i, ms_i
 
 
 @triton.jit
@@ -272,13 +279,11 @@ def attention_fwd(
         # Without a bias (and with softmax_scale > 0) the running max is taken on q·kᵀ itself and
         # softmax_scale·log2(e) scales it inside the exp2.
         exp2_scale = softmax_scale * LOG2E
-        lse_scale = softmax_scale
     else:
         exp2_scale = LOG2E
-        lse_scale = 1.0
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    ms_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running row max of the logits times exp2_scale
     lo, hi, full_lo, full_hi = _key_range(
         m0, seqlen_q, seqlen_k, window_left, window_right, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT
     )
@@ -290,8 +295,8 @@ def attention_fwd(
             start, end = full_lo, full_hi
         else:
             start, end = full_hi, hi
-        acc, l_i, m_i = _fwd_tiles(
-            acc, l_i, m_i, q, qf, k_base, v_base, kf_base, stride_ks, stride_vs, stride_kfs,
+        acc, l_i, ms_i = _fwd_tiles(
+            acc, l_i, ms_i, q, qf, k_base, v_base, kf_base, stride_ks, stride_vs, stride_kfs,
             offs_m, offs_d, offs_dv, offs_r, start, end,
             seqlen_q, seqlen_k, softmax_scale, exp2_scale, window_left, window_right,
             HEAD_DIM, HEAD_DIM_V, RANK, BLOCK_N, BLOCK_D, BLOCK_DV, BLOCK_R,
@@ -301,7 +306,9 @@ def attention_fwd(
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), m_i * lse_scale + tl.log(l_safe))
+    # l_i sums 2^(x * exp2_scale - ms_i), so ln(sum e^x) = ms_i * ln 2 + ln(l_i), whether or not the exp2 arguments
+    # were contracted into FMAs.
+    lse = tl.where(empty, float("-inf"), ms_i * LN2 + tl.log(l_safe))
     o_ptrs = _tile_ptrs(Out + b * stride_ob + h * stride_oh, offs_m, stride_os, offs_dv)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m[:, None] < seqlen_q) & (offs_dv[None, :] < HEAD_DIM_V))
     tl.store(Lse + (b * heads + h) * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
