@@ -8,6 +8,7 @@ wrong). GPU (marker `gpu`): larger shapes, bf16 too, and CUDA-graph capture.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -216,6 +217,8 @@ def test_cuda_graph_capture_gpu():
 
 
 _SM90_COMPILE = """
+import sys
+
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
@@ -241,17 +244,30 @@ for d, dv, bias, rank, block_r, fdt, left, right in CASES:
         compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 128),
                                   options=dict(num_warps=t.num_warps, num_stages=t.num_stages))
         assert "wgmma.mma_async" in compiled.asm["ptx"], (fn.__name__, d, bias)
+        with open(f"{sys.argv[1]}/{fn.__name__}-d{d}-bias{bias}.ptx", "w") as f:
+            f.write(compiled.asm["ptx"])
 print("ok")
 """
 
 
-def test_kernels_compile_for_sm90():
-    """The interpreter never runs Triton's compiler: compile each kernel for sm_90a (PTX through ptxas, no GPU
-    needed) and check that the tile table's configs issue Hopper wgmma."""
+@pytest.fixture(scope="module")
+def sm90_ptx(tmp_path_factory) -> dict[str, str]:
+    """The PTX of each kernel `_SM90_COMPILE` compiles for sm_90a, by "<kernel>-d<D>-bias<mode>", compiled once
+    for the tests below with FMA contraction on (Triton's default, what a GPU run gets)."""
+    out = tmp_path_factory.mktemp("sm90_ptx")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    result = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _SM90_COMPILE, str(out)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    return {f.stem: f.read_text() for f in out.glob("*.ptx")}
+
+
+def test_kernels_compile_for_sm90(sm90_ptx):
+    """The interpreter never runs Triton's compiler: compile each kernel for sm_90a (PTX through ptxas, no GPU
+    needed) and check that the tile table's configs issue Hopper wgmma (asserted in the script, per kernel)."""
+    assert len(sm90_ptx) == 9, sorted(sm90_ptx)
 
 
 _SM90_LAUNCH_COMPILE = """
@@ -386,61 +402,36 @@ def test_lse_over_many_key_tiles_gpu(rank, dtype):
     _check_lse_over_many_key_tiles(128, 16384, 2, 64, dtype, torch.device("cuda"), rank)
 
 
-_SM90_RESCALE = """
-import inspect
-import re
+def test_forward_rescale_factor_is_exact_while_the_max_stands_sm90(sm90_ptx):
+    """In the forward's sm_90a PTX (the no-bias raw-logit path with a right window bound, a rank-8 bf16 bias with
+    both bounds, float32 ALiBi-style factors), the exponent of every exp2 on the rescale-factor line is a plain
+    difference of the two stored running maxima, so it is 0 and alpha is 1 while a row's max stands; the old
+    exp2(m_i * c - round(m_new * c)) was an fma.rn.f32 there. The interpreter never contracts, so only this and the
+    GPU test above see it."""
+    from attnkit.kernels.triton import attention as kernels
 
-import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-from attnkit.backends.triton_attention import attention_tiles
-from attnkit.kernels.triton import attention as kernels
-
-fn = kernels.attention_fwd
-source, first = inspect.getsourcelines(kernels._fwd_tiles.fn)
-alpha_line = first + next(i for i, text in enumerate(source) if "alpha = tl.exp2(" in text)
-# (D, bias mode, rank, padded rank, factor dtype, has left window, has right window)
-CASES = [(128, 0, 1, 1, "fp32", False, True), (64, 1, 8, 16, "bf16", True, True)]
-for d, bias, rank, block_r, fdt, left, right in CASES:
-    t = attention_tiles(torch.device("cuda"), d, d, bias, block_r).fwd
-    pointers = {n: "*bf16" for n in ("Q", "K", "V", "Out")}
-    pointers.update(Lse="*fp32", QF="*" + fdt, KF="*" + fdt)
-    consts = dict(HEAD_DIM=d, HEAD_DIM_V=d, RANK=rank, BLOCK_D=d, BLOCK_DV=d, BLOCK_R=block_r, BIAS=bias,
-                  HAS_LEFT=left, HAS_RIGHT=right, LOGITS_RAW=bias == 0, BLOCK_M=t.block_m, BLOCK_N=t.block_n)
-    sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if "scale" in n else "i32") for n in fn.arg_names}
-    compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 128),
-                              options=dict(num_warps=t.num_warps, num_stages=t.num_stages))
-    ptx = compiled.asm["ptx"].splitlines()
-    files = {m.group(1) for line in ptx if (m := re.match(r'\\s*\\.file\\s+(\\d+)\\s+"[^"]*attention\\.py"', line))}
-    defs = {}
-    for line in ptx:
-        m = re.match(r"\\s*([a-z][\\w.]*)\\s+(%[\\w]+)\\s*,", line)
-        if m:
-            defs.setdefault(m.group(2), []).append(m.group(1))
-    loc, operands = None, []
-    for line in ptx:
-        m = re.match(r"\\s*\\.loc\\s+(\\d+)\\s+(\\d+)\\s", line)
-        if m:
-            loc = (m.group(1), int(m.group(2)))
-            continue
-        m = re.match(r"\\s*ex2\\.approx[\\w.]*\\s+%\\w+\\s*,\\s*(%\\w+)", line)
-        if m and loc is not None and loc[0] in files and loc[1] == alpha_line:
-            operands.append(m.group(1))
-    assert operands, ("no exp2 of the rescale factor found", d, bias, alpha_line)
-    for reg in operands:
-        ops = defs.get(reg, [])
-        assert ops and all(op.split(".")[0] in ("sub", "add") for op in ops), (d, bias, reg, ops)
-print("ok")
-"""
-
-
-def test_forward_rescale_factor_is_exact_while_the_max_stands_sm90():
-    """Compiled for sm_90a with FMA contraction on (Triton's default, what a GPU run gets): the exponent of every
-    exp2 on the rescale-factor line is a plain difference of the two stored running maxima, so it is 0 and alpha is
-    1 while a row's max stands. The interpreter never contracts, so only this and the GPU test above see it."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    result = subprocess.run([sys.executable, "-c", _SM90_RESCALE], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    with open(kernels.__file__) as f:
+        alpha_line = 1 + next(i for i, text in enumerate(f) if "alpha = tl.exp2(" in text)
+    forwards = {name: ptx for name, ptx in sm90_ptx.items() if name.startswith("attention_fwd-")}
+    assert len(forwards) == 3, sorted(sm90_ptx)
+    for name, ptx in forwards.items():
+        lines = ptx.splitlines()
+        files = {m.group(1) for line in lines if (m := re.match(r'\s*\.file\s+(\d+)\s+"[^"]*attention\.py"', line))}
+        defs: dict[str, list[str]] = {}
+        for line in lines:
+            m = re.match(r"\s*([a-z][\w.]*)\s+(%\w+)\s*,", line)
+            if m:
+                defs.setdefault(m.group(2), []).append(m.group(1))
+        loc, operands = None, []
+        for line in lines:
+            m = re.match(r"\s*\.loc\s+(\d+)\s+(\d+)\s", line)
+            if m:
+                loc = (m.group(1), int(m.group(2)))
+                continue
+            m = re.match(r"\s*ex2\.approx[\w.]*\s+%\w+\s*,\s*(%\w+)", line)
+            if m and loc is not None and loc[0] in files and loc[1] == alpha_line:
+                operands.append(m.group(1))
+        assert operands, ("no exp2 of the rescale factor found", name, alpha_line)
+        for reg in operands:
+            ops = defs.get(reg, [])
+            assert ops and all(op.split(".")[0] in ("sub", "add") for op in ops), (name, reg, ops)
