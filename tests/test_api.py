@@ -182,6 +182,14 @@ def test_softmax_scale_bad_type(scale):
         attnkit.attention(*qkv(), softmax_scale=scale)
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_softmax_scale_not_finite(scale, backend):
+    """A NaN or infinite scale made every backend return an all-NaN out without a word: now an error naming it."""
+    with raises(ValueError, "softmax_scale", "finite"):
+        attnkit.attention(*qkv(), softmax_scale=scale, backend=backend)
+
+
 def test_softmax_scale_int_accepted():
     q, k, v = qkv()
     torch.testing.assert_close(
@@ -359,6 +367,16 @@ def test_lightning_scale_bad_type(scale):
     with raises(TypeError, "scale"):
         attnkit.lightning_attention(q, k, v, slopes, scale=scale)
     with raises(TypeError, "scale"):
+        attnkit.lightning_attention_step(q[:, :1], k[:, :1], v[:, :1], slopes, torch.zeros(2, 3, 4, 6), scale=scale)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_lightning_scale_not_finite(scale):
+    q, k, v = lqkv()
+    slopes = attnkit.lightning.slopes(3)
+    with raises(ValueError, "scale", "finite"):
+        attnkit.lightning_attention(q, k, v, slopes, scale=scale)
+    with raises(ValueError, "scale", "finite"):
         attnkit.lightning_attention_step(q[:, :1], k[:, :1], v[:, :1], slopes, torch.zeros(2, 3, 4, 6), scale=scale)
 
 

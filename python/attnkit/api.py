@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import dispatch, ops
@@ -41,6 +43,9 @@ def attention(
         softmax_scale = q.shape[3] ** -0.5
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float, got {type(softmax_scale).__name__}")
+    if not math.isfinite(softmax_scale):
+        # every logit would be nan or ±inf: an all-NaN out, not an error, from every backend
+        raise ValueError(f"softmax_scale must be finite, got {softmax_scale}")
     takes_cute = False
     if backend == "auto" and q.device.type == "cuda":
         arch = dispatch.device_arch(q.device.index)
@@ -56,6 +61,8 @@ def attention(
 def _check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
     return float(scale)
 
 
