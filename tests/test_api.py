@@ -739,6 +739,15 @@ def test_limits_cute_takes_every_forward_head_dim_pair(d, dv):
     limits.validate_attention("cute", *half_qkv(d=d, dv=dv), None)
 
 
+def test_limits_name_the_dtypes_a_backend_takes():
+    with raises(TypeError, "q has dtype torch.float32", "backend='cute' takes float16, bfloat16 on a GPU"):
+        limits.validate_attention("cute", *half_qkv(dtype=torch.float32), None)
+    with raises(TypeError, "q has dtype torch.float16", "backend='cute' takes no dtype on the CPU"):
+        limits.validate_attention("cute", *half_qkv(device="cpu"), None)
+    with raises(TypeError, "q has dtype torch.bfloat16", "backend='triton' takes float16, float32 on the CPU"):
+        limits.validate_attention("triton", *half_qkv(dtype=torch.bfloat16, device="cpu"), None)
+
+
 @pytest.mark.parametrize("scale", [0.0, -0.5])
 def test_limits_cute_positive_scale(scale):
     with raises(ValueError, "softmax_scale", "backend='cute'"):

@@ -48,7 +48,7 @@ def _check_dtypes(backend: str, lim: Limits, device: torch.device, **tensors) ->
     allowed = lim.cpu_dtypes if device.type == "cpu" else lim.dtypes
     for name, x in tensors.items():
         if x.dtype not in allowed:
-            names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+            names = ", ".join(str(d).removeprefix("torch.") for d in allowed) or "no dtype"
             where = "on the CPU" if device.type == "cpu" else "on a GPU"
             raise TypeError(
                 f"{name} has dtype {x.dtype}; backend={backend!r} takes {names} {where} "
