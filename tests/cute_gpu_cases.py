@@ -320,8 +320,10 @@ def check_backward(
     # poison: the outputs are allocated from the caching allocator's freed NaN blocks
     poison = [torch.full((4 * b * max(sq, sk) * h * max(d, dv),), float("nan"), device=dev) for _ in range(4)]
     del poison
-    flags = dict(**DQ_FLAGS[dq_mode], tile_m=tile_m, num_stages=num_stages, early_stats=early_stats)
-    flags["rotate_query_blocks"] = rotate_query_blocks
+    flags = dict(
+        **DQ_FLAGS[dq_mode], tile_m=tile_m, num_stages=num_stages, early_stats=early_stats,
+        rotate_query_blocks=rotate_query_blocks,
+    )  # fmt: skip
     got = bwd.attention_bwd(dout, q, k, v, out_lp, lse_lp, qf, kf, **kw, **flags)
     torch.cuda.synchronize()
     ref64 = attention_backward(dout.double(), *ins64[:3], out64, lse64, *ins64[3:], compute_dtype=torch.float64, **kw)

@@ -252,7 +252,8 @@ def auto_kernels(rule) -> dict[str, tuple[str, object]]:
                     dtype, 1, rule.min_seqlen, 1, 1, head_dim, head_dim_v, wl, wr, sm_count=132
                 )
                 pre, post = attention_bwd.pass_configs(main)
-                found |= {f"bwd main {where}": ("bwd", main), f"bwd pre {where}": ("bwd", pre)}
+                found[f"bwd main {where}"] = ("bwd", main)
+                found[f"bwd pre {where}"] = ("bwd", pre)
                 found[f"bwd post {where}"] = ("bwd", post)
     return found
 
