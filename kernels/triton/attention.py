@@ -276,8 +276,8 @@ def attention_fwd(
     kf_base = KF + b * stride_kfb + h * stride_kfh
 
     if LOGITS_RAW:
-        # Without a bias (and with softmax_scale > 0) the running max is taken on q·kᵀ itself and
-        # softmax_scale·log2(e) scales it inside the exp2.
+        # Without a bias (and with softmax_scale > 0) the logits stay q·kᵀ and softmax_scale·log2(e) scales them
+        # inside the exp2 (and the running max with them, see _fwd_tiles).
         exp2_scale = softmax_scale * LOG2E
     else:
         exp2_scale = LOG2E
